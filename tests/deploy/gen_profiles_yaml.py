@@ -46,7 +46,8 @@ PROFILES_YAML_HEADER = """\
 """
 
 
-def profile_files(directory: Path = PROFILES) -> list[Path]:
+def profile_files(directory: Path | None = None) -> list[Path]:
+    directory = PROFILES if directory is None else directory
     return sorted(
         p
         for p in directory.iterdir()

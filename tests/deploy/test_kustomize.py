@@ -1,0 +1,306 @@
+"""Assertions on `kustomize build manifests/` (the real kustomize) and on the plain files.
+
+Run by .ci/check-deploy with the venv's pytest; KUSTOMIZE names the kustomize binary
+(default: `kustomize` from PATH), KUBECTL the kubectl (default: `kubectl`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen_profiles_yaml  # noqa: E402
+
+IMAGE = "ghcr.io/example/apparmor-profile-loader:0.1.0"
+GATE_KEYS = {
+    "WaitingForAppArmorProfiles",
+    "startup-taint.cluster-autoscaler.kubernetes.io/WaitingForAppArmorProfiles",
+}
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+HOST_VOLUMES = {"host-apparmor-d", "host-cache", "securityfs"}
+# Per container: (user, capabilities added, volumes mounted -> read-only?)
+EXPECTED = {
+    "copy": (0, [], {"profiles": True, "host-apparmor-d": False, "tmp": False}),
+    "load": (
+        0,
+        ["MAC_ADMIN"],
+        {"host-apparmor-d": True, "host-cache": False, "securityfs": False, "tmp": False},
+    ),
+    "untaint": (65532, [], {"token": True}),
+    "pause": (65532, [], {}),
+}
+
+
+def tool(env: str, name: str) -> str:
+    path = os.environ.get(env) or shutil.which(name)
+    if not path:
+        pytest.fail(f"{name} not found (set {env} or put it on PATH)")
+    return path
+
+
+def kustomize_build(directory: str) -> list[dict]:
+    out = subprocess.run(
+        [tool("KUSTOMIZE", "kustomize"), "build", str(REPO / directory)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    return kustomize_build("manifests")
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def pod(rendered) -> dict:
+    return one(rendered, "DaemonSet")["spec"]["template"]["spec"]
+
+
+def containers(pod: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in pod.get("initContainers", []) + pod["containers"]}
+
+
+def test_rendered_kinds_and_namespaces(rendered):
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in rendered)
+    assert kinds == sorted(
+        [
+            ("ServiceAccount", "apparmor-profile-loader"),
+            ("ClusterRole", "apparmor-profile-loader"),
+            ("ClusterRoleBinding", "apparmor-profile-loader"),
+            ("ConfigMap", "apparmor-profiles"),
+            ("DaemonSet", "apparmor-profile-loader"),
+            ("ValidatingAdmissionPolicy", "apparmor-profile-loader-untaint"),
+            ("ValidatingAdmissionPolicyBinding", "apparmor-profile-loader-untaint"),
+        ]
+    )
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding"}
+    for d in rendered:
+        ns = d["metadata"].get("namespace")
+        assert ns == (None if d["kind"] in cluster_scoped else "kube-system"), d["kind"]
+
+
+def test_init_order_and_one_image(pod):
+    assert [c["name"] for c in pod["initContainers"]] == ["copy", "load", "untaint"]
+    assert [c["name"] for c in pod["containers"]] == ["pause"]
+    for name, c in containers(pod).items():
+        assert c["image"] == IMAGE, name
+        assert c["args"] == [name], name
+        assert "command" not in c, name
+
+
+def test_token_only_in_untaint(pod):
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "apparmor-profile-loader"
+    token_volumes = {
+        v["name"]
+        for v in pod["volumes"]
+        if any("serviceAccountToken" in s for s in v.get("projected", {}).get("sources", []))
+    }
+    assert token_volumes == {"token"}
+    token = next(v for v in pod["volumes"] if v["name"] == "token")["projected"]["sources"]
+    sat = next(s["serviceAccountToken"] for s in token if "serviceAccountToken" in s)
+    assert 600 <= sat["expirationSeconds"] <= 3600 and sat["expirationSeconds"] != 3607
+    assert "audience" not in sat  # the API server's own audience
+    assert any(s.get("configMap", {}).get("name") == "kube-root-ca.crt" for s in token)
+    assert any("downwardAPI" in s for s in token)
+    for name, c in containers(pod).items():
+        mounts = c.get("volumeMounts", [])
+        has_token = [m for m in mounts if m["name"] == "token"]
+        if name == "untaint":
+            assert has_token == [
+                {"name": "token", "mountPath": TOKEN_PATH, "readOnly": True}
+            ]
+        else:
+            assert not has_token, name
+            assert all(m["mountPath"] != TOKEN_PATH for m in mounts), name
+
+
+def test_mounts_per_container(pod):
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {n for n, v in volumes.items() if "hostPath" in v} == HOST_VOLUMES
+    assert volumes["host-apparmor-d"]["hostPath"]["path"] == "/etc/apparmor.d"
+    assert volumes["host-cache"]["hostPath"] == {
+        "path": "/var/cache/apparmor-profile-loader",
+        "type": "DirectoryOrCreate",
+    }
+    assert volumes["securityfs"]["hostPath"]["path"] == "/sys/kernel/security"
+    assert volumes["profiles"]["configMap"]["name"] == "apparmor-profiles"
+    for name, c in containers(pod).items():
+        mounts = {m["name"]: bool(m.get("readOnly", False)) for m in c.get("volumeMounts", [])}
+        assert mounts == EXPECTED[name][2], name
+    for name in ("untaint", "pause"):
+        assert not HOST_VOLUMES & {m["name"] for m in containers(pod)[name].get("volumeMounts", [])}
+
+
+def test_security_contexts(pod):
+    assert pod.get("hostNetwork", False) is False
+    assert pod.get("hostPID", False) is False
+    assert pod.get("hostIPC", False) is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for name, c in containers(pod).items():
+        user, added, _ = EXPECTED[name]
+        sc = c["securityContext"]
+        assert sc.get("privileged", False) is False, name
+        assert sc["allowPrivilegeEscalation"] is False, name
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert sc["capabilities"]["drop"] == ["ALL"], name
+        assert sc["capabilities"].get("add", []) == added, name
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert sc["runAsUser"] == user, name
+        assert sc["runAsNonRoot"] is (user != 0), name
+        if name == "load":
+            assert sc["appArmorProfile"] == {"type": "Unconfined"}
+        else:
+            assert "appArmorProfile" not in sc, name
+
+
+def test_resources_and_node_name(pod):
+    for name, c in containers(pod).items():
+        for kind in ("requests", "limits"):
+            assert set(c["resources"][kind]) == {"cpu", "memory"}, (name, kind)
+        node_name = [e for e in c["env"] if e["name"] == "NODE_NAME"]
+        assert node_name == [
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+        ], name
+        for e in c["env"]:
+            assert e["name"] == "NODE_NAME" or e["name"].startswith("APPARMOR_LOADER_"), e
+
+
+def test_scheduling(rendered, pod):
+    ds = one(rendered, "DaemonSet")
+    assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    tolerations = pod["tolerations"]
+    assert sorted(tolerations, key=lambda t: t["key"]) == sorted(
+        ({"key": k, "operator": "Exists", "effect": "NoSchedule"} for k in GATE_KEYS),
+        key=lambda t: t["key"],
+    )
+    assert all(t.get("key") for t in tolerations), "no blanket toleration"
+
+
+def test_rbac_exactly_get_patch_nodes(rendered):
+    role = one(rendered, "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    binding = one(rendered, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == "apparmor-profile-loader"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "apparmor-profile-loader", "namespace": "kube-system"}
+    ]
+    sa = one(rendered, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+
+
+def test_admission_policy(rendered):
+    policy = one(rendered, "ValidatingAdmissionPolicy")
+    binding = one(rendered, "ValidatingAdmissionPolicyBinding")
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    rules = spec["matchConstraints"]["resourceRules"]
+    assert [r["resources"] for r in rules] == [["nodes"]], "nodes only, not nodes/status"
+    assert "UPDATE" in rules[0]["operations"]
+    assert [m["expression"].split() for m in spec["matchConditions"]] == [
+        ["request.userInfo.username", "==",
+         "'system:serviceaccount:kube-system:apparmor-profile-loader'"]
+    ]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    assert "authentication.kubernetes.io/node-name" in variables["tokenNodeName"]
+    assert all(k in variables["gateKeys"] for k in GATE_KEYS)
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+
+
+def test_component_can_be_left_out(tmp_path):
+    """An older cluster drops the `components:` entry: the base must still build."""
+    shutil.copytree(REPO / "manifests", tmp_path / "manifests")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    kust = tmp_path / "manifests" / "kustomization.yaml"
+    doc = yaml.safe_load(kust.read_text())
+    assert doc.pop("components") == ["admission-policy"]
+    kust.write_text(yaml.safe_dump(doc))
+    out = subprocess.run(
+        [tool("KUSTOMIZE", "kustomize"), "build", str(tmp_path / "manifests")],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    kinds = {d["kind"] for d in yaml.safe_load_all(out) if d}
+    assert "ValidatingAdmissionPolicy" not in kinds and "DaemonSet" in kinds
+
+
+def test_plain_files_match_rendered(rendered):
+    """Each file applies alone (kubectl apply -f): same objects, namespace set in the file."""
+    files = ["serviceaccount.yaml", "rbac.yaml", "daemonset.yaml",
+             "admission-policy/validating-admission-policy.yaml"]
+    plain = [d for f in files for d in yaml.safe_load_all((REPO / "manifests" / f).read_text()) if d]
+    plain += [yaml.safe_load((REPO / "profiles" / "profiles.yaml").read_text())]
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(plain, key=key) == sorted(rendered, key=key)
+
+
+def test_profiles_configmap_in_sync():
+    """profiles/profiles.yaml and the generator's kustomization match the profile files."""
+    diffs = gen_profiles_yaml.stale()
+    assert not diffs, "".join(diffs.values()) + "\nrun tests/deploy/gen_profiles_yaml.py"
+    generated = one(kustomize_build("profiles"), "ConfigMap")
+    plain = yaml.safe_load((REPO / "profiles" / "profiles.yaml").read_text())
+    assert generated == plain
+    files = gen_profiles_yaml.profile_files()
+    assert set(plain["data"]) == {f.name for f in files}
+    for f in files:
+        assert plain["data"][f.name] == f.read_text(encoding="utf-8"), f.name
+
+
+def test_drift_is_detected(tmp_path, monkeypatch):
+    """The drift check fails when a profile changes without regenerating profiles.yaml."""
+    copy = tmp_path / "profiles"
+    shutil.copytree(REPO / "profiles", copy)
+    monkeypatch.setattr(gen_profiles_yaml, "PROFILES", copy)
+    monkeypatch.setattr(gen_profiles_yaml, "REPO", tmp_path)
+    assert gen_profiles_yaml.stale() == {}
+    victim = gen_profiles_yaml.profile_files(copy)[0]
+    victim.write_text(victim.read_text() + "# changed\n")
+    assert set(gen_profiles_yaml.stale()) == {copy / "profiles.yaml"}
+    (copy / "k8s-new-profile").write_text("profile k8s-new-profile {}\n")
+    assert set(gen_profiles_yaml.stale()) == {copy / "profiles.yaml", copy / "kustomization.yaml"}
+
+
+def test_kubectl_create_configmap_from_dir(tmp_path):
+    """The README command: --from-file=<dir>/ gives one key per file (the seed's
+    --from-file=*.profile only works if the shell expands the glob, and not at all here:
+    the profiles have no .profile suffix)."""
+    kubectl = tool("KUBECTL", "kubectl")
+    src = tmp_path / "my-profiles"
+    src.mkdir()
+    for f in gen_profiles_yaml.profile_files():
+        shutil.copy(f, src / f.name)
+    out = subprocess.run(
+        [kubectl, "-n", "kube-system", "create", "configmap", "apparmor-profiles",
+         f"--from-file={src}/", "--dry-run=client", "-o", "yaml"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    cm = yaml.safe_load(out)
+    assert cm["kind"] == "ConfigMap"
+    assert cm["metadata"]["name"] == "apparmor-profiles"
+    assert cm["metadata"]["namespace"] == "kube-system"
+    plain = yaml.safe_load((REPO / "profiles" / "profiles.yaml").read_text())
+    assert cm["data"] == plain["data"]
+    assert sorted(cm["data"]) == sorted(f.name for f in gen_profiles_yaml.profile_files())
