@@ -1,0 +1,158 @@
+//! Wiring: parsed arguments in, one step run, an exit code out. Each step's library function
+//! does the work; this module only builds their inputs, logs the outcome and maps errors.
+
+use std::time::Duration;
+
+use tracing::{error, info, info_span};
+
+use crate::cli::{Cli, Command, ParserArgs, UntaintArgs};
+use crate::exit_code::{self, ExitStatus};
+use crate::kernel::Kernel;
+use crate::parser::Parser;
+use crate::{copy, load, pause, untaint, validate};
+
+/// Runs the selected step and returns the process exit code.
+pub fn run(cli: Cli) -> u8 {
+    let step = match &cli.command {
+        Command::Copy(_) => "copy",
+        Command::Load(_) => "load",
+        Command::Untaint(_) => "untaint",
+        Command::Pause => "pause",
+        Command::Validate(_) => "validate",
+    };
+    let node = cli.node_name.clone().unwrap_or_default();
+    let span = info_span!("apparmor-loader", step, node = %node);
+    let _entered = span.enter();
+    let result = match cli.command {
+        Command::Copy(args) => parser(&args.parser).and_then(|parser| {
+            let opts = copy::CopyOptions {
+                source: args.source,
+                dest: args.dest,
+                max_size: args.max_size,
+            };
+            let report = copy::run(&opts, &parser).map_err(failure)?;
+            if report.written.is_empty() && report.removed.is_empty() {
+                info!(
+                    written = 0,
+                    unchanged = report.unchanged.len(),
+                    removed = 0,
+                    "copy complete: nothing changed, {} profile files up to date in {}",
+                    report.unchanged.len(),
+                    opts.dest.display()
+                );
+            } else {
+                info!(
+                    written = report.written.len(),
+                    unchanged = report.unchanged.len(),
+                    removed = report.removed.len(),
+                    "copy complete: wrote [{}], removed [{}], {} unchanged, in {}",
+                    report.written.join(", "),
+                    report.removed.join(", "),
+                    report.unchanged.len(),
+                    opts.dest.display()
+                );
+            }
+            Ok(())
+        }),
+        Command::Load(args) => parser(&args.parser).and_then(|parser| {
+            let opts = load::LoadOptions {
+                dest: args.dest,
+                cache_dir: args.cache_dir,
+                kernel: Kernel::new(&args.securityfs, &args.enabled_file),
+            };
+            let r = load::run(&opts, &parser).map_err(failure)?;
+            info!(loaded = r.loaded, unchanged = r.unchanged, removed = r.removed.len(),
+                  verified = r.verified, took_ms = r.took_ms as u64, removed_profiles = ?r.removed,
+                  "load complete: loaded {}, unchanged {}, removed {}, took {} ms",
+                  r.loaded, r.unchanged, r.removed.len(), r.took_ms);
+            Ok(())
+        }),
+        Command::Untaint(args) => run_untaint(cli.node_name, args),
+        Command::Pause => {
+            info!("pausing until SIGTERM");
+            pause::run()
+                .map(|signal| info!("received {signal}, exiting"))
+                .map_err(|e| (exit_code::INTERNAL, format!("cannot wait for signals: {e}")))
+        }
+        Command::Validate(args) => parser(&args.parser).and_then(|parser| {
+            let compiled = validate::run(&args.paths, args.max_size, &parser).map_err(failure)?;
+            let names: usize = compiled.iter().map(|c| c.names.len()).sum();
+            info!(
+                files = compiled.len(),
+                profiles = names,
+                "validate complete: {} files defining {} profiles, all valid",
+                compiled.len(),
+                names
+            );
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => 0,
+        Err((code, message)) => {
+            error!(exit_code = code, "{message}");
+            code
+        }
+    }
+}
+
+type StepResult = Result<(), (u8, String)>;
+
+fn failure<E: ExitStatus + std::fmt::Display>(e: E) -> (u8, String) {
+    (e.exit_code(), e.to_string())
+}
+
+/// The parser settings shared by `copy`, `load` and `validate`.
+fn parser(args: &ParserArgs) -> Result<Parser, (u8, String)> {
+    let binary = Parser::locate(&args.parser).map_err(|e| (exit_code::INTERNAL, e.to_string()))?;
+    let jobs = args
+        .jobs
+        .filter(|j| *j > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    Ok(Parser {
+        binary,
+        base: args.base.clone(),
+        includes: args.include.clone(),
+        jobs,
+    })
+}
+
+/// `untaint` on a current-thread runtime, bounded by its timeout and ended early by SIGTERM.
+fn run_untaint(node: Option<String>, args: UntaintArgs) -> StepResult {
+    let node = node.filter(|n| !n.is_empty()).ok_or_else(|| {
+        (
+            exit_code::USAGE,
+            "NODE_NAME is not set: untaint needs this node's name (env NODE_NAME from the \
+             downward API fieldRef spec.nodeName, or --node-name)"
+                .to_string(),
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            (
+                exit_code::INTERNAL,
+                format!("cannot start the runtime: {e}"),
+            )
+        })?;
+    let timeout: Duration = args.timeout;
+    runtime.block_on(async {
+        let client = untaint::client(args.kubeconfig.as_deref()).await.map_err(failure)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| (exit_code::INTERNAL, format!("cannot handle SIGTERM: {e}")))?;
+        let outcome = tokio::select! {
+            r = untaint::run(client, &node, &args.taints, timeout) => r.map_err(failure)?,
+            _ = term.recv() => return Err((exit_code::KUBERNETES_API, "stopped by SIGTERM before the taint was removed".into())),
+            _ = tokio::signal::ctrl_c() => return Err((exit_code::KUBERNETES_API, "stopped by SIGINT before the taint was removed".into())),
+        };
+        if outcome.removed.is_empty() {
+            info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
+                  "untaint complete: no gate taint on node {node}, nothing to do");
+        } else {
+            info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
+                  "untaint complete: removed {} from node {node}", outcome.removed.join(", "));
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,172 @@
+//! The kernel's AppArmor interface: is AppArmor on, and which profiles are loaded in which mode.
+//!
+//! This is the ground truth `load` checks against. `apparmor_parser` exits 0 when it skips a
+//! disabled profile and keeps going past a failed file, so only the kernel's own list proves
+//! that a profile is in force.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Default mount point of securityfs on a node (and where the DaemonSet mounts it).
+pub const DEFAULT_SECURITYFS: &str = "/sys/kernel/security";
+/// The AppArmor module's switch; `Y` when AppArmor is the active LSM.
+pub const DEFAULT_ENABLED_FILE: &str = "/sys/module/apparmor/parameters/enabled";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "AppArmor is not available on this node: {file} does not exist, so the kernel has no \
+         AppArmor module. Run this DaemonSet only on node pools whose OS enables AppArmor \
+         (e.g. AKS Ubuntu; Azure Linux uses SELinux instead) via its nodeSelector"
+    )]
+    NoModule { file: PathBuf },
+    #[error(
+        "AppArmor is disabled on this node: {file} reads {value:?}, expected \"Y\". Boot the node \
+         with `apparmor=1 security=apparmor` or keep this DaemonSet off nodes without AppArmor"
+    )]
+    Disabled { file: PathBuf, value: String },
+    #[error(
+        "AppArmor's securityfs is not reachable: {path} does not exist. Mount the host's \
+         /sys/kernel/security into this container (hostPath) or pass --securityfs"
+    )]
+    NotMounted { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The kernel interface as seen from this container.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub securityfs: PathBuf,
+    pub enabled_file: PathBuf,
+}
+
+impl Kernel {
+    pub fn new(securityfs: &Path, enabled_file: &Path) -> Self {
+        Self {
+            securityfs: securityfs.to_path_buf(),
+            enabled_file: enabled_file.to_path_buf(),
+        }
+    }
+
+    fn profiles_file(&self) -> PathBuf {
+        self.securityfs.join("apparmor").join("profiles")
+    }
+
+    /// Refuses, with a message that says what to do, when profiles cannot be loaded here.
+    pub fn ensure_enabled(&self) -> Result<(), KernelError> {
+        let value = match fs::read_to_string(&self.enabled_file) {
+            Ok(v) => v.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(KernelError::NoModule {
+                    file: self.enabled_file.clone(),
+                });
+            }
+            Err(source) => {
+                return Err(KernelError::Io {
+                    path: self.enabled_file.clone(),
+                    source,
+                });
+            }
+        };
+        if value != "Y" {
+            return Err(KernelError::Disabled {
+                file: self.enabled_file.clone(),
+                value,
+            });
+        }
+        if !self.profiles_file().exists() {
+            return Err(KernelError::NotMounted {
+                path: self.profiles_file(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The loaded profiles and their modes, e.g. `k8s-nginx` → `enforce`.
+    pub fn loaded_profiles(&self) -> Result<BTreeMap<String, String>, KernelError> {
+        let path = self.profiles_file();
+        let text = fs::read_to_string(&path).map_err(|source| KernelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(parse_profiles(&text))
+    }
+}
+
+/// Parses the kernel's `profiles` file: one `name (mode)` per line; names may contain spaces
+/// and parentheses, the mode is always the last parenthesised word.
+pub fn parse_profiles(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim_end();
+            let open = line.rfind(" (")?;
+            let mode = line[open + 2..].strip_suffix(')')?;
+            Some((line[..open].to_string(), mode.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_file_is_parsed() {
+        let text = "k8s-nginx (enforce)\n/usr/bin/man (complain)\nodd (name) (kill)\n\
+                    p//hat (enforce)\ngarbage\n";
+        let p = parse_profiles(text);
+        assert_eq!(p["k8s-nginx"], "enforce");
+        assert_eq!(p["/usr/bin/man"], "complain");
+        assert_eq!(p["odd (name)"], "kill");
+        assert_eq!(p["p//hat"], "enforce");
+        assert_eq!(p.len(), 4);
+    }
+
+    fn fake(enabled: Option<&str>, mounted: bool) -> (tempfile::TempDir, Kernel) {
+        let dir = tempfile::tempdir().unwrap();
+        let enabled_file = dir.path().join("enabled");
+        if let Some(v) = enabled {
+            fs::write(&enabled_file, v).unwrap();
+        }
+        let sfs = dir.path().join("security");
+        if mounted {
+            fs::create_dir_all(sfs.join("apparmor")).unwrap();
+            fs::write(sfs.join("apparmor/profiles"), "").unwrap();
+        }
+        let k = Kernel::new(&sfs, &enabled_file);
+        (dir, k)
+    }
+
+    #[test]
+    fn enabled_checks_name_the_file_read() {
+        let (_d, k) = fake(Some("Y\n"), true);
+        k.ensure_enabled().unwrap();
+
+        let (_d, k) = fake(Some("N\n"), true);
+        let msg = k.ensure_enabled().unwrap_err().to_string();
+        assert!(
+            msg.contains("disabled") && msg.contains("enabled reads \"N\""),
+            "{msg}"
+        );
+
+        let (_d, k) = fake(None, true);
+        let msg = k.ensure_enabled().unwrap_err().to_string();
+        assert!(
+            msg.contains("does not exist") && msg.contains("SELinux"),
+            "{msg}"
+        );
+
+        let (_d, k) = fake(Some("Y"), false);
+        let msg = k.ensure_enabled().unwrap_err().to_string();
+        assert!(
+            msg.contains("securityfs") && msg.contains("apparmor/profiles"),
+            "{msg}"
+        );
+    }
+}

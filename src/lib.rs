@@ -1,0 +1,21 @@
+//! apparmor-profile-loader: gets AppArmor profiles onto a Kubernetes node, proven loaded, before
+//! the node's gate taint is removed. One module per step of the DaemonSet pod, plus the kernel
+//! interface, the parser and the profile files they share.
+//!
+//! Pod order: [`copy`] → [`load`] → [`untaint`] (init containers), then [`pause`].
+
+pub mod app;
+pub mod atomic_file;
+pub mod cli;
+pub mod copy;
+pub mod exit_code;
+pub mod kernel;
+pub mod load;
+pub mod logging;
+pub mod parser;
+pub mod pause;
+pub mod profile_files;
+pub mod state;
+pub mod taint;
+pub mod untaint;
+pub mod validate;

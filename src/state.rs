@@ -1,0 +1,138 @@
+//! What this tool owns, recorded on the host so every run can tell its own files and profiles
+//! from everyone else's.
+//!
+//! Two records share one format:
+//! - `copy` keeps `<dest>/.apparmor-profile-loader.json`: the files it wrote to the profile
+//!   directory and the profile names each defines. A file not listed there is never touched.
+//! - `load` keeps `<cache-dir>/loaded.json`: what it loaded and verified in the kernel. Only
+//!   names listed there are ever unloaded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic_file;
+
+/// File name of `copy`'s ownership record in the profile directory. A dot-file, so
+/// `apparmor_parser` never reads it as a profile.
+pub const OWNED_FILES: &str = ".apparmor-profile-loader.json";
+/// File name of `load`'s record in the cache directory.
+pub const LOADED_PROFILES: &str = "loaded.json";
+
+const FORMAT_VERSION: u32 = 1;
+
+/// One profile file and what it defines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub sha256: String,
+    pub profiles: Vec<String>,
+}
+
+/// Files by name, as written to disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub version: u32,
+    pub files: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "state file {path} is corrupt ({source}); it lists what this tool owns, so it is not \
+         guessed: restore it or remove it together with the files it listed"
+    )]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Inventory {
+    /// Reads a record; a missing file is an empty inventory (first run on this node).
+    pub fn load(dir: &Path, name: &str) -> Result<Self, StateError> {
+        let path = dir.join(name);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| StateError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(StateError::Read { path, source }),
+        }
+    }
+
+    /// Whether a record exists at all.
+    pub fn exists(dir: &Path, name: &str) -> bool {
+        dir.join(name).exists()
+    }
+
+    /// Writes the record atomically (mode 0644: it holds names and hashes, nothing secret).
+    pub fn save(&self, dir: &Path, name: &str) -> Result<(), StateError> {
+        let mut record = self.clone();
+        record.version = FORMAT_VERSION;
+        let mut json = serde_json::to_vec_pretty(&record).expect("inventory serializes");
+        json.push(b'\n');
+        atomic_file::write(dir, name, &json, 0o644)
+            .and_then(|()| atomic_file::sync_dir(dir))
+            .map_err(|source| StateError::Write {
+                path: dir.join(name),
+                source,
+            })
+    }
+
+    /// Every profile name in the inventory.
+    pub fn profile_names(&self) -> BTreeSet<String> {
+        self.files
+            .values()
+            .flat_map(|e| e.profiles.iter().cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_missing_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Inventory::load(dir.path(), OWNED_FILES).unwrap(),
+            Inventory::default()
+        );
+        let mut inv = Inventory::default();
+        inv.files.insert(
+            "p".into(),
+            Entry {
+                sha256: "ab".into(),
+                profiles: vec!["p".into(), "p//hat".into()],
+            },
+        );
+        inv.save(dir.path(), OWNED_FILES).unwrap();
+        let back = Inventory::load(dir.path(), OWNED_FILES).unwrap();
+        assert_eq!(back.files, inv.files);
+        assert_eq!(back.version, 1);
+        assert_eq!(back.profile_names().len(), 2);
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_not_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(OWNED_FILES), "{not json").unwrap();
+        let err = Inventory::load(dir.path(), OWNED_FILES).unwrap_err();
+        assert!(err.to_string().contains("corrupt"));
+    }
+}
