@@ -1,0 +1,182 @@
+//! `load` as the built binary against a fake kernel (a securityfs tree edited by a fake parser
+//! that delegates compiling to the real one). The real-kernel runs are in `kernel_e2e.rs`; these
+//! cover the decision logic: refuse, verify, prune, and never touch what is not ours.
+
+mod cli_support;
+
+use std::fs;
+
+use cli_support::*;
+use predicates::prelude::*;
+
+const INVALID: i32 = 3;
+const UNAVAILABLE: i32 = 4;
+const NOT_LOADED: i32 = 5;
+
+struct Node {
+    kernel: FakeKernel,
+    dest: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    volume: Volume,
+    parser: std::path::PathBuf,
+}
+
+impl Node {
+    fn with(files: &[(&str, &str)]) -> Option<Self> {
+        let parser = real_parser()?;
+        Some(Node {
+            kernel: FakeKernel::new(&parser),
+            dest: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+            volume: Volume::new(files),
+            parser,
+        })
+    }
+    fn copy(&self) -> assert_cmd::assert::Assert {
+        copy(&self.parser, self.volume.path(), self.dest.path()).assert()
+    }
+    fn load(&self) -> assert_cmd::assert::Assert {
+        self.kernel.load(self.dest.path(), self.cache.path()).assert()
+    }
+}
+
+#[test]
+fn fresh_node_loads_and_verifies_every_profile_in_its_mode() {
+    let complain = "abi <abi/3.0>,\nprofile quiet flags=(complain) {\n  /tmp/** rw,\n}\n";
+    let Some(node) = Node::with(&[("alpha", &profile("alpha")), ("quiet", complain)]) else {
+        return;
+    };
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains(
+            "load complete: loaded 2, unchanged 0, removed 0",
+        ));
+    let profiles = node.kernel.profiles();
+    assert!(profiles.contains("alpha (enforce)"), "{profiles}");
+    assert!(profiles.contains("quiet (complain)"), "{profiles}");
+    // One parser process loaded everything, with a dedicated cache directory.
+    let calls = node.kernel.parser_calls();
+    let loads: Vec<_> = calls.lines().filter(|l| l.contains("--replace")).collect();
+    assert_eq!(loads.len(), 1, "{calls}");
+    assert!(loads[0].contains(&format!("--cache-loc {}", node.cache.path().display())));
+    assert!(loads[0].contains("--write-cache"));
+}
+
+#[test]
+fn rerun_with_unchanged_profiles_reports_unchanged() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().success();
+    node.load().success();
+    let before = node.kernel.profiles();
+    node.copy().success();
+    node.load().success().stderr(predicate::str::contains(
+        "load complete: loaded 0, unchanged 1, removed 0",
+    ));
+    assert_eq!(node.kernel.profiles(), before);
+}
+
+#[test]
+fn removed_key_is_unloaded_and_file_deleted_but_foreign_profiles_stay() {
+    let Some(mut node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))])
+    else {
+        return;
+    };
+    node.kernel.load_by_hand("hand-loaded (enforce)");
+    node.copy().success();
+    node.load().success();
+    node.volume.update(&[("alpha", &profile("alpha"))]);
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("removed 1"));
+    let profiles = node.kernel.profiles();
+    assert!(!profiles.contains("beta ("), "{profiles}");
+    assert!(profiles.contains("alpha (enforce)"), "{profiles}");
+    assert!(profiles.contains("hand-loaded (enforce)"), "{profiles}");
+    assert!(!node.dest.path().join("beta").exists());
+}
+
+#[test]
+fn profile_silently_skipped_by_the_parser_fails_verification() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))]) else {
+        return;
+    };
+    node.kernel.skip_silently("beta");
+    node.copy().success();
+    node.load()
+        .code(NOT_LOADED)
+        .stderr(predicate::str::contains("\"beta\" from file \"beta\" is not in the kernel"));
+    // Not recorded as loaded, so nothing claims it is in force.
+    let record = fs::read_to_string(node.cache.path().join("loaded.json")).unwrap_or_default();
+    assert!(!record.contains("beta"), "{record}");
+}
+
+#[test]
+fn wrong_mode_fails_verification() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().success();
+    // Someone flipped our profile to complain mode by hand; the file asks for enforce.
+    let fake = node.kernel.parser();
+    let script = fs::read_to_string(&fake).unwrap();
+    fs::write(&fake, script.replace("echo \"$name (enforce)\"", "echo \"$name (complain)\"")).unwrap();
+    node.load()
+        .code(NOT_LOADED)
+        .stderr(predicate::str::contains(
+            "\"alpha\" from file \"alpha\" is loaded in complain mode, its flags ask for enforce",
+        ));
+}
+
+#[test]
+fn invalid_file_on_disk_leaves_the_kernel_untouched() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))]) else {
+        return;
+    };
+    node.copy().success();
+    node.load().success();
+    let before = node.kernel.profiles();
+    // The host file was edited behind our back into something that does not compile.
+    fs::write(node.dest.path().join("beta"), BROKEN).unwrap();
+    node.load()
+        .code(INVALID)
+        .stderr(predicate::str::contains("profile \"beta\" line 5"));
+    assert_eq!(node.kernel.profiles(), before);
+    let replaces = node
+        .kernel
+        .parser_calls()
+        .lines()
+        .filter(|l| l.contains("--replace"))
+        .count();
+    assert_eq!(replaces, 1, "the second run must not reach --replace");
+}
+
+#[test]
+fn apparmor_disabled_is_refused_naming_the_file() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().success();
+    fs::write(node.kernel.enabled_file(), "N\n").unwrap();
+    node.load()
+        .code(UNAVAILABLE)
+        .stderr(predicate::str::contains("AppArmor is disabled on this node"))
+        .stderr(predicate::str::contains(
+            node.kernel.enabled_file().display().to_string(),
+        ));
+    fs::remove_file(node.kernel.enabled_file()).unwrap();
+    node.load()
+        .code(UNAVAILABLE)
+        .stderr(predicate::str::contains("SELinux"));
+}
+
+#[test]
+fn load_without_copy_says_to_run_copy() {
+    let Some(node) = Node::with(&[]) else { return };
+    node.load()
+        .code(INVALID)
+        .stderr(predicate::str::contains("The copy step writes it"));
+}
