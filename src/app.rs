@@ -68,12 +68,9 @@ pub fn run(cli: Cli) -> u8 {
             Ok(())
         }),
         Command::Untaint(args) => run_untaint(cli.node_name, args),
-        Command::Pause => {
-            info!("pausing until SIGTERM");
-            pause::run()
-                .map(|signal| info!("received {signal}, exiting"))
-                .map_err(|e| (exit_code::INTERNAL, format!("cannot wait for signals: {e}")))
-        }
+        Command::Pause => pause::run(|| info!("pausing until SIGTERM"))
+            .map(|signal| info!("received {signal}, exiting"))
+            .map_err(|e| (exit_code::INTERNAL, format!("cannot wait for signals: {e}"))),
         Command::Validate(args) => parser(&args.parser).and_then(|parser| {
             let compiled = validate::run(&args.paths, args.max_size, &parser).map_err(failure)?;
             let names: usize = compiled.iter().map(|c| c.names.len()).sum();

@@ -98,9 +98,9 @@ impl Parser {
                 Err(ParserError::NotFound(name.into()))
             };
         }
-        let on_path = std::env::var_os("PATH")
+        let on_path: Vec<PathBuf> = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
-            .unwrap_or_else(Vec::new);
+            .unwrap_or_default();
         on_path
             .into_iter()
             .chain(FALLBACK_DIRS.iter().map(|d| Path::new(d).join(name)))
@@ -349,10 +349,10 @@ fn error_line(stderr: &str) -> Option<u32> {
 
 /// The human part of a parser error: what follows the location, or the whole text.
 fn error_message(stderr: &str) -> String {
-    if let Some(at) = stderr.find(" at line ") {
-        if let Some(colon) = stderr[at..].find(": ") {
-            return stderr[at + colon + 2..].trim().to_string();
-        }
+    if let Some(at) = stderr.find(" at line ")
+        && let Some(colon) = stderr[at..].find(": ")
+    {
+        return stderr[at + colon + 2..].trim().to_string();
     }
     stderr.trim().to_string()
 }
@@ -371,10 +371,10 @@ fn parse_debug_modes(dump: &str) -> BTreeMap<String, String> {
                 let mode = if mode.is_empty() { "enforce" } else { mode };
                 modes.entry(n).or_insert_with(|| mode.to_string());
             }
-        } else if line == "Mode:" {
-            if let Some(n) = name.take() {
-                modes.entry(n).or_insert_with(|| "enforce".into());
-            }
+        } else if line == "Mode:"
+            && let Some(n) = name.take()
+        {
+            modes.entry(n).or_insert_with(|| "enforce".into());
         }
     }
     modes

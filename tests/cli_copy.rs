@@ -29,7 +29,11 @@ fn copy_writes_profiles_with_mode_and_state_then_second_run_changes_nothing() {
     let Some(parser) = real_parser() else { return };
     let volume = Volume::new(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))]);
     let dest = tempfile::tempdir().unwrap();
-    fs::write(dest.path().join("usr.bin.man"), "# the distribution's own\n").unwrap();
+    fs::write(
+        dest.path().join("usr.bin.man"),
+        "# the distribution's own\n",
+    )
+    .unwrap();
 
     copy(&parser, volume.path(), dest.path())
         .assert()
@@ -47,18 +51,25 @@ fn copy_writes_profiles_with_mode_and_state_then_second_run_changes_nothing() {
         &fs::read(dest.path().join(".apparmor-profile-loader.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(state["files"]["alpha"]["profiles"], serde_json::json!(["alpha"]));
+    assert_eq!(
+        state["files"]["alpha"]["profiles"],
+        serde_json::json!(["alpha"])
+    );
     assert!(state["files"].get("usr.bin.man").is_none());
 
     let before = snapshot(dest.path());
-    let mtime = fs::metadata(dest.path().join("alpha")).unwrap().mtime_nsec();
+    let mtime = fs::metadata(dest.path().join("alpha"))
+        .unwrap()
+        .mtime_nsec();
     copy(&parser, volume.path(), dest.path())
         .assert()
         .success()
         .stderr(predicate::str::contains("nothing changed"));
     assert_eq!(snapshot(dest.path()), before);
     assert_eq!(
-        fs::metadata(dest.path().join("alpha")).unwrap().mtime_nsec(),
+        fs::metadata(dest.path().join("alpha"))
+            .unwrap()
+            .mtime_nsec(),
         mtime
     );
 }
@@ -90,15 +101,24 @@ fn key_removed_from_configmap_is_deleted_but_foreign_files_stay() {
 #[test]
 fn key_clashing_with_a_host_file_is_refused_and_nothing_written() {
     let Some(parser) = real_parser() else { return };
-    let volume = Volume::new(&[("alpha", &profile("alpha")), ("usr.bin.man", &profile("man"))]);
+    let volume = Volume::new(&[
+        ("alpha", &profile("alpha")),
+        ("usr.bin.man", &profile("man")),
+    ]);
     let dest = tempfile::tempdir().unwrap();
-    fs::write(dest.path().join("usr.bin.man"), "# the distribution's own\n").unwrap();
+    fs::write(
+        dest.path().join("usr.bin.man"),
+        "# the distribution's own\n",
+    )
+    .unwrap();
     let before = snapshot(dest.path());
     copy(&parser, volume.path(), dest.path())
         .assert()
         .code(INVALID)
         .stderr(predicate::str::contains("\"usr.bin.man\""))
-        .stderr(predicate::str::contains("not owned by apparmor-profile-loader"));
+        .stderr(predicate::str::contains(
+            "not owned by apparmor-profile-loader",
+        ));
     assert_eq!(snapshot(dest.path()), before);
 }
 
@@ -165,9 +185,15 @@ fn bad_inputs_are_refused_with_the_key_and_reason_and_leave_dest_untouched() {
         let out = copy(&parser, source.path(), dest.path()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(INVALID), "{what}: {stderr}");
-        assert!(stderr.contains(expected), "{what}: expected {expected:?} in {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{what}: expected {expected:?} in {stderr}"
+        );
         assert_eq!(snapshot(dest.path()), before, "{what}: destination changed");
-        assert!(!dest.path().join("good").exists(), "{what}: good file written");
+        assert!(
+            !dest.path().join("good").exists(),
+            "{what}: good file written"
+        );
 
         // validate says the same about the same directory.
         let out = loader()
@@ -200,7 +226,9 @@ fn every_broken_file_is_reported_not_just_the_last() {
         .arg(&parser)
         .assert()
         .code(INVALID)
-        .stderr(predicate::str::contains("2 of 3 profile files do not compile"))
+        .stderr(predicate::str::contains(
+            "2 of 3 profile files do not compile",
+        ))
         .stderr(predicate::str::contains("profile \"a-broken\" line 5"))
         .stderr(predicate::str::contains("profile \"c-broken\" line 2"));
 }
@@ -219,7 +247,9 @@ fn traversal_names_given_as_files_are_refused() {
         .arg(&parser)
         .assert()
         .code(INVALID)
-        .stderr(predicate::str::contains("key \"x y\": the name contains ' '"));
+        .stderr(predicate::str::contains(
+            "key \"x y\": the name contains ' '",
+        ));
 }
 
 #[test]
@@ -249,7 +279,12 @@ fn configmap_update_between_runs_is_read_as_one_generation() {
         &fs::read(dest.path().join(".apparmor-profile-loader.json")).unwrap(),
     )
     .unwrap();
-    let owned: Vec<_> = state["files"].as_object().unwrap().keys().cloned().collect();
+    let owned: Vec<_> = state["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
     assert_eq!(owned, ["alpha", "gamma"]);
 }
 
@@ -272,7 +307,13 @@ fn busybox_style_link_runs_the_step() {
 fn json_logs_name_the_step_and_node() {
     let Some(parser) = real_parser() else { return };
     let out = loader()
-        .args(["--log-format", "json", "validate", "profiles/k8s-nginx", "--parser"])
+        .args([
+            "--log-format",
+            "json",
+            "validate",
+            "profiles/k8s-nginx",
+            "--parser",
+        ])
         .arg(&parser)
         .output()
         .unwrap();

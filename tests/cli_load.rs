@@ -36,7 +36,9 @@ impl Node {
         copy(&self.parser, self.volume.path(), self.dest.path()).assert()
     }
     fn load(&self) -> assert_cmd::assert::Assert {
-        self.kernel.load(self.dest.path(), self.cache.path()).assert()
+        self.kernel
+            .load(self.dest.path(), self.cache.path())
+            .assert()
     }
 }
 
@@ -47,11 +49,9 @@ fn fresh_node_loads_and_verifies_every_profile_in_its_mode() {
         return;
     };
     node.copy().success();
-    node.load()
-        .success()
-        .stderr(predicate::str::contains(
-            "load complete: loaded 2, unchanged 0, removed 0",
-        ));
+    node.load().success().stderr(predicate::str::contains(
+        "load complete: loaded 2, unchanged 0, removed 0",
+    ));
     let profiles = node.kernel.profiles();
     assert!(profiles.contains("alpha (enforce)"), "{profiles}");
     assert!(profiles.contains("quiet (complain)"), "{profiles}");
@@ -108,7 +108,9 @@ fn profile_silently_skipped_by_the_parser_fails_verification() {
     node.copy().success();
     node.load()
         .code(NOT_LOADED)
-        .stderr(predicate::str::contains("\"beta\" from file \"beta\" is not in the kernel"));
+        .stderr(predicate::str::contains(
+            "\"beta\" from file \"beta\" is not in the kernel",
+        ));
     // Not recorded as loaded, so nothing claims it is in force.
     let record = fs::read_to_string(node.cache.path().join("loaded.json")).unwrap_or_default();
     assert!(!record.contains("beta"), "{record}");
@@ -123,7 +125,11 @@ fn wrong_mode_fails_verification() {
     // Someone flipped our profile to complain mode by hand; the file asks for enforce.
     let fake = node.kernel.parser();
     let script = fs::read_to_string(&fake).unwrap();
-    fs::write(&fake, script.replace("echo \"$name (enforce)\"", "echo \"$name (complain)\"")).unwrap();
+    fs::write(
+        &fake,
+        script.replace("echo \"$name (enforce)\"", "echo \"$name (complain)\""),
+    )
+    .unwrap();
     node.load()
         .code(NOT_LOADED)
         .stderr(predicate::str::contains(
@@ -163,7 +169,9 @@ fn apparmor_disabled_is_refused_naming_the_file() {
     fs::write(node.kernel.enabled_file(), "N\n").unwrap();
     node.load()
         .code(UNAVAILABLE)
-        .stderr(predicate::str::contains("AppArmor is disabled on this node"))
+        .stderr(predicate::str::contains(
+            "AppArmor is disabled on this node",
+        ))
         .stderr(predicate::str::contains(
             node.kernel.enabled_file().display().to_string(),
         ));

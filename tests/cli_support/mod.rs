@@ -18,7 +18,8 @@ pub fn profile(name: &str) -> String {
 }
 
 /// A profile with a syntax error: line 4 lacks its comma, which the parser reports at line 5.
-pub const BROKEN: &str = "abi <abi/3.0>,\nprofile broken {\n  /tmp/** rw,\n  /etc/** rw\n  junk,\n}\n";
+pub const BROKEN: &str =
+    "abi <abi/3.0>,\nprofile broken {\n  /tmp/** rw,\n  /etc/** rw\n  junk,\n}\n";
 
 /// The real parser, or a test failure in CI / a skip message locally.
 pub fn real_parser() -> Option<PathBuf> {
