@@ -7,7 +7,9 @@ decorators, variables, resources, outputs; expressions: references, string
 interpolation, `?:`, `!`, `empty()`, `resourceGroup()`, property access). The ARM file's
 expressions are normalised (whitespace outside string literals removed) and both are
 compared: parameters, variables, resources (type, apiVersion, name and every property)
-and outputs. Any difference is reported with its path, and the exit status is 1.
+and outputs, and the checkov suppressions (Bicep `// checkov:skip=` comments, ARM
+resource metadata.checkov) must be the same list. Any difference is reported with its
+path, and the exit status is 1.
 
 Usage: compare_bicep_arm.py [BICEP [ARM]]   (defaults: bicep/cluster.bicep arm/cluster.json)
 
@@ -206,10 +208,29 @@ def normalise(node: Any) -> Any:
     return node
 
 
+def bicep_suppressions(text: str) -> list[str]:
+    """checkov suppressions written as `// checkov:skip=ID:reason` comments in Bicep."""
+    return [m.strip() for m in re.findall(r"//\s*(checkov:skip=[^\n]*)", text)]
+
+
+def arm_suppressions(arm: dict) -> list[str]:
+    """The same in ARM JSON, where checkov reads them from a resource's metadata.checkov."""
+    return [
+        str(item).strip()
+        for r in arm.get("resources", [])
+        for item in r.get("metadata", {}).get("checkov", [])
+    ]
+
+
 def arm_view(arm: dict) -> dict:
     resources = []
     for r in arm.get("resources", []):
         r = {k: v for k, v in r.items() if k != "dependsOn" or v}
+        if "metadata" in r:  # checkov suppressions are compared separately
+            metadata = {k: v for k, v in r["metadata"].items() if k != "checkov"}
+            r = {k: v for k, v in r.items() if k != "metadata"}
+            if metadata:
+                r["metadata"] = metadata
         resources.append(r)
     return normalise({
         "parameters": arm.get("parameters", {}),
@@ -269,7 +290,12 @@ def compare(bicep_path: Path, arm_path: Path) -> list[str]:
         problems.append(f"targetScope {scope!r} does not match $schema {schema!r}")
     from_bicep = keyed_resources(normalise(bicep_to_arm(doc)))
     from_arm = keyed_resources(arm_view(arm))
-    return problems + diff(from_bicep, from_arm)
+    problems += diff(from_bicep, from_arm)
+    problems += diff(
+        {"checkov-suppressions": bicep_suppressions(bicep_path.read_text(encoding="utf-8"))},
+        {"checkov-suppressions": arm_suppressions(arm)},
+    )
+    return problems
 
 
 def main(argv: list[str]) -> int:

@@ -70,6 +70,10 @@ ARM_MUTATIONS = {
         lambda a: a["resources"].append({"type": "Microsoft.Resources/tags", "name": "default"}),
         "resources.Microsoft.Resources/tags(default): only in ARM",
     ),
+    "suppression dropped": (
+        lambda a: a["resources"][0]["metadata"]["checkov"].pop(),
+        "checkov-suppressions[4]: only in Bicep",
+    ),
     "aad": (
         lambda a: a["resources"][0]["properties"]["aadProfile"].update(enableAzureRBAC=False),
         "aadProfile.enableAzureRBAC",
