@@ -27,7 +27,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Copy(args) => parser(&args.parser).and_then(|parser| {
             let opts = copy::CopyOptions {
                 source: args.source,
-                dest: args.dest,
+                dest: args.profile_dir.dest,
                 max_size: args.max_size,
             };
             let report = copy::run(&opts, &parser).map_err(failure)?;
@@ -56,7 +56,7 @@ pub fn run(cli: Cli) -> u8 {
         }),
         Command::Load(args) => parser(&args.parser).and_then(|parser| {
             let opts = load::LoadOptions {
-                dest: args.dest,
+                dest: args.profile_dir.dest,
                 cache_dir: args.cache_dir,
                 kernel: Kernel::new(&args.securityfs, &args.enabled_file),
             };

@@ -104,7 +104,18 @@ pub struct ParserArgs {
 }
 
 /// The profile directory shared by `copy` (writes) and `load` (reads).
-const DEFAULT_DEST: &str = "/host/etc/apparmor.d";
+#[derive(Debug, Clone, Args)]
+pub struct ProfileDirArgs {
+    /// Host profile directory, mounted into the container (`copy` writes it, `load` only reads
+    /// it). The default is the host's /etc/apparmor.d, whose top-level files the host loads
+    /// itself at every boot.
+    #[arg(
+        long,
+        env = "APPARMOR_LOADER_DEST",
+        default_value = "/host/etc/apparmor.d"
+    )]
+    pub dest: PathBuf,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct CopyArgs {
@@ -116,10 +127,8 @@ pub struct CopyArgs {
     )]
     pub source: PathBuf,
 
-    /// Host profile directory, mounted into the container. The default is the host's
-    /// /etc/apparmor.d, whose top-level files the host loads itself at every boot.
-    #[arg(long, env = "APPARMOR_LOADER_DEST", default_value = DEFAULT_DEST)]
-    pub dest: PathBuf,
+    #[command(flatten)]
+    pub profile_dir: ProfileDirArgs,
 
     /// Largest accepted profile file, in bytes.
     #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile_files::DEFAULT_MAX_SIZE)]
@@ -131,9 +140,8 @@ pub struct CopyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// Host profile directory written by `copy` (read-only is enough).
-    #[arg(long, env = "APPARMOR_LOADER_DEST", default_value = DEFAULT_DEST)]
-    pub dest: PathBuf,
+    #[command(flatten)]
+    pub profile_dir: ProfileDirArgs,
 
     /// Writable host directory for the compile cache and the record of loaded profiles (a
     /// dedicated one, not the distribution's cache).

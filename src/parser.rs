@@ -125,6 +125,20 @@ impl Parser {
         })
     }
 
+    /// Runs the parser and turns a non-zero exit into an error carrying its messages.
+    fn run_checked(&self, cmd: Command, action: &'static str) -> Result<Output, ParserError> {
+        let out = self.run(cmd)?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(ParserError::Failed {
+                action,
+                status: out.status.to_string(),
+                stderr: parser_errors(&out.stderr),
+            })
+        }
+    }
+
     /// Runs the parser with stdout and stderr on one pipe. The debug dump prints a profile's
     /// `Name:` on stdout and its `Mode:` on stderr, so only the merged stream pairs them.
     fn run_merged(&self, mut cmd: Command) -> Result<String, ParserError> {
@@ -230,14 +244,7 @@ impl Parser {
     fn describe(&self, key: &str, path: &Path) -> Result<CompiledProfile, ParserError> {
         let mut cmd = self.command();
         cmd.arg("--names").arg(path);
-        let out = self.run(cmd)?;
-        if !out.status.success() {
-            return Err(ParserError::Failed {
-                action: "list profile names",
-                status: out.status.to_string(),
-                stderr: parser_errors(&out.stderr),
-            });
-        }
+        let out = self.run_checked(cmd, "list profile names")?;
         let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::trim)
@@ -276,16 +283,8 @@ impl Parser {
             .arg(self.jobs.to_string());
         Self::cache_args(&mut cmd, cache);
         cmd.args(paths);
-        let out = self.run(cmd)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(ParserError::Failed {
-                action: "load the profiles into the kernel",
-                status: out.status.to_string(),
-                stderr: parser_errors(&out.stderr),
-            })
-        }
+        self.run_checked(cmd, "load the profiles into the kernel")
+            .map(drop)
     }
 
     /// Unloads profiles by name with the parser's remove mode. The parser removes by the
@@ -306,18 +305,9 @@ impl Parser {
         })?;
         let mut cmd = self.command();
         cmd.arg("--remove").arg(&stub_path);
-        let out = self.run(cmd);
+        let result = self.run_checked(cmd, "remove profiles from the kernel");
         let _ = std::fs::remove_file(&stub_path);
-        let out = out?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(ParserError::Failed {
-                action: "remove profiles from the kernel",
-                status: out.status.to_string(),
-                stderr: parser_errors(&out.stderr),
-            })
-        }
+        result.map(drop)
     }
 }
 

@@ -128,7 +128,8 @@ fn bad_inputs_are_refused_with_the_key_and_reason_and_leave_dest_untouched() {
     let Some(parser) = real_parser() else { return };
     let good = profile("good");
     let big = format!("{good}#{}\n", "x".repeat(1024 * 1024));
-    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>, &str)> = vec![
+    type MakeBad = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, MakeBad, &str)> = vec![
         (
             "empty file",
             Box::new(|d| fs::write(d.join("empty"), "").unwrap()),
