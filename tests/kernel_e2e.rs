@@ -306,6 +306,7 @@ fn prereqs() -> Option<Prereqs> {
 
 /// Lays out a payload in a tempdir and boots it; `None` when skipped outside CI.
 fn boot_with<T>(
+    label: &str,
     payload: impl FnOnce(&Path, &Path) -> T,
     append: &str,
 ) -> Option<Result<(Boot, T), String>> {
@@ -314,14 +315,14 @@ fn boot_with<T>(
     let payload_dir = dir.path().join("payload");
     std::fs::create_dir_all(&payload_dir).unwrap();
     let plan = payload(&payload_dir, &p.repo);
-    Some(vm_common::boot(&p, &payload_dir, append).map(|b| (b, plan)))
+    Some(vm_common::boot(&p, label, &payload_dir, append).map(|b| (b, plan)))
 }
 
 /// The AppArmor boot (scenarios 1-6, 8); `None` when skipped outside CI.
 fn main_boot() -> Option<&'static MainBoot> {
     static BOOT: Shared<MainBoot> = OnceLock::new();
     let shared = BOOT.get_or_init(|| {
-        boot_with(main_payload, "apparmor=1 security=apparmor")
+        boot_with("main", main_payload, "apparmor=1 security=apparmor")
             .map(|r| r.map(|(boot, plan)| MainBoot { boot, plan }))
     });
     match shared {
@@ -338,8 +339,12 @@ fn main_boot() -> Option<&'static MainBoot> {
 fn disabled_boot() -> Option<&'static Boot> {
     static BOOT: Shared<Boot> = OnceLock::new();
     let shared = BOOT.get_or_init(|| {
-        boot_with(disabled_payload, "apparmor=0 security=apparmor")
-            .map(|r| r.map(|(boot, ())| boot))
+        boot_with(
+            "apparmor0",
+            disabled_payload,
+            "apparmor=0 security=apparmor",
+        )
+        .map(|r| r.map(|(boot, ())| boot))
     });
     match shared {
         None => None,

@@ -413,7 +413,8 @@ fn run_qemu(
     let verbose = std::env::var_os("AAPL_VM_VERBOSE").is_some();
     let mut cmd = Command::new("timeout");
     // TERM at the deadline, KILL 10 s later: qemu never outlives its bound, even if this test process dies.
-    cmd.args(["--kill-after=10", &secs.to_string()])
+    // --foreground keeps qemu in our process group, so a Ctrl-C of `cargo test` ends it too.
+    cmd.args(["--foreground", "--kill-after=10", &secs.to_string()])
         .arg(&p.qemu)
         .args([
             "-accel",
@@ -540,8 +541,15 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("chmod {}: {e}", path.display()))
 }
 
+/// Where a boot's whole serial console is kept for reading after the run (`target/tmp/`).
+fn console_log_path(label: &str) -> PathBuf {
+    let dir = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    dir.join(format!("kernel_e2e-{label}.console.log"))
+}
+
 /// Packs `payload` into an initramfs and boots it with `extra_append` added to the kernel command line.
-pub fn boot(p: &Prereqs, payload: &Path, extra_append: &str) -> Result<Boot, String> {
+/// `label` names the console log kept in `target/tmp/kernel_e2e-<label>.console.log`.
+pub fn boot(p: &Prereqs, label: &str, payload: &Path, extra_append: &str) -> Result<Boot, String> {
     let _guard = BOOT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let initrd = dir.path().join("initrd.cpio.gz");
@@ -571,12 +579,25 @@ pub fn boot(p: &Prereqs, payload: &Path, extra_append: &str) -> Result<Boot, Str
     let started = Instant::now();
     let (console, status, timed_out) = run_qemu(p, accel, &initrd, &append, timeout_secs())?;
     let wall = started.elapsed();
+    let log = console_log_path(label);
+    let kept = std::fs::write(&log, &console).is_ok();
     eprintln!(
-        "boot ({accel}, {extra_append}): {:.1}s, {status}",
-        wall.as_secs_f64()
+        "boot {label} ({accel}, {extra_append}): {:.1}s, {status}{}",
+        wall.as_secs_f64(),
+        if kept {
+            format!(", console in {}", log.display())
+        } else {
+            String::new()
+        }
     );
+    let report = Report::parse(&console);
+    for l in &report.lines {
+        if let Line::Metric { name, value } = l {
+            eprintln!("METRIC {label} {name} {value}");
+        }
+    }
     Ok(Boot {
-        report: Report::parse(&console),
+        report,
         console,
         wall,
         accel,
