@@ -60,6 +60,12 @@ if command -v objcopy >/dev/null 2>&1; then
     objcopy --strip-debug "$root/usr/local/bin/apparmor-loader" 2>/dev/null || cp "$loader" "$root/usr/local/bin/apparmor-loader"
 fi
 chmod 0755 "$root/usr/local/bin/apparmor-loader"
+# the contract says static; should it ever be dynamic, bring its libraries along rather than fail obscurely
+if ldd "$loader" >/dev/null 2>&1; then
+    for lib in $(ldd "$loader" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
+        [ -e "$root$lib" ] || copy_with_parents "$lib"
+    done
+fi
 for link in copy load untaint pause validate; do
     ln -s apparmor-loader "$root/usr/local/bin/$link"
 done

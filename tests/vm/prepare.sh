@@ -49,6 +49,10 @@ if [ ! -f "$out/vmlinuz" ]; then
     echo "$pkg" > "$work/out/package"
     rm -rf "$out"
     mv "$work/out" "$out"
+    # keep the cache bounded: drop kernels that linux-image-cloud-amd64 no longer points at
+    for old in "$kdir"/linux-image-*; do
+        [ "$old" = "$out" ] || rm -rf "$old"
+    done
 fi
 ln -sfn "$pkg" "$kdir/current.tmp" && mv -T "$kdir/current.tmp" "$kdir/current"
 echo "$out/vmlinuz"
