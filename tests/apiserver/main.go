@@ -46,10 +46,24 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"gopkg.in/go-jose/go-jose.v2/jwt"
+	apiextensionsscheme "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset/scheme"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/validating"
+	"k8s.io/apiserver/pkg/cel/openapi/resolver"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	k8sscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/util/keyutil"
 	"k8s.io/component-base/cli"
 	_ "k8s.io/component-base/logs/json/register"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+	"k8s.io/kubernetes/pkg/controller/validatingadmissionpolicystatus"
+	"k8s.io/kubernetes/pkg/generated/openapi"
+	"k8s.io/kubernetes/pkg/serviceaccount"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
@@ -68,6 +82,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "render":
 		err = render(os.Args[2:])
+	case "expire-token":
+		err = expireToken(os.Args[2:])
 	case "version":
 		fmt.Println(KubernetesVersion)
 	default:
@@ -80,7 +96,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: apiserver-harness serve --dir DIR | render PATH... | version")
+	fmt.Fprintln(os.Stderr, "usage: apiserver-harness serve --dir DIR [--cleanup] | render PATH... | expire-token --dir DIR [--offset -1h] < TOKEN | version")
 	os.Exit(2)
 }
 
@@ -162,6 +178,7 @@ func renderOne(p string) ([]map[string]any, error) {
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	dir := fs.String("dir", "", "directory for state, certificates and the kubeconfig (required)")
+	cleanup := fs.Bool("cleanup", false, "remove --dir when the harness exits")
 	verbosity := fs.String("v", "0", "kube-apiserver log verbosity")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -172,6 +189,9 @@ func serve(args []string) error {
 	d, err := filepath.Abs(*dir)
 	if err != nil {
 		return err
+	}
+	if *cleanup {
+		defer os.RemoveAll(d)
 	}
 	for _, sub := range []string{"", "etcd", "pki", "apiserver-certs"} {
 		if err := os.MkdirAll(filepath.Join(d, sub), 0o700); err != nil {
@@ -196,7 +216,9 @@ func serve(args []string) error {
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		fmt.Fprintln(os.Stderr, "apiserver-harness: stdin closed, shutting down")
-		cancel()
+		// kube-apiserver stops on its own signal context (genericapiserver.SetupSignalContext,
+		// set up by NewAPIServerCommand), not on cmd.Context(): signal ourselves.
+		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
 	}()
 
 	pki, err := writePKI(filepath.Join(d, "pki"))
@@ -241,7 +263,6 @@ func serve(args []string) error {
 	}
 	cmd := app.NewAPIServerCommand()
 	cmd.SetArgs(apiArgs)
-	cmd.SetContext(ctx)
 	apiDone := make(chan error, 1)
 	go func() {
 		apiDone <- cli.RunNoErrOutput(cmd)
@@ -250,6 +271,17 @@ func serve(args []string) error {
 	if err := waitReady(ctx, serverURL, pki, apiDone); err != nil {
 		cancel()
 		return err
+	}
+
+	adminConfig := &rest.Config{
+		Host:            serverURL,
+		BearerToken:     pki.adminToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: pki.caPEM},
+		UserAgent:       "apiserver-harness",
+	}
+	if err := startPolicyStatusController(ctx, adminConfig); err != nil {
+		cancel()
+		return fmt.Errorf("validating admission policy status controller: %w", err)
 	}
 
 	kubeconfig := fmt.Sprintf(`apiVersion: v1
@@ -296,6 +328,32 @@ current-context: admin@harness
 		}
 	}
 	fmt.Fprintf(os.Stderr, "apiserver-harness: kube-apiserver stopped (error: %v)\n", apiErr)
+	return nil
+}
+
+// startPolicyStatusController runs the controller that fills ValidatingAdmissionPolicy
+// status.typeChecking. In a cluster it runs in kube-controller-manager; this is the same code,
+// wired the same way (cmd/kube-controller-manager/app/validatingadmissionpolicystatus.go).
+func startPolicyStatusController(ctx context.Context, cfg *rest.Config) error {
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(client.Discovery()))
+	schemaResolver := resolver.NewDefinitionsSchemaResolver(openapi.GetOpenAPIDefinitions, k8sscheme.Scheme, apiextensionsscheme.Scheme).
+		Combine(&resolver.ClientDiscoveryResolver{Discovery: client.Discovery()})
+	typeChecker := &validating.TypeChecker{SchemaResolver: schemaResolver, RestMapper: mapper}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	c, err := validatingadmissionpolicystatus.NewController(
+		factory.Admissionregistration().V1().ValidatingAdmissionPolicies(),
+		client.AdmissionregistrationV1().ValidatingAdmissionPolicies(),
+		typeChecker,
+	)
+	if err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	go c.Run(ctx, 1)
 	return nil
 }
 
@@ -491,4 +549,58 @@ func writeFileAtomic(path string, data []byte) error {
 
 func b64(b []byte) string {
 	return base64.StdEncoding.EncodeToString(b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// expire-token
+
+// expireToken reads a service-account token (from TokenRequest) on stdin and prints the same
+// token with exp moved to now+offset (default one hour ago), re-signed with the harness'
+// service-account key: with a negative offset, a token valid in every respect except that it
+// has expired; with a positive one, a control that must still authenticate.
+func expireToken(args []string) error {
+	fs := flag.NewFlagSet("expire-token", flag.ExitOnError)
+	dir := fs.String("dir", "", "the serve --dir (required)")
+	offset := fs.Duration("offset", -time.Hour, "exp relative to now")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	in, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		return err
+	}
+	tok, err := jwt.ParseSigned(strings.TrimSpace(string(in)))
+	if err != nil {
+		return err
+	}
+	var public jwt.Claims
+	private := map[string]any{}
+	if err := tok.UnsafeClaimsWithoutVerification(&public, &private); err != nil {
+		return err
+	}
+	for _, k := range []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti"} {
+		delete(private, k)
+	}
+	now := time.Now()
+	public.IssuedAt = jwt.NewNumericDate(now.Add(-2 * time.Hour))
+	public.NotBefore = jwt.NewNumericDate(now.Add(-2 * time.Hour))
+	public.Expiry = jwt.NewNumericDate(now.Add(*offset))
+	keyPEM, err := os.ReadFile(filepath.Join(*dir, "pki", "sa.key"))
+	if err != nil {
+		return err
+	}
+	key, err := keyutil.ParsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return err
+	}
+	gen, err := serviceaccount.JWTTokenGenerator(public.Issuer, key)
+	if err != nil {
+		return err
+	}
+	out, err := gen.GenerateToken(context.Background(), &public, private)
+	if err != nil {
+		return err
+	}
+	fmt.Println(out)
+	return nil
 }

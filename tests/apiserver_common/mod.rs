@@ -5,10 +5,12 @@
 //! `APPARMOR_LOADER_TEST_APISERVER`, or else from `build.sh --path`. A missing harness fails the
 //! test when env `CI` is set; otherwise the test prints how to build it and returns early.
 //!
-//! Cleanup: the harness runs in its own process group with our pipe as its stdin. Dropping a
-//! [`Harness`] stops it (SIGTERM to the group, SIGKILL after a bound). A harness kept in a
-//! `static` is never dropped; it stops by itself when this process exits for any reason (even
-//! SIGKILL), because its stdin then reaches EOF, and it removes its state directory.
+//! Cleanup: the harness runs in its own process group with our pipe as its stdin, and stops
+//! (SIGTERM to itself: kube-apiserver's graceful shutdown, then etcd) when that pipe closes.
+//! Dropping a [`Harness`] closes the pipe and SIGKILLs the group if it is still there after a
+//! bound. A harness kept in a `static` is never dropped; it stops by itself when this process
+//! exits for any reason (even SIGKILL), since the kernel then closes the pipe. Either way it
+//! removes its state directory.
 
 #![allow(dead_code)]
 
@@ -233,15 +235,14 @@ impl Harness {
         }
     }
 
-    /// Stops the harness: EOF on its stdin and SIGTERM to its process group, SIGKILL if it is
-    /// still there after [`STOP_TIMEOUT`]. Idempotent.
+    /// Stops the harness: EOF on its stdin (it then SIGTERMs itself and shuts down cleanly),
+    /// SIGKILL to its process group if it is still there after [`STOP_TIMEOUT`]. Idempotent.
     pub fn stop(&self) {
         drop(self.stdin.lock().unwrap().take());
         let Some(mut child) = self.child.lock().unwrap().take() else {
             return;
         };
         if matches!(child.try_wait(), Ok(None)) {
-            signal_group("TERM", self.pgid);
             let (tx, rx) = mpsc::channel();
             let waiter = std::thread::spawn(move || {
                 let status = child.wait();
