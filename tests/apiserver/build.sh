@@ -61,4 +61,13 @@ GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -trimpath -buildvcs=false
 "$tmp" version >/dev/null
 mv -f "$tmp" "$bin"
 echo "build.sh: built in $(($(date +%s) - start)) s" >&2
+# Other builds of the harness (older trees, older pins) are ~125 MB each: keep only this one.
+# A test still running an old binary is unaffected (its inode stays until it exits).
+for old in "${cache_root}"/apiserver-*/*/; do
+	old="${old%/}"
+	[[ "$old" == "$dir" ]] && continue
+	echo "build.sh: removing stale ${old}" >&2
+	rm -rf "$old"
+	rmdir "$(dirname "$old")" 2>/dev/null || true
+done
 echo "$bin"
