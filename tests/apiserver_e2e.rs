@@ -808,6 +808,12 @@ fn untaint_again_is_a_single_get_and_no_write() {
 
 // ---------------------------------------------------------------------------------------------
 // 4. concurrent changes to other taints are kept
+//
+// The binary is a black box with no hook between its GET and its PATCH, so this test drives the
+// library (`untaint::run`) with a client whose transport is a tower-test mock serviced by the
+// test: each request is forwarded to the real API server (with the pod-bound token), and right
+// after the first GET's response arrives, before the library sees it, the admin client changes
+// the node's taints. The race is thereby forced, deterministically, on every run.
 
 #[test]
 fn concurrent_taint_changes_between_get_and_patch_are_not_lost() {
