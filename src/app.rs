@@ -20,7 +20,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Pause => "pause",
         Command::Validate(_) => "validate",
     };
-    let node = cli.node_name.clone().unwrap_or_default();
+    let node = cli.node_name.clone().unwrap_or_else(|| "unknown".into());
     let span = info_span!("apparmor-loader", step, node = %node);
     let _entered = span.enter();
     let result = match cli.command {
@@ -62,7 +62,8 @@ pub fn run(cli: Cli) -> u8 {
             };
             let r = load::run(&opts, &parser).map_err(failure)?;
             info!(loaded = r.loaded, unchanged = r.unchanged, removed = r.removed.len(),
-                  verified = r.verified, took_ms = r.took_ms as u64, removed_profiles = ?r.removed,
+                  verified = r.verified, took_ms = r.took_ms as u64,
+                  removed_profiles = %r.removed.join(","),
                   "load complete: loaded {}, unchanged {}, removed {}, took {} ms",
                   r.loaded, r.unchanged, r.removed.len(), r.took_ms);
             Ok(())

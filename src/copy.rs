@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::atomic_file;
 use crate::exit_code::{self, ExitStatus};
-use crate::parser::{Cache, Parser};
+use crate::parser::Parser;
 use crate::profile_files;
 use crate::state::{Entry, Inventory, OWNED_FILES, StateError};
 use crate::validate::{self, ValidateError};
@@ -81,12 +81,12 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
     if source.profiles.is_empty() && source.rejected.is_empty() {
         return Err(CopyError::Empty(opts.source.clone()));
     }
-    let compiled = validate::check_source(&source, parser, Cache::Skip)?;
     if !opts.dest.is_dir() {
         return Err(CopyError::NoDestination(opts.dest.clone()));
     }
-
     let owned = Inventory::load(&opts.dest, OWNED_FILES)?;
+    let compiled = validate::check_source(&source, parser, &owned)?;
+
     let clashes = foreign_files(&opts.dest, &owned, source.profiles.iter().map(|p| &p.key));
     if !clashes.is_empty() {
         return Err(CopyError::Clash {
@@ -102,6 +102,7 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
             Entry {
                 sha256: file.sha256(),
                 profiles: compiled.names.clone(),
+                modes: compiled.modes.clone(),
             },
         );
     }

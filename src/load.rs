@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use crate::exit_code::{self, ExitStatus};
 use crate::kernel::{Kernel, KernelError};
-use crate::parser::{Cache, CompiledProfile, Parser, ParserError};
+use crate::parser::{Cache, CompiledProfile, Parser, ParserError, ProfileInput};
+use crate::profile_files::sha256_hex;
 use crate::state::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
 
 #[derive(Debug, Clone)]
@@ -105,18 +106,24 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     let previous = Inventory::load(&opts.cache_dir, LOADED_PROFILES)?;
 
     // Compile what is on disk now (that is what the host loads at boot), not what the record says.
-    let mut files = Vec::new();
+    let mut inputs = Vec::new();
     for key in owned.files.keys() {
         let path = opts.dest.join(key);
-        if !path.is_file() {
-            return Err(LoadError::MissingFile(key.clone()));
-        }
-        files.push((key.clone(), path));
+        let bytes = std::fs::read(&path).map_err(|_| LoadError::MissingFile(key.clone()))?;
+        inputs.push(ProfileInput {
+            key: key.clone(),
+            path,
+            sha256: sha256_hex(&bytes),
+        });
     }
+    let all: Vec<&ProfileInput> = inputs.iter().collect();
     let cache = Cache::At(&opts.cache_dir);
-    let compiled = parser.check(&files, cache).map_err(LoadError::Parser)?;
+    parser.compile(&all, cache).map_err(LoadError::Parser)?;
+    let compiled = parser
+        .describe(&all, &previous)
+        .map_err(LoadError::Parser)?;
 
-    let paths: Vec<&Path> = files.iter().map(|(_, p)| p.as_path()).collect();
+    let paths: Vec<&Path> = inputs.iter().map(|i| i.path.as_path()).collect();
     let parser_failure = if paths.is_empty() {
         None
     } else {
@@ -124,7 +131,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     };
     verify(&opts.kernel, &compiled, parser_failure)?;
 
-    let current = record(&compiled)?;
+    let current = record(&inputs, &compiled);
     let mut report = LoadReport {
         verified: compiled.iter().map(|c| c.names.len()).sum(),
         ..LoadReport::default()
@@ -230,23 +237,18 @@ fn unload(opts: &LoadOptions, parser: &Parser, gone: &[String]) -> Result<(), Lo
     }
 }
 
-/// Our record of what is loaded: file → hash and names.
-fn record(compiled: &[CompiledProfile]) -> Result<Inventory, LoadError> {
+/// Our record of what is loaded: file → hash, names and modes.
+fn record(inputs: &[ProfileInput], compiled: &[CompiledProfile]) -> Inventory {
     let mut inv = Inventory::default();
-    for p in compiled {
-        let bytes = std::fs::read(&p.path).map_err(|source| {
-            LoadError::State(StateError::Read {
-                path: p.path.clone(),
-                source,
-            })
-        })?;
+    for (input, p) in inputs.iter().zip(compiled) {
         inv.files.insert(
             p.key.clone(),
             Entry {
-                sha256: crate::profile_files::sha256_hex(&bytes),
+                sha256: input.sha256.clone(),
                 profiles: p.names.clone(),
+                modes: p.modes.clone(),
             },
         );
     }
-    Ok(inv)
+    inv
 }

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::state::Inventory;
+
 /// Where `apparmor_parser` usually lives when it is not on `PATH` (non-root `PATH`s often
 /// lack the `sbin` directories).
 const FALLBACK_DIRS: &[&str] = &["/usr/sbin", "/sbin"];
@@ -20,8 +22,17 @@ pub struct Parser {
     pub base: PathBuf,
     /// Extra `--Include` search directories.
     pub includes: Vec<PathBuf>,
-    /// `--jobs` for the compile.
+    /// `--jobs` for the compile, and how many files are described at once.
     pub jobs: usize,
+}
+
+/// A profile file to check: its key (the file name on the host), where it is, and the hash of
+/// its content (to recognise files a record already describes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileInput {
+    pub key: String,
+    pub path: PathBuf,
+    pub sha256: String,
 }
 
 /// A profile file as the parser sees it.
@@ -172,76 +183,108 @@ impl Parser {
 
     // === Checking ===
 
-    /// Compiles every file without touching the kernel and asks the parser what each defines.
+    /// Compiles every file without touching the kernel.
     ///
     /// All files go through one parser process (`--jobs` in parallel); only when that fails is
     /// each file compiled alone, so every broken file is reported, not just the last one the
-    /// parser saw. Two files defining the same profile name are refused too: one would
-    /// silently replace the other in the kernel.
-    pub fn check(
-        &self,
-        files: &[(String, PathBuf)],
-        cache: Cache<'_>,
-    ) -> Result<Vec<CompiledProfile>, ParserError> {
+    /// parser saw.
+    pub fn compile(&self, files: &[&ProfileInput], cache: Cache<'_>) -> Result<(), ParserError> {
         if files.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut cmd = self.command();
         cmd.arg("--skip-kernel-load")
             .arg("--jobs")
             .arg(self.jobs.to_string());
         Self::cache_args(&mut cmd, cache);
-        cmd.args(files.iter().map(|(_, p)| p));
+        cmd.args(files.iter().map(|f| &f.path));
         let out = self.run(cmd)?;
-        if !out.status.success() {
-            let failures = self.attribute_failures(files)?;
-            let total = files.len();
-            if failures.is_empty() {
-                return Err(ParserError::Failed {
-                    action: "compile the profiles",
-                    status: out.status.to_string(),
-                    stderr: parser_errors(&out.stderr),
-                });
-            }
-            let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
-            return Err(ParserError::Invalid(
-                failures.len(),
-                total,
-                lines.join("\n  "),
-            ));
+        if out.status.success() {
+            return Ok(());
         }
-        let compiled = files
-            .iter()
-            .map(|(key, path)| self.describe(key, path))
-            .collect::<Result<Vec<_>, _>>()?;
+        let failures: Vec<ParseFailure> = self
+            .parallel(files, |f| self.compile_alone(f))
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        if failures.is_empty() {
+            return Err(ParserError::Failed {
+                action: "compile the profiles",
+                status: out.status.to_string(),
+                stderr: parser_errors(&out.stderr),
+            });
+        }
+        let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        Err(ParserError::Invalid(
+            failures.len(),
+            files.len(),
+            lines.join("\n  "),
+        ))
+    }
+
+    /// Compiles one file alone; `Some` with the parser's reason when it fails.
+    fn compile_alone(&self, file: &ProfileInput) -> Result<Option<ParseFailure>, ParserError> {
+        let mut cmd = self.command();
+        cmd.arg("--skip-kernel-load")
+            .arg("--skip-cache")
+            .arg(&file.path);
+        let out = self.run(cmd)?;
+        if out.status.success() {
+            return Ok(None);
+        }
+        let stderr = parser_errors(&out.stderr);
+        Ok(Some(ParseFailure {
+            key: file.key.clone(),
+            line: error_line(&stderr),
+            message: error_message(&stderr),
+        }))
+    }
+
+    /// What each file defines: the profile names and the mode each asks for.
+    ///
+    /// A file whose content hash matches an entry of `known` (a record this tool wrote after
+    /// asking the parser about the same bytes) is taken from there; the others are asked
+    /// about, `--jobs` at a time. Two files defining the same profile name are refused: one
+    /// would silently replace the other in the kernel.
+    pub fn describe(
+        &self,
+        files: &[&ProfileInput],
+        known: &Inventory,
+    ) -> Result<Vec<CompiledProfile>, ParserError> {
+        let described = self.parallel(files, |f| match known.describes(&f.key, &f.sha256) {
+            Some(entry) => Ok(CompiledProfile {
+                key: f.key.clone(),
+                path: f.path.clone(),
+                names: entry.profiles.clone(),
+                modes: entry.modes.clone(),
+            }),
+            _ => self.describe_one(&f.key, &f.path),
+        });
+        let compiled = described.into_iter().collect::<Result<Vec<_>, _>>()?;
         reject_duplicate_names(&compiled)?;
         Ok(compiled)
     }
 
-    /// Compiles each file alone to learn which ones fail and why.
-    fn attribute_failures(
-        &self,
-        files: &[(String, PathBuf)],
-    ) -> Result<Vec<ParseFailure>, ParserError> {
-        let mut failures = Vec::new();
-        for (key, path) in files {
-            let mut cmd = self.command();
-            cmd.arg("--skip-kernel-load").arg("--skip-cache").arg(path);
-            let out = self.run(cmd)?;
-            if !out.status.success() {
-                let stderr = parser_errors(&out.stderr);
-                failures.push(ParseFailure {
-                    key: key.clone(),
-                    line: error_line(&stderr),
-                    message: error_message(&stderr),
-                });
-            }
-        }
-        Ok(failures)
+    /// Runs `work` over `items` on up to `--jobs` threads, keeping the input order.
+    fn parallel<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+        let threads = self.jobs.clamp(1, items.len().max(1));
+        let chunk = items.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = items
+                .chunks(chunk)
+                .map(|part| scope.spawn(|| part.iter().map(&work).collect::<Vec<R>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("parser worker panicked"))
+                .collect()
+        })
     }
 
     /// Names (`--names`) and modes (the debug dump) of one file that is known to compile.
-    fn describe(&self, key: &str, path: &Path) -> Result<CompiledProfile, ParserError> {
+    fn describe_one(&self, key: &str, path: &Path) -> Result<CompiledProfile, ParserError> {
         let mut cmd = self.command();
         cmd.arg("--names").arg(path);
         let out = self.run_checked(cmd, "list profile names")?;

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::parser::ProfileInput;
+
 /// Largest profile file accepted, in bytes. Real profiles are a few KiB; a ConfigMap holds at
 /// most 1 MiB in total, so a bigger key is a mistake, not a profile.
 pub const DEFAULT_MAX_SIZE: u64 = 1024 * 1024;
@@ -103,6 +105,15 @@ impl ProfileFile {
     /// Hex SHA-256 of the content: what the state files record to tell "unchanged" from "changed".
     pub fn sha256(&self) -> String {
         sha256_hex(self.content.as_bytes())
+    }
+
+    /// What the parser needs to check this file.
+    pub fn input(&self) -> ProfileInput {
+        ProfileInput {
+            key: self.key.clone(),
+            path: self.path.clone(),
+            sha256: self.sha256(),
+        }
     }
 }
 

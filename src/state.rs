@@ -23,11 +23,14 @@ pub const LOADED_PROFILES: &str = "loaded.json";
 
 const FORMAT_VERSION: u32 = 1;
 
-/// One profile file and what it defines.
+/// One profile file and what it defines, as the parser reported it for these exact bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub sha256: String,
     pub profiles: Vec<String>,
+    /// The mode each top-level profile asks for.
+    #[serde(default)]
+    pub modes: BTreeMap<String, String>,
 }
 
 /// Files by name, as written to disk.
@@ -93,6 +96,13 @@ impl Inventory {
             })
     }
 
+    /// The entry for `key` if it describes exactly the content hashed `sha256`.
+    pub fn describes(&self, key: &str, sha256: &str) -> Option<&Entry> {
+        self.files
+            .get(key)
+            .filter(|e| e.sha256 == sha256 && !e.modes.is_empty())
+    }
+
     /// Every profile name in the inventory.
     pub fn profile_names(&self) -> BTreeSet<String> {
         self.files
@@ -119,6 +129,7 @@ mod tests {
             Entry {
                 sha256: "ab".into(),
                 profiles: vec!["p".into(), "p//hat".into()],
+                modes: BTreeMap::from([("p".into(), "enforce".into())]),
             },
         );
         inv.save(dir.path(), OWNED_FILES).unwrap();
@@ -126,6 +137,9 @@ mod tests {
         assert_eq!(back.files, inv.files);
         assert_eq!(back.version, 1);
         assert_eq!(back.profile_names().len(), 2);
+        assert!(back.describes("p", "ab").is_some());
+        assert!(back.describes("p", "cd").is_none());
+        assert!(back.describes("q", "ab").is_none());
     }
 
     #[test]

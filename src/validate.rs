@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use crate::exit_code::{self, ExitStatus};
-use crate::parser::{Cache, CompiledProfile, Parser, ParserError};
+use crate::parser::{Cache, CompiledProfile, Parser, ParserError, ProfileInput};
 use crate::profile_files::{self, Rejection, Source, SourceError};
+use crate::state::Inventory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -40,11 +41,16 @@ impl ExitStatus for ValidateError {
     }
 }
 
-/// Logs the keys skipped on purpose, refuses any rejected key, then compiles the rest.
+/// Logs the keys skipped on purpose, refuses any rejected key, compiles the rest and asks the
+/// parser what each defines.
+///
+/// Files that `known` (a record this tool wrote) describes byte for byte compiled when the
+/// record was written and are not compiled again; `load` recompiles everything anyway, against
+/// the cache, before it touches the kernel.
 pub fn check_source(
     source: &Source,
     parser: &Parser,
-    cache: Cache<'_>,
+    known: &Inventory,
 ) -> Result<Vec<CompiledProfile>, ValidateError> {
     for key in &source.skipped {
         tracing::warn!(key = %key, "skipping {key}: a Kubernetes manifest, not a profile");
@@ -52,12 +58,14 @@ pub fn check_source(
     if !source.rejected.is_empty() {
         return Err(ValidateError::Rejected(source.rejected.clone()));
     }
-    let files: Vec<(String, PathBuf)> = source
-        .profiles
+    let inputs: Vec<ProfileInput> = source.profiles.iter().map(|p| p.input()).collect();
+    let all: Vec<&ProfileInput> = inputs.iter().collect();
+    let fresh: Vec<&ProfileInput> = inputs
         .iter()
-        .map(|p| (p.key.clone(), p.path.clone()))
+        .filter(|i| known.describes(&i.key, &i.sha256).is_none())
         .collect();
-    Ok(parser.check(&files, cache)?)
+    parser.compile(&fresh, Cache::Skip)?;
+    Ok(parser.describe(&all, known)?)
 }
 
 /// Validates directories and files; returns what they define.
@@ -71,7 +79,7 @@ pub fn run(
         let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         return Err(ValidateError::Empty(shown.join(", ")));
     }
-    let compiled = check_source(&source, parser, Cache::Skip)?;
+    let compiled = check_source(&source, parser, &Inventory::default())?;
     for p in &compiled {
         tracing::info!(file = %p.key, profiles = ?p.modes, "valid: {} defines {}", p.key, p.names.join(", "));
     }

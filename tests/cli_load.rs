@@ -33,7 +33,7 @@ impl Node {
         })
     }
     fn copy(&self) -> assert_cmd::assert::Assert {
-        copy(&self.parser, self.volume.path(), self.dest.path()).assert()
+        copy(&self.kernel.parser(), self.volume.path(), self.dest.path()).assert()
     }
     fn load(&self) -> assert_cmd::assert::Assert {
         self.kernel
@@ -71,11 +71,49 @@ fn rerun_with_unchanged_profiles_reports_unchanged() {
     node.copy().success();
     node.load().success();
     let before = node.kernel.profiles();
+    node.kernel.clear_parser_calls();
     node.copy().success();
     node.load().success().stderr(predicate::str::contains(
         "load complete: loaded 0, unchanged 1, removed 0",
     ));
     assert_eq!(node.kernel.profiles(), before);
+    // Unchanged files are not described again (names and modes come from the records), and
+    // only load compiles, once, against its cache; copy compiles nothing.
+    let calls = node.kernel.parser_calls();
+    assert!(
+        !calls.contains("--names") && !calls.contains("--debug"),
+        "{calls}"
+    );
+    let compiles: Vec<_> = calls
+        .lines()
+        .filter(|l| l.contains("--skip-kernel-load"))
+        .collect();
+    assert_eq!(compiles.len(), 1, "{calls}");
+    assert!(compiles[0].contains("--write-cache"), "{calls}");
+}
+
+#[test]
+fn changed_file_is_compiled_and_described_again() {
+    let Some(mut node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))])
+    else {
+        return;
+    };
+    node.copy().success();
+    node.load().success();
+    let complain = "abi <abi/3.0>,\nprofile beta flags=(complain) {\n  /tmp/** rw,\n}\n";
+    node.volume
+        .update(&[("alpha", &profile("alpha")), ("beta", complain)]);
+    node.kernel.clear_parser_calls();
+    node.copy().success();
+    node.load().success().stderr(predicate::str::contains(
+        "load complete: loaded 1, unchanged 1, removed 0",
+    ));
+    assert!(node.kernel.profiles().contains("beta (complain)"));
+    let calls = node.kernel.parser_calls();
+    let names: Vec<_> = calls.lines().filter(|l| l.contains("--names")).collect();
+    // copy and load each asked about beta only.
+    assert_eq!(names.len(), 2, "{calls}");
+    assert!(names.iter().all(|l| l.ends_with("beta")), "{calls}");
 }
 
 #[test]

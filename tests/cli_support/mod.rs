@@ -195,6 +195,9 @@ exit 0
     pub fn skip_silently(&self, name: &str) {
         fs::write(self.dir.path().join("skip"), name).unwrap();
     }
+    pub fn clear_parser_calls(&self) {
+        let _ = fs::remove_file(self.dir.path().join("calls.log"));
+    }
     pub fn parser_calls(&self) -> String {
         fs::read_to_string(self.dir.path().join("calls.log")).unwrap_or_default()
     }
