@@ -99,8 +99,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, UntaintError> {
 enum Next {
     /// Re-read the node right away: the taint list changed under us.
     Reread(String),
-    /// Back off, then try again: the server or network is having a moment.
-    Retry(String),
+    /// Back off (at least as long as the server asked), then try again: the server or network
+    /// is having a moment.
+    Retry(String, Duration),
     Fail(UntaintError),
 }
 
@@ -118,6 +119,9 @@ pub async fn run(
     let mut attempts = 0u32;
     let mut failures = 0u32;
     let mut last = String::from("none");
+    // The resourceVersion a failed patch `test` was made against. If the node is unchanged when
+    // read again, the test did not fail because of a concurrent update: give up, do not spin.
+    let mut refused_at: Option<String> = None;
     loop {
         if Instant::now() >= deadline {
             return Err(UntaintError::TimedOut {
@@ -130,9 +134,21 @@ pub async fn run(
         attempts += 1;
         outcome.api_requests += 1;
         let next = match tokio::time::timeout_at(deadline, nodes.get(node)).await {
-            Err(_) => Next::Retry("GET timed out".into()),
+            Err(_) => Next::Retry("GET timed out".into(), Duration::ZERO),
             Ok(Err(e)) => classify(e, "get", node),
             Ok(Ok(current)) => {
+                let version = current.metadata.resource_version.clone();
+                if refused_at.is_some() && refused_at == version {
+                    return Err(UntaintError::Rejected {
+                        action: "patch",
+                        node: node.into(),
+                        code: 422,
+                        message: format!(
+                            "{last}; the node did not change since, so this is not a concurrent update"
+                        ),
+                    });
+                }
+                refused_at = None;
                 let present = matching(&current, taints);
                 if present.is_empty() {
                     return Ok(outcome);
@@ -142,8 +158,14 @@ pub async fn run(
                 let params = PatchParams::default();
                 let sent = nodes.patch(node, &params, &patch);
                 match tokio::time::timeout_at(deadline, sent).await {
-                    Err(_) => Next::Retry("PATCH timed out".into()),
-                    Ok(Err(e)) => classify(e, "patch", node),
+                    Err(_) => Next::Retry("PATCH timed out".into(), Duration::ZERO),
+                    Ok(Err(e)) => {
+                        let next = classify(e, "patch", node);
+                        if matches!(next, Next::Reread(_)) {
+                            refused_at = version;
+                        }
+                        next
+                    }
                     Ok(Ok(_)) => {
                         outcome.removed = present.iter().map(|(_, t)| describe(t)).collect();
                         return Ok(outcome);
@@ -160,8 +182,8 @@ pub async fn run(
                 );
                 last = why;
             }
-            Next::Retry(why) => {
-                let pause = backoff(failures);
+            Next::Retry(why, at_least) => {
+                let pause = backoff(failures).max(at_least);
                 failures += 1;
                 tracing::warn!(
                     attempt = attempts,
@@ -223,12 +245,20 @@ fn classify(error: kube::Error, action: &'static str, node: &str) -> Next {
                     message,
                 }),
                 409 => Next::Reread(format!("409 conflict: {message}")),
-                // A failed JSON Patch `test` is a 422 whose message says so; any other 422 (an
-                // admission policy's denial, say) is final.
-                422 if message.contains("test failed") || message.contains("testing value") => {
-                    Next::Reread(format!("422 patch test failed: {message}"))
+                // A failed JSON Patch `test` (or a `remove` of an index that no longer exists)
+                // is a bare 422 Invalid: the API server drops the patch library's message and
+                // sends no causes. A validation or admission denial names its causes or the
+                // policy; those are final.
+                422 if is_bare_invalid(&status) => Next::Reread(format!(
+                    "422, our JSON Patch test no longer matched: {message}"
+                )),
+                429 | 500..=599 => {
+                    let asked = status.details.as_ref().map_or(0, |d| d.retry_after_seconds);
+                    Next::Retry(
+                        format!("{}: {message}", status.code),
+                        Duration::from_secs(asked.into()),
+                    )
                 }
-                429 | 500..=599 => Next::Retry(format!("{}: {message}", status.code)),
                 code => Next::Fail(UntaintError::Rejected {
                     action,
                     node: node.into(),
@@ -237,9 +267,18 @@ fn classify(error: kube::Error, action: &'static str, node: &str) -> Next {
                 }),
             }
         }
-        e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => Next::Retry(e.to_string()),
+        e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => {
+            Next::Retry(e.to_string(), Duration::ZERO)
+        }
         e => Next::Fail(UntaintError::Client(e.to_string())),
     }
+}
+
+/// Whether a 422 is the API server's bare answer to a JSON Patch whose `test` failed.
+fn is_bare_invalid(status: &kube::core::Status) -> bool {
+    status.reason == "Invalid"
+        && !status.message.contains("ValidatingAdmissionPolicy")
+        && status.details.as_ref().is_none_or(|d| d.causes.is_empty())
 }
 
 /// Exponential backoff with jitter: between half and all of `BASE * 2^failures`, capped, so

@@ -18,7 +18,6 @@ struct Node {
     dest: tempfile::TempDir,
     cache: tempfile::TempDir,
     volume: Volume,
-    parser: std::path::PathBuf,
 }
 
 impl Node {
@@ -29,7 +28,6 @@ impl Node {
             dest: tempfile::tempdir().unwrap(),
             cache: tempfile::tempdir().unwrap(),
             volume: Volume::new(files),
-            parser,
         })
     }
     fn copy(&self) -> assert_cmd::assert::Assert {
