@@ -141,6 +141,11 @@ fn bad_inputs_are_refused_with_the_key_and_reason_and_leave_dest_untouched() {
             "key \"bin\": the file is binary",
         ),
         (
+            "not UTF-8",
+            Box::new(|d| fs::write(d.join("latin1"), b"profile caf\xe9 {}\n").unwrap()),
+            "key \"latin1\": the file is not UTF-8 text",
+        ),
+        (
             "over the size limit",
             Box::new(move |d| fs::write(d.join("huge"), &big).unwrap()),
             "over the limit of 1048576 bytes",

@@ -49,7 +49,9 @@ fn which(name: &str) -> Option<PathBuf> {
 fn default_kernel() -> PathBuf {
     match std::env::var_os("AAPL_VM_KERNEL") {
         Some(k) => PathBuf::from(k),
-        None => PathBuf::from("/var/cache/aapl-ci/kernel/current/vmlinuz"),
+        None => std::env::var_os("AAPL_CI_CACHE")
+            .map_or_else(|| PathBuf::from("/var/cache/aapl-ci"), PathBuf::from)
+            .join("kernel/current/vmlinuz"),
     }
 }
 
