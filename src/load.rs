@@ -123,6 +123,13 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         .describe(&all, &previous)
         .map_err(LoadError::Parser)?;
 
+    // Record before loading, as copy records before writing: if the load or its verification
+    // fails half-way, whatever reached the kernel is still ours to unload later.
+    let current = record(&inputs, &compiled);
+    let mut intent = previous.clone();
+    intent.files.extend(current.files.clone());
+    intent.save(&opts.cache_dir, LOADED_PROFILES)?;
+
     let paths: Vec<&Path> = inputs.iter().map(|i| i.path.as_path()).collect();
     let parser_failure = if paths.is_empty() {
         None
@@ -131,7 +138,6 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     };
     verify(&opts.kernel, &compiled, parser_failure)?;
 
-    let current = record(&inputs, &compiled);
     let mut report = LoadReport {
         verified: compiled.iter().map(|c| c.names.len()).sum(),
         ..LoadReport::default()

@@ -147,9 +147,28 @@ fn profile_silently_skipped_by_the_parser_fails_verification() {
         .stderr(predicate::str::contains(
             "\"beta\" from file \"beta\" is not in the kernel",
         ));
-    // Not recorded as loaded, so nothing claims it is in force.
-    let record = fs::read_to_string(node.cache.path().join("loaded.json")).unwrap_or_default();
-    assert!(!record.contains("beta"), "{record}");
+    // alpha did reach the kernel: it is recorded before loading, so it stays ours to unload.
+    let record = fs::read_to_string(node.cache.path().join("loaded.json")).unwrap();
+    assert!(record.contains("\"alpha\""), "{record}");
+}
+
+#[test]
+fn profiles_loaded_by_a_failed_run_are_still_unloaded_when_removed() {
+    let Some(mut node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))])
+    else {
+        return;
+    };
+    node.kernel.skip_silently("beta");
+    node.copy().success();
+    node.load().code(NOT_LOADED);
+    assert!(node.kernel.profiles().contains("alpha (enforce)"));
+    // The operator drops both profiles; alpha, loaded by the failed run, must go.
+    node.volume.update(&[("gamma", &profile("gamma"))]);
+    node.copy().success();
+    node.load().success();
+    let profiles = node.kernel.profiles();
+    assert!(!profiles.contains("alpha ("), "{profiles}");
+    assert!(profiles.contains("gamma (enforce)"), "{profiles}");
 }
 
 #[test]
