@@ -1023,13 +1023,13 @@ fn the_pod_bound_token_can_do_nothing_but_remove_its_own_gate_taint() {
                 "change a label of its own node",
                 own,
                 Patch::Merge(json!({"metadata": {"labels": {"example.com/tier": "platinum"}}})),
-                "denied request",
+                "may not change a node's labels, annotations",
             ),
             (
                 "change an annotation of its own node",
                 own,
                 Patch::Merge(json!({"metadata": {"annotations": {"example.com/note": "changed"}}})),
-                "denied request",
+                "may not change a node's labels, annotations",
             ),
             (
                 "remove its gate taint and add a label in one patch",
