@@ -243,3 +243,20 @@ fn load_without_copy_says_to_run_copy() {
         .code(INVALID)
         .stderr(predicate::str::contains("The copy step writes it"));
 }
+
+#[test]
+fn profile_moved_to_another_key_stays_loaded() {
+    let Some(mut node) = Node::with(&[("old-key", &profile("moved"))]) else {
+        return;
+    };
+    node.copy().success();
+    node.load().success();
+    node.volume.update(&[("new-key", &profile("moved"))]);
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("loaded 1, unchanged 0, removed 0"));
+    assert!(node.kernel.profiles().contains("moved (enforce)"));
+    assert!(!node.dest.path().join("old-key").exists());
+    assert!(node.dest.path().join("new-key").exists());
+}
