@@ -59,6 +59,7 @@ pub fn run(cli: Cli) -> u8 {
                 dest: args.profile_dir.dest,
                 cache_dir: args.cache_dir,
                 kernel: Kernel::new(&args.securityfs, &args.enabled_file),
+                adopt_loaded: args.adopt_loaded,
             };
             let r = load::run(&opts, &parser).map_err(failure)?;
             info!(loaded = r.loaded, unchanged = r.unchanged, removed = r.removed.len(),

@@ -22,6 +22,8 @@ pub struct LoadOptions {
     /// Writable host directory for the parser's cache and our record of loaded profiles.
     pub cache_dir: PathBuf,
     pub kernel: Kernel,
+    /// Replace profiles that are loaded but not recorded as ours (migration from another loader).
+    pub adopt_loaded: bool,
 }
 
 /// What a run did, for the summary line.
@@ -47,6 +49,15 @@ pub enum LoadError {
          init container ran against the same --dest"
     )]
     NotCopied(PathBuf),
+    #[error(
+        "profiles already loaded by someone else would be replaced, nothing was changed: {}. \
+         Replacing them would change the confinement of every process using them (a container \
+         runtime's default profile, a distribution profile). Rename the profiles in the \
+         ConfigMap; if they were loaded from these same files by an earlier loader or by hand, \
+         pass --adopt-loaded once",
+        .0.join(", ")
+    )]
+    Foreign(Vec<String>),
     #[error(
         "profile file {0:?} is listed in the state file but missing from the profile directory"
     )]
@@ -81,7 +92,9 @@ impl ExitStatus for LoadError {
     fn exit_code(&self) -> u8 {
         match self {
             LoadError::Unavailable(_) => exit_code::APPARMOR_UNAVAILABLE,
-            LoadError::NotCopied(_) | LoadError::MissingFile(_) => exit_code::INVALID_PROFILES,
+            LoadError::NotCopied(_) | LoadError::MissingFile(_) | LoadError::Foreign(_) => {
+                exit_code::INVALID_PROFILES
+            }
             LoadError::Parser(ParserError::Invalid(..) | ParserError::DuplicateNames(_)) => {
                 exit_code::INVALID_PROFILES
             }
@@ -122,6 +135,8 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     let compiled = parser
         .describe(&all, &previous)
         .map_err(LoadError::Parser)?;
+
+    refuse_foreign(opts, &compiled, &previous)?;
 
     // Record before loading, as copy records before writing: if the load or its verification
     // fails half-way, whatever reached the kernel is still ours to unload later.
@@ -173,6 +188,31 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     report.removed = gone;
     report.took_ms = started.elapsed().as_millis();
     Ok(report)
+}
+
+/// Refuses to replace a loaded profile this tool did not load: "nothing already loaded is
+/// harmed" covers profiles that are not ours, whoever loaded them.
+fn refuse_foreign(
+    opts: &LoadOptions,
+    compiled: &[CompiledProfile],
+    previous: &Inventory,
+) -> Result<(), LoadError> {
+    if opts.adopt_loaded {
+        return Ok(());
+    }
+    let loaded = opts.kernel.loaded_profiles()?;
+    let ours = previous.profile_names();
+    let foreign: Vec<String> = compiled
+        .iter()
+        .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
+        .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
+        .map(|(name, key)| format!("{name:?} (file {key:?})"))
+        .collect();
+    if foreign.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Foreign(foreign))
+    }
 }
 
 /// Proves every compiled profile is in the kernel, in the mode its flags ask for.

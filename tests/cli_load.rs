@@ -260,3 +260,33 @@ fn profile_moved_to_another_key_stays_loaded() {
     assert!(!node.dest.path().join("old-key").exists());
     assert!(node.dest.path().join("new-key").exists());
 }
+
+#[test]
+fn profile_loaded_by_someone_else_is_not_replaced_unless_adopted() {
+    let Some(node) = Node::with(&[
+        ("alpha", &profile("alpha")),
+        ("runtime", &profile("cri-default")),
+    ]) else {
+        return;
+    };
+    // Loaded before us, e.g. by the container runtime.
+    node.kernel.load_by_hand("cri-default (enforce)");
+    node.copy().success();
+    let before = node.kernel.profiles();
+    node.load().code(INVALID).stderr(predicate::str::contains(
+        "profiles already loaded by someone else would be replaced, nothing was changed: \
+             \"cri-default\" (file \"runtime\")",
+    ));
+    assert_eq!(node.kernel.profiles(), before);
+    assert!(!node.kernel.parser_calls().contains("--replace"));
+
+    // An operator migrating from another loader of the same files adopts them once.
+    node.kernel
+        .load(node.dest.path(), node.cache.path())
+        .env("APPARMOR_LOADER_ADOPT_LOADED", "true")
+        .assert()
+        .success();
+    assert!(node.kernel.profiles().contains("alpha (enforce)"));
+    // From now on they are ours: a plain run replaces them without the flag.
+    node.load().success();
+}
