@@ -160,9 +160,9 @@ pub struct LoadArgs {
     #[arg(long, env = "APPARMOR_LOADER_ENABLED_FILE", default_value = DEFAULT_ENABLED_FILE)]
     pub enabled_file: PathBuf,
 
-    /// Replace profiles that are already loaded but were not loaded by this tool (its record in
-    /// --cache-dir does not list them). Off by default: such a profile may be a runtime's or the
-    /// distribution's. Use once when migrating from another loader of the same files.
+    /// Also replace loaded profiles that belong to someone else: names another file of the
+    /// profile directory defines, or a container runtime's default profile. Off by default:
+    /// replacing them reconfines every process that uses them.
     #[arg(long, env = "APPARMOR_LOADER_ADOPT_LOADED")]
     pub adopt_loaded: bool,
 

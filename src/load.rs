@@ -5,7 +5,7 @@
 //! call, read the kernel's own list to prove each profile is in force in the asked-for mode,
 //! and only then unload the profiles a previous run loaded that have left the ConfigMap.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -51,10 +51,9 @@ pub enum LoadError {
     NotCopied(PathBuf),
     #[error(
         "profiles already loaded by someone else would be replaced, nothing was changed: {}. \
-         Replacing them would change the confinement of every process using them (a container \
-         runtime's default profile, a distribution profile). Rename the profiles in the \
-         ConfigMap; if they were loaded from these same files by an earlier loader or by hand, \
-         pass --adopt-loaded once",
+         Replacing them would change the confinement of every process using them. Rename the \
+         profiles in the ConfigMap; if you really mean to take them over, pass --adopt-loaded \
+         once",
         .0.join(", ")
     )]
     Foreign(Vec<String>),
@@ -136,7 +135,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         .describe(&all, &previous)
         .map_err(LoadError::Parser)?;
 
-    refuse_foreign(opts, &compiled, &previous)?;
+    refuse_foreign(opts, parser, &compiled, &previous, &owned)?;
 
     // Record before loading, as copy records before writing: if the load or its verification
     // fails half-way, whatever reached the kernel is still ours to unload later.
@@ -190,29 +189,96 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     Ok(report)
 }
 
-/// Refuses to replace a loaded profile this tool did not load: "nothing already loaded is
-/// harmed" covers profiles that are not ours, whoever loaded them.
+/// Name prefixes of the default profiles container runtimes load themselves (Docker, containerd's
+/// CRI plugin, CRI-O, Podman/Buildah). Replacing one would reconfine every container on the node.
+const RUNTIME_DEFAULT_PROFILES: &[&str] = &[
+    "docker-default",
+    "cri-containerd.apparmor.d",
+    "crio-default",
+    "containers-default-",
+];
+
+/// Refuses to replace a loaded profile that belongs to someone else: "nothing already loaded is
+/// harmed" covers profiles that are not ours.
+///
+/// A name we would load that the kernel already has but our record does not list is usually
+/// ours anyway: the host's boot-time loader read our top-level file (a reboot between `copy`
+/// and `load`). It is someone else's when another file in the profile directory defines it (a
+/// distribution profile) or when it is a container runtime's default profile; those are
+/// refused. Only the unexplained names cost any work, so a normal run checks nothing more.
 fn refuse_foreign(
     opts: &LoadOptions,
+    parser: &Parser,
     compiled: &[CompiledProfile],
     previous: &Inventory,
+    owned: &Inventory,
 ) -> Result<(), LoadError> {
     if opts.adopt_loaded {
         return Ok(());
     }
     let loaded = opts.kernel.loaded_profiles()?;
     let ours = previous.profile_names();
-    let foreign: Vec<String> = compiled
+    let unexplained: Vec<(&String, &String)> = compiled
         .iter()
         .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
         .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
-        .map(|(name, key)| format!("{name:?} (file {key:?})"))
         .collect();
+    if unexplained.is_empty() {
+        return Ok(());
+    }
+    let host = host_profile_names(opts, parser, owned);
+    let mut foreign = Vec::new();
+    for (name, key) in unexplained {
+        if let Some(file) = host.get(name) {
+            foreign.push(format!(
+                "{name:?} (our file {key:?}; also defined by the host's {file:?})"
+            ));
+        } else if RUNTIME_DEFAULT_PROFILES.iter().any(|p| name.starts_with(p)) {
+            foreign.push(format!(
+                "{name:?} (our file {key:?}; a container runtime's default profile)"
+            ));
+        } else {
+            tracing::warn!(profile = %name, file = %key,
+                "adopting {name:?}: already loaded, defined by our file {key:?} and by no other \
+                 host file (loaded at boot from our file, or by hand)");
+        }
+    }
     if foreign.is_empty() {
         Ok(())
     } else {
         Err(LoadError::Foreign(foreign))
     }
+}
+
+/// Profile names defined by the top-level files in the profile directory that are not ours,
+/// as the boot-time loader would read them. Files the parser cannot read are left out.
+fn host_profile_names(
+    opts: &LoadOptions,
+    parser: &Parser,
+    owned: &Inventory,
+) -> BTreeMap<String, String> {
+    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&opts.dest)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(name, _)| {
+            !owned.files.contains_key(name) && crate::profile_files::validate_key(name).is_ok()
+        })
+        .collect();
+    files.sort();
+    // Host files may include the host's own snippets (`local/…`, newer abstractions).
+    let mut host_parser = parser.clone();
+    host_parser.includes.push(opts.dest.clone());
+    let names = host_parser.parallel(&files, |(_, p)| host_parser.names(p));
+    let mut defined = BTreeMap::new();
+    for ((file, _), names) in files.iter().zip(names) {
+        for name in names.unwrap_or_default() {
+            defined.entry(name).or_insert_with(|| file.clone());
+        }
+    }
+    defined
 }
 
 /// Proves every compiled profile is in the kernel, in the mode its flags ask for.

@@ -267,8 +267,21 @@ impl Parser {
         Ok(compiled)
     }
 
+    /// The profile names a file defines (`--names`; children as `parent//child`).
+    pub fn names(&self, path: &Path) -> Result<Vec<String>, ParserError> {
+        let mut cmd = self.command();
+        cmd.arg("--names").arg(path);
+        let out = self.run_checked(cmd, "list profile names")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect())
+    }
+
     /// Runs `work` over `items` on up to `--jobs` threads, keeping the input order.
-    fn parallel<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    pub fn parallel<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
         let threads = self.jobs.clamp(1, items.len().max(1));
         let chunk = items.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
@@ -285,15 +298,7 @@ impl Parser {
 
     /// Names (`--names`) and modes (the debug dump) of one file that is known to compile.
     fn describe_one(&self, key: &str, path: &Path) -> Result<CompiledProfile, ParserError> {
-        let mut cmd = self.command();
-        cmd.arg("--names").arg(path);
-        let out = self.run_checked(cmd, "list profile names")?;
-        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
+        let names = self.names(path)?;
         let mut cmd = self.command();
         cmd.arg("--debug")
             .arg("--skip-kernel-load")

@@ -262,31 +262,55 @@ fn profile_moved_to_another_key_stays_loaded() {
 }
 
 #[test]
-fn profile_loaded_by_someone_else_is_not_replaced_unless_adopted() {
+fn profile_of_a_host_file_or_a_runtime_is_not_replaced_unless_adopted() {
     let Some(node) = Node::with(&[
         ("alpha", &profile("alpha")),
-        ("runtime", &profile("cri-default")),
+        ("mine", &profile("foo")),
+        ("runtime", &profile("cri-containerd.apparmor.d")),
     ]) else {
         return;
     };
-    // Loaded before us, e.g. by the container runtime.
-    node.kernel.load_by_hand("cri-default (enforce)");
+    // The distribution's usr.bin.foo defines and loaded `foo`; the runtime loaded its default.
+    fs::write(node.dest.path().join("usr.bin.foo"), profile("foo")).unwrap();
+    node.kernel.load_by_hand("foo (enforce)");
+    node.kernel
+        .load_by_hand("cri-containerd.apparmor.d (enforce)");
     node.copy().success();
     let before = node.kernel.profiles();
-    node.load().code(INVALID).stderr(predicate::str::contains(
-        "profiles already loaded by someone else would be replaced, nothing was changed: \
-             \"cri-default\" (file \"runtime\")",
-    ));
+    node.load()
+        .code(INVALID)
+        .stderr(predicate::str::contains(
+            "profiles already loaded by someone else would be replaced, nothing was changed",
+        ))
+        .stderr(predicate::str::contains(
+            "\"foo\" (our file \"mine\"; also defined by the host's \"usr.bin.foo\")",
+        ))
+        .stderr(predicate::str::contains(
+            "\"cri-containerd.apparmor.d\" (our file \"runtime\"; a container runtime's default",
+        ));
     assert_eq!(node.kernel.profiles(), before);
     assert!(!node.kernel.parser_calls().contains("--replace"));
 
-    // An operator migrating from another loader of the same files adopts them once.
+    // An operator who really means to take them over says so once.
     node.kernel
         .load(node.dest.path(), node.cache.path())
         .env("APPARMOR_LOADER_ADOPT_LOADED", "true")
         .assert()
         .success();
-    assert!(node.kernel.profiles().contains("alpha (enforce)"));
     // From now on they are ours: a plain run replaces them without the flag.
     node.load().success();
+}
+
+#[test]
+fn profile_loaded_from_our_own_file_before_load_ran_is_adopted() {
+    // A reboot between copy and load: the host's boot-time loader read our top-level file, so
+    // the kernel has the profile before our record does. That must not keep the node gated.
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().success();
+    node.kernel.load_by_hand("alpha (enforce)");
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("adopting \"alpha\""));
 }
