@@ -22,16 +22,16 @@ pub struct LoadOptions {
     /// Writable host directory for the parser's cache and our record of loaded profiles.
     pub cache_dir: PathBuf,
     pub kernel: Kernel,
-    /// Replace profiles that are loaded but not recorded as ours (migration from another loader).
+    /// Also replace loaded profiles that are someone else's (another host file's, a runtime's).
     pub adopt_loaded: bool,
 }
 
 /// What a run did, for the summary line.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct LoadReport {
-    /// Files new or changed since the last verified load.
+    /// Files new or changed since the last recorded load.
     pub loaded: usize,
-    /// Files identical to the last verified load (replaced from the cache).
+    /// Files identical to the last recorded load (replaced from the cache).
     pub unchanged: usize,
     /// Profiles unloaded because their file left the ConfigMap.
     pub removed: Vec<String>,
@@ -264,7 +264,7 @@ fn host_profile_names(
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
         .filter(|(name, _)| {
-            !owned.files.contains_key(name) && crate::profile_files::validate_key(name).is_ok()
+            !owned.files.contains_key(name) && crate::profile_files::parser_skips(name).is_none()
         })
         .collect();
     files.sort();

@@ -76,6 +76,12 @@ pub enum ParserError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0} of {1} profile files do not compile:\n  {2}")]
     Invalid(usize, usize, String),
     #[error("two files define the same profile name: {0}")]
@@ -347,8 +353,8 @@ impl Parser {
             .map(|n| format!("profile {} {{\n}}\n", quote_name(n)))
             .collect();
         let stub_path = scratch_dir.join(".remove-stub");
-        std::fs::write(&stub_path, stub).map_err(|source| ParserError::Spawn {
-            binary: stub_path.clone(),
+        std::fs::write(&stub_path, stub).map_err(|source| ParserError::Scratch {
+            path: stub_path.clone(),
             source,
         })?;
         let mut cmd = self.command();

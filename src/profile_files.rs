@@ -72,15 +72,32 @@ pub fn validate_key(key: &str) -> Result<(), String> {
             "the name contains {bad:?}; allowed are letters, digits, '.', '_' and '-'"
         ));
     }
-    if key == "README" {
-        return Err("apparmor_parser skips a file named README when it loads a directory".into());
+    match parser_skips(key) {
+        Some(reason) => Err(reason),
+        None => Ok(()),
     }
-    if let Some(suffix) = PARSER_SKIPPED_SUFFIXES.iter().find(|s| key.ends_with(*s)) {
-        return Err(format!(
-            "apparmor_parser skips files ending in {suffix} when it loads a directory at boot"
-        ));
+}
+
+/// Why `apparmor_parser` skips a file of this name when it loads a directory (as the host's
+/// boot-time `apparmor.service` does), or `None` when it reads it.
+pub fn parser_skips(name: &str) -> Option<String> {
+    if name.starts_with('.') {
+        return Some("apparmor_parser skips dot-files when it loads a directory".into());
     }
-    Ok(())
+    if name.ends_with('~') {
+        return Some("apparmor_parser skips backup files ending in ~".into());
+    }
+    if name == "README" {
+        return Some("apparmor_parser skips a file named README when it loads a directory".into());
+    }
+    PARSER_SKIPPED_SUFFIXES
+        .iter()
+        .find(|s| name.ends_with(*s))
+        .map(|suffix| {
+            format!(
+                "apparmor_parser skips files ending in {suffix} when it loads a directory at boot"
+            )
+        })
 }
 
 /// Keys that are Kubernetes manifests living beside the profiles (this repository keeps
@@ -351,6 +368,25 @@ mod tests {
         }
         assert!(validate_key(&"a".repeat(254)).is_err());
         assert!(validate_key(&"a".repeat(253)).is_ok());
+    }
+
+    #[test]
+    fn boot_loader_skip_rule() {
+        for skipped in [
+            ".hidden",
+            "x~",
+            "README",
+            "x.dpkg-new",
+            "x.rpmsave",
+            "x.pacnew",
+            "x.rej",
+        ] {
+            assert!(parser_skips(skipped).is_some(), "{skipped}");
+        }
+        // Read by the boot loader even though copy would not accept them as keys.
+        for read in ["usr.bin.foo+bar", "README.md", "x.orig.d", "_private"] {
+            assert_eq!(parser_skips(read), None, "{read}");
+        }
     }
 
     proptest! {
