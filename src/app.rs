@@ -1,15 +1,31 @@
 //! Wiring: parsed arguments in, one step run, an exit code out. Each step's library function
-//! does the work; this module only builds their inputs, logs the outcome and maps errors.
+//! does the work; this module builds their inputs, logs the outcome, and looks up the exit code
+//! of a failure once, from the typed error that caused it.
 
-use std::time::Duration;
+use std::error::Error as StdError;
 
+use anyhow::{Context, Result};
 use tracing::{error, info, info_span};
 
-use crate::cli::{Cli, Command, ParserArgs, UntaintArgs};
+use crate::cli::{Cli, Command, NodeArgs, ParserArgs, UntaintArgs};
 use crate::exit_code::{self, ExitStatus};
-use crate::kernel::Kernel;
-use crate::parser::Parser;
+use crate::features::{Features, FeaturesError};
+use crate::kernel::{Kernel, KernelError};
+use crate::node_parser::NodeParser;
+use crate::parser::{Parser, ParserError};
+use crate::profile_check::CheckError;
 use crate::{copy, load, pause, untaint, validate};
+
+/// A usage error found after argument parsing (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl ExitStatus for UsageError {
+    fn exit_code(&self) -> u8 {
+        exit_code::USAGE
+    }
+}
 
 /// Runs the selected step and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
@@ -23,14 +39,71 @@ pub fn run(cli: Cli) -> u8 {
     let node = cli.node_name.clone().unwrap_or_else(|| "unknown".into());
     let span = info_span!("apparmor-loader", step, node = %node);
     let _entered = span.enter();
-    let result = match cli.command {
-        Command::Copy(args) => parser(&args.parser).and_then(|parser| {
+    match run_step(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            let code = exit_code_of(&e);
+            error!(exit_code = code, "{e:#}");
+            code
+        }
+    }
+}
+
+/// The exit code a failure deserves: that of the first error in its chain that knows one.
+pub fn exit_code_of(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(typed_exit_code)
+        .unwrap_or(exit_code::INTERNAL)
+}
+
+fn typed_exit_code(e: &(dyn StdError + 'static)) -> Option<u8> {
+    macro_rules! try_types {
+        ($($t:ty),* $(,)?) => {
+            $(if let Some(e) = e.downcast_ref::<$t>() { return Some(e.exit_code()); })*
+        };
+    }
+    try_types!(
+        UsageError,
+        copy::CopyError,
+        load::LoadError,
+        validate::ValidateError,
+        untaint::UntaintError,
+        CheckError,
+        ParserError,
+        KernelError,
+        FeaturesError,
+    );
+    None
+}
+
+fn run_step(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Copy(args) => {
+            let parser = parser(&args.parser, Some(&args.node))?;
+            let node_parser = NodeParser::detect(&args.node.node_root);
+            if let NodeParser::V3 { os } = &node_parser {
+                info!(
+                    "the node runs {os} (AppArmor 3): new files must also compile with {}",
+                    args.v3_parser.display()
+                );
+            }
+            let v3_parser = Parser {
+                binary: args.v3_parser.clone(),
+                base: args.v3_base.clone(),
+                ..parser.clone()
+            };
             let opts = copy::CopyOptions {
                 source: args.source,
                 dest: args.profile_dir.dest,
                 max_size: args.max_size,
+                cache_dir: args.cache_dir,
+                kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
+                adopt_loaded: args.adopt_loaded,
+                scratch_dir: args.scratch_dir,
+                node_parser,
+                v3_parser,
             };
-            let report = copy::run(&opts, &parser).map_err(failure)?;
+            let report = copy::run(&opts, &parser)?;
             if report.written.is_empty() && report.removed.is_empty() {
                 info!(
                     written = 0,
@@ -52,29 +125,31 @@ pub fn run(cli: Cli) -> u8 {
                     opts.dest.display()
                 );
             }
-            Ok(())
-        }),
-        Command::Load(args) => parser(&args.parser).and_then(|parser| {
+        }
+        Command::Load(args) => {
+            let parser = parser(&args.parser, Some(&args.node))?;
             let opts = load::LoadOptions {
                 dest: args.profile_dir.dest,
                 cache_dir: args.cache_dir,
-                kernel: Kernel::new(&args.securityfs, &args.enabled_file),
+                kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
                 adopt_loaded: args.adopt_loaded,
             };
-            let r = load::run(&opts, &parser).map_err(failure)?;
+            let r = load::run(&opts, &parser)?;
             info!(loaded = r.loaded, unchanged = r.unchanged, removed = r.removed.len(),
                   verified = r.verified, took_ms = r.took_ms as u64,
                   removed_profiles = %r.removed.join(","),
                   "load complete: loaded {}, unchanged {}, removed {}, took {} ms",
                   r.loaded, r.unchanged, r.removed.len(), r.took_ms);
-            Ok(())
-        }),
-        Command::Untaint(args) => run_untaint(cli.node_name, args),
-        Command::Pause => pause::run(|| info!("pausing until SIGTERM"))
-            .map(|signal| info!("received {signal}, exiting"))
-            .map_err(|e| (exit_code::INTERNAL, format!("cannot wait for signals: {e}"))),
-        Command::Validate(args) => parser(&args.parser).and_then(|parser| {
-            let compiled = validate::run(&args.paths, args.max_size, &parser).map_err(failure)?;
+        }
+        Command::Untaint(args) => run_untaint(cli.node_name, args)?,
+        Command::Pause => {
+            let signal =
+                pause::run(|| info!("pausing until SIGTERM")).context("cannot wait for signals")?;
+            info!("received {signal}, exiting");
+        }
+        Command::Validate(args) => {
+            let parser = parser(&args.parser, None)?;
+            let compiled = validate::run(&args.paths, args.max_size, &parser)?;
             let names: usize = compiled.iter().map(|c| c.names.len()).sum();
             info!(
                 files = compiled.len(),
@@ -83,44 +158,40 @@ pub fn run(cli: Cli) -> u8 {
                 compiled.len(),
                 names
             );
-            Ok(())
-        }),
-    };
-    match result {
-        Ok(()) => 0,
-        Err((code, message)) => {
-            error!(exit_code = code, "{message}");
-            code
         }
     }
+    Ok(())
 }
 
-type StepResult = Result<(), (u8, String)>;
-
-fn failure<E: ExitStatus + std::fmt::Display>(e: E) -> (u8, String) {
-    (e.exit_code(), e.to_string())
-}
-
-/// The parser settings shared by `copy`, `load` and `validate`.
-fn parser(args: &ParserArgs) -> Result<Parser, (u8, String)> {
-    let binary = Parser::locate(&args.parser).map_err(|e| (exit_code::INTERNAL, e.to_string()))?;
+/// The parser settings shared by `copy`, `load` and `validate`; on a node, compiling for the
+/// feature set the node's own boot uses.
+fn parser(args: &ParserArgs, node: Option<&NodeArgs>) -> Result<Parser> {
+    let binary = Parser::locate(&args.parser)?;
     let jobs = args
         .jobs
         .filter(|j| *j > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let features = match node {
+        Some(node) => Features::for_node(&node.node_root, &node.securityfs)?,
+        None => Features::ParserDefault,
+    };
+    if node.is_some() {
+        info!("compiling for {}", features.describe());
+    }
     Ok(Parser {
         binary,
         base: args.base.clone(),
         includes: args.include.clone(),
         jobs,
+        features,
+        timeout: args.parser_timeout,
     })
 }
 
 /// `untaint` on a current-thread runtime, bounded by its timeout and ended early by SIGTERM.
-fn run_untaint(node: Option<String>, args: UntaintArgs) -> StepResult {
+fn run_untaint(node: Option<String>, args: UntaintArgs) -> Result<()> {
     let node = node.filter(|n| !n.is_empty()).ok_or_else(|| {
-        (
-            exit_code::USAGE,
+        UsageError(
             "NODE_NAME is not set: untaint needs this node's name (env NODE_NAME from the \
              downward API fieldRef spec.nodeName, or --node-name)"
                 .to_string(),
@@ -129,21 +200,15 @@ fn run_untaint(node: Option<String>, args: UntaintArgs) -> StepResult {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            (
-                exit_code::INTERNAL,
-                format!("cannot start the runtime: {e}"),
-            )
-        })?;
-    let timeout: Duration = args.timeout;
+        .context("cannot start the runtime")?;
     runtime.block_on(async {
-        let client = untaint::client(args.kubeconfig.as_deref()).await.map_err(failure)?;
+        let client = untaint::client(args.kubeconfig.as_deref()).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| (exit_code::INTERNAL, format!("cannot handle SIGTERM: {e}")))?;
+            .context("cannot handle SIGTERM")?;
         let outcome = tokio::select! {
-            r = untaint::run(client, &node, &args.taints, timeout) => r.map_err(failure)?,
-            _ = term.recv() => return Err((exit_code::KUBERNETES_API, "stopped by SIGTERM before the taint was removed".into())),
-            _ = tokio::signal::ctrl_c() => return Err((exit_code::KUBERNETES_API, "stopped by SIGINT before the taint was removed".into())),
+            r = untaint::run(client, &node, &args.taints, args.timeout) => r?,
+            _ = term.recv() => return Err(untaint::UntaintError::Stopped("SIGTERM").into()),
+            _ = tokio::signal::ctrl_c() => return Err(untaint::UntaintError::Stopped("SIGINT").into()),
         };
         if outcome.removed.is_empty() {
             info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
@@ -154,4 +219,172 @@ fn run_untaint(node: Option<String>, args: UntaintArgs) -> StepResult {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// Every error variant an operator can meet, driven to the exit code the README promises.
+    #[test]
+    fn each_error_maps_to_its_documented_exit_code() {
+        let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let p = PathBuf::from("/x");
+        let cases: Vec<(anyhow::Error, u8)> = vec![
+            (UsageError("x".into()).into(), 2),
+            (
+                validate::ValidateError::Source(crate::profile_files::SourceError::NotFound(
+                    p.clone(),
+                ))
+                .into(),
+                2,
+            ),
+            (
+                validate::ValidateError::Source(crate::profile_files::SourceError::Io {
+                    path: p.clone(),
+                    source: io(),
+                })
+                .into(),
+                1,
+            ),
+            (validate::ValidateError::Empty("d".into()).into(), 3),
+            (CheckError::DuplicateNames("n".into()).into(), 3),
+            (
+                CheckError::Refused {
+                    refused: vec![],
+                    total: 1,
+                }
+                .into(),
+                3,
+            ),
+            (CheckError::Rejected(vec![]).into(), 3),
+            (ParserError::Invalid(1, 1, "x".into()).into(), 3),
+            (
+                ParserError::TimedOut {
+                    action: "a",
+                    timeout: std::time::Duration::from_secs(1),
+                    files: "f".into(),
+                }
+                .into(),
+                3,
+            ),
+            (
+                ParserError::Output {
+                    binary: p.clone(),
+                    source: io(),
+                }
+                .into(),
+                1,
+            ),
+            (
+                ParserError::Spawn {
+                    binary: p.clone(),
+                    reason: "r".into(),
+                }
+                .into(),
+                1,
+            ),
+            (
+                ParserError::Killed {
+                    action: "a",
+                    signal: 9,
+                    hint: "",
+                }
+                .into(),
+                1,
+            ),
+            (ParserError::NotFound("x".into()).into(), 1),
+            (
+                KernelError::Disabled {
+                    file: p.clone(),
+                    value: "N".into(),
+                }
+                .into(),
+                4,
+            ),
+            (KernelError::NoModule { file: p.clone() }.into(), 4),
+            (KernelError::NotMounted { path: p.clone() }.into(), 4),
+            (
+                KernelError::Io {
+                    path: p.clone(),
+                    source: io(),
+                }
+                .into(),
+                1,
+            ),
+            (load::LoadError::MissingFile("k".into()).into(), 3),
+            (
+                load::LoadError::Read {
+                    path: p.clone(),
+                    source: io(),
+                }
+                .into(),
+                1,
+            ),
+            (load::LoadError::Foreign(vec![]).into(), 3),
+            (load::LoadError::NotCopied(p.clone()).into(), 3),
+            (
+                load::LoadError::NotLoaded {
+                    missing: vec![],
+                    parser: None,
+                }
+                .into(),
+                5,
+            ),
+            (load::LoadError::NotRemoved(vec![], "x".into()).into(), 5),
+            (
+                load::LoadError::Kernel(KernelError::Io {
+                    path: p.clone(),
+                    source: io(),
+                })
+                .into(),
+                1,
+            ),
+            (
+                load::LoadError::Check(CheckError::DuplicateNames("n".into())).into(),
+                3,
+            ),
+            (copy::CopyError::Empty(p.clone()).into(), 3),
+            (copy::CopyError::Foreign(vec![]).into(), 3),
+            (
+                copy::CopyError::Clash {
+                    dest: p.clone(),
+                    clashes: vec![],
+                }
+                .into(),
+                3,
+            ),
+            (
+                copy::CopyError::Io {
+                    action: "write",
+                    path: p.clone(),
+                    source: io(),
+                }
+                .into(),
+                1,
+            ),
+            (
+                copy::CopyError::Kernel(KernelError::Io {
+                    path: p.clone(),
+                    source: io(),
+                })
+                .into(),
+                1,
+            ),
+            (untaint::UntaintError::Stopped("SIGTERM").into(), 6),
+        ];
+        for (err, code) in cases {
+            assert_eq!(exit_code_of(&err), code, "{err:#}");
+        }
+        // Context added on the way up does not change the code.
+        let wrapped = anyhow::Error::from(load::LoadError::NotLoaded {
+            missing: vec![],
+            parser: None,
+        })
+        .context("while loading");
+        assert_eq!(exit_code_of(&wrapped), 5);
+        // An error no step owns is internal.
+        assert_eq!(exit_code_of(&anyhow::anyhow!("bug")), 1);
+    }
 }

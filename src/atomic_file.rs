@@ -10,6 +10,18 @@ use std::path::Path;
 /// (dot-files are skipped by `apparmor_parser`, so a half-written file is never loaded), fsyncs
 /// it, sets `mode`, and renames it over the target. Call [`sync_dir`] after a batch.
 pub fn write(dir: &Path, name: &str, content: &[u8], mode: u32) -> std::io::Result<()> {
+    write_at(dir, name, content, mode, None)
+}
+
+/// [`write`], giving the new file the modification time `mtime` (the parser's cache matches
+/// entries to files by mtime) before it takes the target's place.
+pub fn write_at(
+    dir: &Path,
+    name: &str,
+    content: &[u8],
+    mode: u32,
+    mtime: Option<std::time::SystemTime>,
+) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -20,6 +32,9 @@ pub fn write(dir: &Path, name: &str, content: &[u8], mode: u32) -> std::io::Resu
             .open(&tmp)?;
         f.write_all(content)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some(t) = mtime {
+            f.set_modified(t)?;
+        }
         f.sync_all()?;
         fs::rename(&tmp, dir.join(name))
     })();

@@ -17,14 +17,17 @@ use crate::taint::{AUTOSCALER_GATE_TAINT, GATE_TAINT, Taint};
 /// New nodes carry the taint WaitingForAppArmorProfiles=true:NoSchedule. The DaemonSet's pod
 /// runs `copy`, `load` and `untaint` as init containers and `pause` as its only container. Any
 /// invalid or unproven profile stops the sequence with a non-zero exit code, so the taint stays
-/// and the kubelet retries. Exit codes: 0 ok, 1 internal error, 2 usage, 3 invalid profiles
-/// (nothing changed), 4 AppArmor unavailable on this node, 5 profiles not provably loaded,
-/// 6 Kubernetes API error.
+/// and the kubelet retries; the exit code (listed below) says which kind of failure it was.
 ///
 /// The executable is also a multicall binary: a link named `copy`, `load`, `untaint`, `pause`
 /// or `validate` runs that step.
 #[derive(Debug, Parser)]
-#[command(name = "apparmor-loader", version, verbatim_doc_comment)]
+#[command(
+    name = "apparmor-loader",
+    version,
+    verbatim_doc_comment,
+    after_help = crate::exit_code::help()
+)]
 pub struct Cli {
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "APPARMOR_LOADER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -101,6 +104,31 @@ pub struct ParserArgs {
     /// Parallel compile jobs [default: the number of CPUs].
     #[arg(long, env = "APPARMOR_LOADER_JOBS")]
     pub jobs: Option<usize>,
+
+    /// Kill a parser run that takes longer than this (e.g. 90s, 5m) and fail with exit 3
+    /// naming the files it was compiling. A small profile with many nested `**` globs can
+    /// keep the parser busy for hours; progress is logged every 30 s meanwhile.
+    #[arg(long, env = "APPARMOR_LOADER_PARSER_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub parser_timeout: Duration,
+}
+
+/// The node as `copy` and `load` see it: its kernel interface and its own AppArmor
+/// configuration, both mounted read-only.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Where securityfs is mounted (the kernel's profile list and feature set).
+    #[arg(long, env = "APPARMOR_LOADER_SECURITYFS", default_value = DEFAULT_SECURITYFS)]
+    pub securityfs: PathBuf,
+
+    /// The file that says whether AppArmor is enabled (`Y`).
+    #[arg(long, env = "APPARMOR_LOADER_ENABLED_FILE", default_value = DEFAULT_ENABLED_FILE)]
+    pub enabled_file: PathBuf,
+
+    /// Where the node's root is mounted, read-only and in part: policy is compiled for the
+    /// feature set the node's own boot uses, the one its <ROOT>/etc/apparmor/parser.conf pins
+    /// (policy-features=…, read from under <ROOT>), else the running kernel's.
+    #[arg(long, env = "APPARMOR_LOADER_NODE_ROOT", default_value = "/host")]
+    pub node_root: PathBuf,
 }
 
 /// The profile directory shared by `copy` (writes) and `load` (reads).
@@ -134,6 +162,43 @@ pub struct CopyArgs {
     #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile_files::DEFAULT_MAX_SIZE)]
     pub max_size: u64,
 
+    /// The compile cache directory `load` uses (its --cache-dir). With it, copy's validating
+    /// compile is the node's only one: load then finds every profile in the cache. Without
+    /// it, copy only validates and load compiles again.
+    #[arg(long, env = "APPARMOR_LOADER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Private scratch directory: the ConfigMap is compiled from a snapshot written here.
+    #[arg(long, env = "APPARMOR_LOADER_SCRATCH_DIR", default_value = "/tmp")]
+    pub scratch_dir: PathBuf,
+
+    /// Claim profile names the kernel already has from someone else (a distribution
+    /// profile, one loaded by hand). Off by default: the node's next boot, and load, would
+    /// replace them, reconfining every process that uses them.
+    #[arg(long, env = "APPARMOR_LOADER_ADOPT_LOADED")]
+    pub adopt_loaded: bool,
+
+    /// The AppArmor 3 parser for reboot parity: on a node whose <NODE_ROOT>/etc/os-release
+    /// names a release that ships AppArmor 3 (Ubuntu 22.04, Debian 12), every new or changed
+    /// file must also compile with it, or the node's own boot would fail to load it.
+    #[arg(
+        long,
+        env = "APPARMOR_LOADER_V3_PARSER",
+        default_value = "/usr/lib/apparmor-profile-loader/apparmor_parser-3"
+    )]
+    pub v3_parser: PathBuf,
+
+    /// Include tree of the AppArmor 3 parser (abi/, abstractions/, tunables/).
+    #[arg(
+        long,
+        env = "APPARMOR_LOADER_V3_BASE",
+        default_value = "/usr/lib/apparmor-profile-loader/apparmor.d-3"
+    )]
+    pub v3_base: PathBuf,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+
     #[command(flatten)]
     pub parser: ParserArgs,
 }
@@ -152,17 +217,12 @@ pub struct LoadArgs {
     )]
     pub cache_dir: PathBuf,
 
-    /// Where securityfs is mounted.
-    #[arg(long, env = "APPARMOR_LOADER_SECURITYFS", default_value = DEFAULT_SECURITYFS)]
-    pub securityfs: PathBuf,
+    #[command(flatten)]
+    pub node: NodeArgs,
 
-    /// The file that says whether AppArmor is enabled (`Y`).
-    #[arg(long, env = "APPARMOR_LOADER_ENABLED_FILE", default_value = DEFAULT_ENABLED_FILE)]
-    pub enabled_file: PathBuf,
-
-    /// Also replace loaded profiles that belong to someone else: names another file of the
-    /// profile directory defines, or a container runtime's default profile. Off by default:
-    /// replacing them reconfines every process that uses them.
+    /// Also replace loaded profiles that our records (what copy claimed, what load loaded)
+    /// do not list: someone else's. Off by default: replacing them reconfines every process
+    /// that uses them.
     #[arg(long, env = "APPARMOR_LOADER_ADOPT_LOADED")]
     pub adopt_loaded: bool,
 

@@ -4,17 +4,27 @@
 //! what the host's own `apparmor.service` loads at boot, before the kubelet starts; after a
 //! reboot (which does not re-taint the node) our profiles are therefore in force before any pod
 //! runs. Sharing that directory with the distribution's profiles is why ownership is strict:
-//! only files listed in our state file are ever replaced or deleted.
+//! only files listed in our state file are ever replaced or deleted, and a profile name the
+//! kernel already has from someone else is never claimed.
+//!
+//! Validation is a full compile (a parse-only pass misses errors found after parsing). With a
+//! cache directory, that compile is the node's only one: it compiles for the node's feature
+//! set into the cache `load` reads, and the files it writes keep the modification time the
+//! cache entries were made for.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::atomic_file;
+use crate::compile_cache::CompileCache;
 use crate::exit_code::{self, ExitStatus};
-use crate::parser::Parser;
-use crate::profile_files;
-use crate::state::{Entry, Inventory, OWNED_FILES, StateError};
-use crate::validate::{self, ValidateError};
+use crate::kernel::{Kernel, KernelError};
+use crate::node_parser::NodeParser;
+use crate::parser::{Cache, Parser, ParserError};
+use crate::profile_check::{self, CheckError, CompiledProfile};
+use crate::profile_files::{self, ProfileFile, ProfileInput};
+use crate::state::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
 
 /// Profile files are world-readable, like the distribution's own.
 const PROFILE_MODE: u32 = 0o644;
@@ -24,6 +34,18 @@ pub struct CopyOptions {
     pub source: PathBuf,
     pub dest: PathBuf,
     pub max_size: u64,
+    /// The compile cache shared with `load` (and its record of loaded profiles); without one,
+    /// `copy` compiles for validation only and `load` compiles again.
+    pub cache_dir: Option<PathBuf>,
+    /// The node's kernel, read-only: which profile names are already loaded.
+    pub kernel: Kernel,
+    /// Claim profile names the kernel already has from someone else.
+    pub adopt_loaded: bool,
+    /// Where the private snapshot of the ConfigMap is compiled (the pod's `/tmp`).
+    pub scratch_dir: PathBuf,
+    /// The node's own parser generation, and the parser that stands in for an AppArmor 3 one.
+    pub node_parser: NodeParser,
+    pub v3_parser: Parser,
 }
 
 /// What a run changed.
@@ -37,7 +59,9 @@ pub struct CopyReport {
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error(transparent)]
-    Invalid(#[from] ValidateError),
+    Source(#[from] profile_files::SourceError),
+    #[error(transparent)]
+    Check(#[from] CheckError),
     #[error("the ConfigMap volume {0} holds no profiles; refusing to remove every profile")]
     Empty(PathBuf),
     #[error("destination {0} is not a directory")]
@@ -50,6 +74,31 @@ pub enum CopyError {
         .clashes.join(", ")
     )]
     Clash { dest: PathBuf, clashes: Vec<String> },
+    #[error(
+        "profiles already loaded by someone else would be replaced, nothing was changed: {}. \
+         Replacing them would change the confinement of every process using them (a \
+         distribution profile, or one loaded by hand). Rename the profiles in the ConfigMap; \
+         if you really mean to take them over, pass --adopt-loaded once",
+        .0.join(", ")
+    )]
+    Foreign(Vec<String>),
+    #[error(
+        "the node runs {os}, whose own AppArmor 3 parser loads our files at every boot, and it \
+         cannot compile them, nothing was changed: {source}. Write these profiles in AppArmor 3 \
+         syntax (no `userns,`, no `abi <abi/4.0>` rules), or keep them off {os} nodes"
+    )]
+    NodeParser {
+        os: String,
+        #[source]
+        source: ParserError,
+    },
+    #[error(
+        "the node runs {os} (AppArmor 3) but the AppArmor 3 parser {path} is not in this image, \
+         so reboot parity cannot be checked; use the project's image or pass --v3-parser"
+    )]
+    NoV3Parser { os: String, path: PathBuf },
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("cannot {action} {path}: {source}")]
@@ -64,8 +113,12 @@ pub enum CopyError {
 impl ExitStatus for CopyError {
     fn exit_code(&self) -> u8 {
         match self {
-            CopyError::Invalid(e) => e.exit_code(),
-            CopyError::Empty(_) | CopyError::Clash { .. } => exit_code::INVALID_PROFILES,
+            CopyError::Check(e) => e.exit_code(),
+            CopyError::NodeParser { source, .. } => source.exit_code(),
+            CopyError::Kernel(e) => e.exit_code(),
+            CopyError::Empty(_) | CopyError::Clash { .. } | CopyError::Foreign(_) => {
+                exit_code::INVALID_PROFILES
+            }
             _ => exit_code::INTERNAL,
         }
     }
@@ -76,31 +129,95 @@ impl ExitStatus for CopyError {
 /// Nothing is written unless every key is valid and compiles. Ownership is recorded before a
 /// file is created, so a crash mid-run never leaves a file we wrote but do not own.
 pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError> {
-    let source =
-        profile_files::read_source_dir(&opts.source, opts.max_size).map_err(ValidateError::from)?;
+    let source = profile_files::read_source_dir(&opts.source, opts.max_size)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {
         return Err(CopyError::Empty(opts.source.clone()));
     }
     if !opts.dest.is_dir() {
         return Err(CopyError::NoDestination(opts.dest.clone()));
     }
+    profile_check::accept_keys(&source)?;
     let owned = Inventory::load(&opts.dest, OWNED_FILES)?;
-    let compiled = validate::check_source(&source, parser, &owned)?;
 
-    let clashes = foreign_files(&opts.dest, &owned, source.profiles.iter().map(|p| &p.key));
+    // Compile a private snapshot: never the volume, which the kubelet may swap meanwhile.
+    let mtime = SystemTime::now();
+    let snapshot = tempfile::Builder::new()
+        .prefix("apparmor-profile-loader-")
+        .tempdir_in(&opts.scratch_dir)
+        .map_err(|source| io("create a snapshot directory in", &opts.scratch_dir, source))?;
+    let inputs = write_snapshot(snapshot.path(), &source.profiles, mtime)?;
+    let cache = match &opts.cache_dir {
+        Some(dir) => Some(
+            CompileCache::open(dir, parser)
+                .map_err(|source| io("prepare the compile cache in", dir, source))?,
+        ),
+        None => None,
+    };
+    let staging = match &cache {
+        Some(c) => Some(c.staging().map_err(|source| io("create", &c.dir, source))?),
+        None => None,
+    };
+    let checked = profile_check::check(
+        &inputs,
+        parser,
+        &owned,
+        staging.map_or(Cache::Skip, Cache::Refresh),
+    )
+    .map_err(CopyError::from)
+    .and_then(|compiled| {
+        check_reboot_parity(opts, &owned, &inputs)?;
+        refuse_foreign(opts, &owned, &compiled)?;
+        Ok(compiled)
+    });
+    let compiled = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(c) = &cache {
+                c.discard();
+            }
+            return Err(e);
+        }
+    };
+    let report = write_destination(opts, &owned, &source.profiles, &compiled, mtime);
+    if let Some(c) = &cache {
+        match &report {
+            Ok(_) => {
+                let promoted = c
+                    .promote()
+                    .map_err(|source| io("promote compiled policy into", &c.dir, source))?;
+                tracing::debug!(
+                    promoted,
+                    "compiled policy promoted into {}",
+                    c.dir.display()
+                );
+            }
+            Err(_) => c.discard(),
+        }
+    }
+    report
+}
+
+/// Writes the destination: ownership first, then the files, then the stale files removed.
+fn write_destination(
+    opts: &CopyOptions,
+    owned: &Inventory,
+    files: &[ProfileFile],
+    compiled: &[CompiledProfile],
+    mtime: SystemTime,
+) -> Result<CopyReport, CopyError> {
+    let clashes = foreign_files(&opts.dest, owned, files.iter().map(|p| &p.key));
     if !clashes.is_empty() {
         return Err(CopyError::Clash {
             dest: opts.dest.clone(),
             clashes,
         });
     }
-
     let mut wanted = Inventory::default();
-    for (file, compiled) in source.profiles.iter().zip(&compiled) {
+    for compiled in compiled {
         wanted.files.insert(
-            file.key.clone(),
+            compiled.key.clone(),
             Entry {
-                sha256: file.sha256(),
+                sha256: compiled.sha256.clone(),
                 profiles: compiled.names.clone(),
                 modes: compiled.modes.clone(),
             },
@@ -109,7 +226,7 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
 
     let mut report = CopyReport::default();
     let mut to_write = Vec::new();
-    for file in &source.profiles {
+    for file in files {
         if is_current(&opts.dest.join(&file.key), file.content.as_bytes()) {
             report.unchanged.push(file.key.clone());
         } else {
@@ -132,13 +249,14 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
     intent.save(&opts.dest, OWNED_FILES)?;
 
     for file in to_write {
-        atomic_file::write(&opts.dest, &file.key, file.content.as_bytes(), PROFILE_MODE).map_err(
-            |source| CopyError::Io {
-                action: "write",
-                path: opts.dest.join(&file.key),
-                source,
-            },
-        )?;
+        atomic_file::write_at(
+            &opts.dest,
+            &file.key,
+            file.content.as_bytes(),
+            PROFILE_MODE,
+            Some(mtime),
+        )
+        .map_err(|source| io("write", &opts.dest.join(&file.key), source))?;
         report.written.push(file.key.clone());
     }
     for key in &report.removed {
@@ -146,22 +264,110 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(CopyError::Io {
-                    action: "remove",
-                    path,
-                    source,
-                });
-            }
+            Err(source) => return Err(io("remove", &path, source)),
         }
     }
-    atomic_file::sync_dir(&opts.dest).map_err(|source| CopyError::Io {
-        action: "sync",
-        path: opts.dest.clone(),
-        source,
-    })?;
+    atomic_file::sync_dir(&opts.dest).map_err(|source| io("sync", &opts.dest, source))?;
     wanted.save(&opts.dest, OWNED_FILES)?;
     Ok(report)
+}
+
+/// Writes the profiles into the snapshot directory under their keys (the parser's cache
+/// names entries after the file name), all with one modification time.
+fn write_snapshot(
+    dir: &Path,
+    files: &[ProfileFile],
+    mtime: SystemTime,
+) -> Result<Vec<ProfileInput>, CopyError> {
+    files
+        .iter()
+        .map(|file| {
+            let path = dir.join(&file.key);
+            let written = fs::File::create(&path).and_then(|mut f| {
+                std::io::Write::write_all(&mut f, file.content.as_bytes())?;
+                f.set_modified(mtime)
+            });
+            written.map_err(|source| io("write the snapshot file", &path, source))?;
+            Ok(file.input(path))
+        })
+        .collect()
+}
+
+/// On a node whose own parser is AppArmor 3, compiles every new or changed file with an
+/// AppArmor 3 parser too: the node's boot loads our files with its own parser.
+fn check_reboot_parity(
+    opts: &CopyOptions,
+    owned: &Inventory,
+    inputs: &[ProfileInput],
+) -> Result<(), CopyError> {
+    let os = match &opts.node_parser {
+        NodeParser::V3 { os } => os,
+        NodeParser::Current { .. } | NodeParser::Unknown => return Ok(()),
+    };
+    let v3 = &opts.v3_parser;
+    if !v3.binary.is_file() {
+        return Err(CopyError::NoV3Parser {
+            os: os.clone(),
+            path: v3.binary.clone(),
+        });
+    }
+    let fresh: Vec<&ProfileInput> = inputs
+        .iter()
+        .filter(|i| owned.describes(&i.key, &i.sha256).is_none())
+        .collect();
+    v3.compile(&fresh, Cache::Skip)
+        .map_err(|source| CopyError::NodeParser {
+            os: os.clone(),
+            source,
+        })
+}
+
+/// Refuses to claim a profile name the kernel already has from someone else.
+///
+/// A name is ours when one of our records lists it: `copy`'s (names it claimed earlier) or
+/// `load`'s (names it loaded). A new name that the kernel already has is someone else's: a
+/// distribution profile, one loaded by hand, a runtime's. Writing our file would replace it at
+/// the next boot, and `load` would replace it now, so neither happens unless the operator
+/// passes `--adopt-loaded`. On a machine without an AppArmor kernel interface nothing is
+/// loaded, so nothing can be harmed.
+fn refuse_foreign(
+    opts: &CopyOptions,
+    owned: &Inventory,
+    compiled: &[CompiledProfile],
+) -> Result<(), CopyError> {
+    if opts.adopt_loaded {
+        return Ok(());
+    }
+    // Without AppArmor nothing is loaded (and load refuses the node); with AppArmor on, the
+    // profile list must be readable (securityfs mounted read-only into this container).
+    match opts.kernel.ensure_enabled() {
+        Err(KernelError::NoModule { .. } | KernelError::Disabled { .. }) => return Ok(()),
+        other => other?,
+    }
+    let loaded = opts.kernel.loaded_profiles()?;
+    let mut ours = owned.profile_names();
+    if let Some(dir) = &opts.cache_dir {
+        ours.extend(Inventory::load(dir, LOADED_PROFILES)?.profile_names());
+    }
+    let foreign: Vec<String> = compiled
+        .iter()
+        .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
+        .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
+        .map(|(name, key)| format!("{name:?} (our file {key:?}; already loaded, not by us)"))
+        .collect();
+    if foreign.is_empty() {
+        Ok(())
+    } else {
+        Err(CopyError::Foreign(foreign))
+    }
+}
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> CopyError {
+    CopyError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Keys whose file already exists in the destination but is not ours.

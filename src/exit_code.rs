@@ -15,7 +15,45 @@ pub const NOT_LOADED: u8 = 5;
 /// The Kubernetes API refused or could not be reached in time.
 pub const KUBERNETES_API: u8 = 6;
 
+/// Every code with its one-line meaning, as `--help` and the README list them.
+pub const ALL: &[(u8, &str)] = &[
+    (0, "ok"),
+    (
+        INTERNAL,
+        "internal or I/O error (the message names the path)",
+    ),
+    (USAGE, "usage error"),
+    (
+        INVALID_PROFILES,
+        "invalid profiles, nothing changed: fix the ConfigMap",
+    ),
+    (APPARMOR_UNAVAILABLE, "AppArmor unavailable on this node"),
+    (NOT_LOADED, "profiles not provably loaded (or not unloaded)"),
+    (KUBERNETES_API, "Kubernetes API error"),
+];
+
+/// The exit-code list for `--help`.
+pub fn help() -> String {
+    let mut text = String::from("Exit codes:\n");
+    for (code, meaning) in ALL {
+        text.push_str(&format!("  {code}  {meaning}\n"));
+    }
+    text
+}
+
 /// An error that knows which exit code it deserves.
 pub trait ExitStatus {
     fn exit_code(&self) -> u8;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_listed_in_order() {
+        let codes: Vec<u8> = ALL.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
+        assert!(help().contains("  3  invalid profiles"));
+    }
 }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::exit_code::{self, ExitStatus};
+
 /// Default mount point of securityfs on a node (and where the DaemonSet mounts it).
 pub const DEFAULT_SECURITYFS: &str = "/sys/kernel/security";
 /// The AppArmor module's switch; `Y` when AppArmor is the active LSM.
@@ -37,6 +39,18 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl ExitStatus for KernelError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            KernelError::NoModule { .. }
+            | KernelError::Disabled { .. }
+            | KernelError::NotMounted { .. } => exit_code::APPARMOR_UNAVAILABLE,
+            // AppArmor is on, but reading its interface failed: not "unavailable".
+            KernelError::Io { .. } => exit_code::INTERNAL,
+        }
+    }
 }
 
 /// The kernel interface as seen from this container.

@@ -1,18 +1,22 @@
 //! `load`: the profiles `copy` placed on the host, into the kernel, proven.
 //!
 //! Order matters for failing closed: check AppArmor is on, compile everything without touching
-//! the kernel (any failure stops here, the kernel untouched), load everything in one parser
-//! call, read the kernel's own list to prove each profile is in force in the asked-for mode,
-//! and only then unload the profiles a previous run loaded that have left the ConfigMap.
+//! the kernel (any failure stops here, the kernel untouched; on a fresh node every compile is a
+//! cache hit of `copy`'s), refuse to replace a loaded profile our records do not call ours,
+//! load everything in one parser call, read the kernel's own list to prove each profile (and
+//! exactly its children) is in force in the asked-for mode, and only then unload the profiles
+//! a previous run loaded that have left the ConfigMap.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::compile_cache::CompileCache;
 use crate::exit_code::{self, ExitStatus};
 use crate::kernel::{Kernel, KernelError};
-use crate::parser::{Cache, CompiledProfile, Parser, ParserError, ProfileInput};
-use crate::profile_files::sha256_hex;
+use crate::parser::{Cache, Parser, ParserError};
+use crate::profile_check::{self, CheckError, CompiledProfile};
+use crate::profile_files::{ProfileInput, sha256_hex};
 use crate::state::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
 
 #[derive(Debug, Clone)]
@@ -22,7 +26,7 @@ pub struct LoadOptions {
     /// Writable host directory for the parser's cache and our record of loaded profiles.
     pub cache_dir: PathBuf,
     pub kernel: Kernel,
-    /// Also replace loaded profiles that are someone else's (another host file's, a runtime's).
+    /// Also replace loaded profiles our records do not list (someone else's).
     pub adopt_loaded: bool,
 }
 
@@ -33,7 +37,7 @@ pub struct LoadReport {
     pub loaded: usize,
     /// Files identical to the last recorded load (replaced from the cache).
     pub unchanged: usize,
-    /// Profiles unloaded because their file left the ConfigMap.
+    /// Profiles (and children) unloaded because they left the ConfigMap.
     pub removed: Vec<String>,
     /// Every profile name now verified in the kernel.
     pub verified: usize,
@@ -43,7 +47,7 @@ pub struct LoadReport {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
-    Unavailable(#[from] KernelError),
+    Kernel(#[from] KernelError),
     #[error(
         "no profiles to load: {0} does not exist. The copy step writes it; check that the copy \
          init container ran against the same --dest"
@@ -51,9 +55,9 @@ pub enum LoadError {
     NotCopied(PathBuf),
     #[error(
         "profiles already loaded by someone else would be replaced, nothing was changed: {}. \
-         Replacing them would change the confinement of every process using them. Rename the \
-         profiles in the ConfigMap; if you really mean to take them over, pass --adopt-loaded \
-         once",
+         Our records (what copy claimed and what load loaded) do not list them; replacing them \
+         would change the confinement of every process using them. Rename the profiles in the \
+         ConfigMap; if you really mean to take them over, pass --adopt-loaded once",
         .0.join(", ")
     )]
     Foreign(Vec<String>),
@@ -61,18 +65,24 @@ pub enum LoadError {
         "profile file {0:?} is listed in the state file but missing from the profile directory"
     )]
     MissingFile(String),
+    #[error("cannot read profile file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
-    Parser(ParserError),
+    Check(#[from] CheckError),
     #[error("profiles are not provably loaded:\n  {}{}", .missing.join("\n  "), parser_note(.parser))]
     NotLoaded {
         missing: Vec<String>,
         parser: Option<String>,
     },
-    #[error("profiles {0:?} were removed from the ConfigMap but are still loaded: {1}")]
+    #[error("profiles {0:?} left the ConfigMap but are still loaded: {1}")]
     NotRemoved(Vec<String>, String),
-    #[error("cannot create cache directory {path}: {source}")]
+    #[error("cannot prepare the cache directory {path}: {source}")]
     CacheDir {
         path: PathBuf,
         #[source]
@@ -90,15 +100,15 @@ fn parser_note(parser: &Option<String>) -> String {
 impl ExitStatus for LoadError {
     fn exit_code(&self) -> u8 {
         match self {
-            LoadError::Unavailable(_) => exit_code::APPARMOR_UNAVAILABLE,
+            LoadError::Kernel(e) => e.exit_code(),
+            LoadError::Check(e) => e.exit_code(),
             LoadError::NotCopied(_) | LoadError::MissingFile(_) | LoadError::Foreign(_) => {
                 exit_code::INVALID_PROFILES
             }
-            LoadError::Parser(ParserError::Invalid(..) | ParserError::DuplicateNames(_)) => {
-                exit_code::INVALID_PROFILES
-            }
             LoadError::NotLoaded { .. } | LoadError::NotRemoved(..) => exit_code::NOT_LOADED,
-            _ => exit_code::INTERNAL,
+            LoadError::Read { .. } | LoadError::State(_) | LoadError::CacheDir { .. } => {
+                exit_code::INTERNAL
+            }
         }
     }
 }
@@ -111,44 +121,49 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         return Err(LoadError::NotCopied(opts.dest.join(OWNED_FILES)));
     }
     let owned = Inventory::load(&opts.dest, OWNED_FILES)?;
-    std::fs::create_dir_all(&opts.cache_dir).map_err(|source| LoadError::CacheDir {
+    let cache_err = |source| LoadError::CacheDir {
         path: opts.cache_dir.clone(),
         source,
-    })?;
+    };
+    std::fs::create_dir_all(&opts.cache_dir).map_err(cache_err)?;
     let previous = Inventory::load(&opts.cache_dir, LOADED_PROFILES)?;
+    let cache = CompileCache::open(&opts.cache_dir, parser).map_err(cache_err)?;
 
-    // Compile what is on disk now (that is what the host loads at boot), not what the record says.
-    let mut inputs = Vec::new();
-    for key in owned.files.keys() {
-        let path = opts.dest.join(key);
-        let bytes = std::fs::read(&path).map_err(|_| LoadError::MissingFile(key.clone()))?;
-        inputs.push(ProfileInput {
-            key: key.clone(),
-            path,
-            sha256: sha256_hex(&bytes),
-        });
+    // Compile what is on disk now (that is what the host loads at boot), not what a record says.
+    let inputs = read_owned_files(opts, &owned)?;
+    // A file that differs from what copy wrote (edited behind our back) may have a cache entry
+    // that matches its mtime but not its bytes: compile it afresh.
+    let changed: Vec<&ProfileInput> = inputs
+        .iter()
+        .filter(|i| owned.files.get(&i.key).is_none_or(|e| e.sha256 != i.sha256))
+        .collect();
+    for i in &changed {
+        tracing::warn!(file = %i.key, "{} changed since copy wrote it; compiling it afresh", i.key);
     }
-    let all: Vec<&ProfileInput> = inputs.iter().collect();
-    let cache = Cache::At(&opts.cache_dir);
-    parser.compile(&all, cache).map_err(LoadError::Parser)?;
-    let compiled = parser
-        .describe(&all, &previous)
-        .map_err(LoadError::Parser)?;
+    parser
+        .compile(&changed, Cache::Refresh(&cache.dir))
+        .map_err(CheckError::from)?;
+    parser
+        .compile(&inputs, Cache::ReadWrite(&cache.dir))
+        .map_err(CheckError::from)?;
+    let compiled = profile_check::check(&inputs, parser, &owned, Cache::ReadWrite(&cache.dir))?;
 
-    refuse_foreign(opts, parser, &compiled, &previous, &owned)?;
+    refuse_foreign(opts, &compiled, &previous, &owned)?;
 
     // Record before loading, as copy records before writing: if the load or its verification
     // fails half-way, whatever reached the kernel is still ours to unload later.
-    let current = record(&inputs, &compiled);
+    let current = record(&compiled);
     let mut intent = previous.clone();
     intent.files.extend(current.files.clone());
     intent.save(&opts.cache_dir, LOADED_PROFILES)?;
 
-    let paths: Vec<&Path> = inputs.iter().map(|i| i.path.as_path()).collect();
-    let parser_failure = if paths.is_empty() {
+    let parser_failure = if inputs.is_empty() {
         None
     } else {
-        parser.replace(&paths, cache).err().map(|e| e.to_string())
+        parser
+            .replace(&inputs, Cache::ReadWrite(&cache.dir))
+            .err()
+            .map(|e| e.to_string())
     };
     verify(&opts.kernel, &compiled, parser_failure)?;
 
@@ -163,12 +178,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         }
     }
 
-    let still_wanted: BTreeSet<String> = current.profile_names();
-    let gone: Vec<String> = previous
-        .profile_names()
-        .into_iter()
-        .filter(|n| !n.contains("//") && !still_wanted.contains(n))
-        .collect();
+    let gone = leftovers(&opts.kernel.loaded_profiles()?, &previous, &current);
     let unload = unload(opts, parser, &gone);
     // Keep the files whose profiles could not be unloaded in the record, so a later run retries.
     let mut saved = current;
@@ -189,26 +199,39 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     Ok(report)
 }
 
-/// Name prefixes of the default profiles container runtimes load themselves (Docker, containerd's
-/// CRI plugin, CRI-O, Podman/Buildah). Replacing one would reconfine every container on the node.
-const RUNTIME_DEFAULT_PROFILES: &[&str] = &[
-    "docker-default",
-    "cri-containerd.apparmor.d",
-    "crio-default",
-    "containers-default-",
-];
+/// Reads every file `copy` recorded. Only a file that does not exist is "missing" (exit 3);
+/// any other read error is reported as it is.
+fn read_owned_files(opts: &LoadOptions, owned: &Inventory) -> Result<Vec<ProfileInput>, LoadError> {
+    owned
+        .files
+        .keys()
+        .map(|key| {
+            let path = opts.dest.join(key);
+            match std::fs::read(&path) {
+                Ok(bytes) => Ok(ProfileInput {
+                    key: key.clone(),
+                    path,
+                    sha256: sha256_hex(&bytes),
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(LoadError::MissingFile(key.clone()))
+                }
+                Err(source) => Err(LoadError::Read { path, source }),
+            }
+        })
+        .collect()
+}
 
-/// Refuses to replace a loaded profile that belongs to someone else: "nothing already loaded is
-/// harmed" covers profiles that are not ours.
+/// Refuses to replace a loaded profile that our records do not call ours: "nothing already
+/// loaded is harmed" covers profiles that are not ours.
 ///
-/// A name we would load that the kernel already has but our record does not list is usually
-/// ours anyway: the host's boot-time loader read our top-level file (a reboot between `copy`
-/// and `load`). It is someone else's when another file in the profile directory defines it (a
-/// distribution profile) or when it is a container runtime's default profile; those are
-/// refused. Only the unexplained names cost any work, so a normal run checks nothing more.
+/// A name is ours only if `load` loaded it before (`loaded.json`) or `copy` claimed it for a
+/// file we own (`copy` refuses to claim a name the kernel already has from someone else; the
+/// claim also covers a reboot between `copy` and `load`, when the host loaded our file itself).
+/// Nothing is guessed from other files: a host file the parser cannot read never makes this
+/// pass.
 fn refuse_foreign(
     opts: &LoadOptions,
-    parser: &Parser,
     compiled: &[CompiledProfile],
     previous: &Inventory,
     owned: &Inventory,
@@ -217,68 +240,19 @@ fn refuse_foreign(
         return Ok(());
     }
     let loaded = opts.kernel.loaded_profiles()?;
-    let ours = previous.profile_names();
-    let unexplained: Vec<(&String, &String)> = compiled
+    let mut ours = previous.profile_names();
+    ours.extend(owned.profile_names());
+    let foreign: Vec<String> = compiled
         .iter()
         .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
         .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
+        .map(|(name, key)| format!("{name:?} (our file {key:?}; loaded, but not by us)"))
         .collect();
-    if unexplained.is_empty() {
-        return Ok(());
-    }
-    let host = host_profile_names(opts, parser, owned);
-    let mut foreign = Vec::new();
-    for (name, key) in unexplained {
-        if let Some(file) = host.get(name) {
-            foreign.push(format!(
-                "{name:?} (our file {key:?}; also defined by the host's {file:?})"
-            ));
-        } else if RUNTIME_DEFAULT_PROFILES.iter().any(|p| name.starts_with(p)) {
-            foreign.push(format!(
-                "{name:?} (our file {key:?}; a container runtime's default profile)"
-            ));
-        } else {
-            tracing::warn!(profile = %name, file = %key,
-                "adopting {name:?}: already loaded, defined by our file {key:?} and by no other \
-                 host file (loaded at boot from our file, or by hand)");
-        }
-    }
     if foreign.is_empty() {
         Ok(())
     } else {
         Err(LoadError::Foreign(foreign))
     }
-}
-
-/// Profile names defined by the top-level files in the profile directory that are not ours,
-/// as the boot-time loader would read them. Files the parser cannot read are left out.
-fn host_profile_names(
-    opts: &LoadOptions,
-    parser: &Parser,
-    owned: &Inventory,
-) -> BTreeMap<String, String> {
-    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&opts.dest)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-        .filter(|(name, _)| {
-            !owned.files.contains_key(name) && crate::profile_files::parser_skips(name).is_none()
-        })
-        .collect();
-    files.sort();
-    // Host files may include the host's own snippets (`local/…`, newer abstractions).
-    let mut host_parser = parser.clone();
-    host_parser.includes.push(opts.dest.clone());
-    let names = host_parser.parallel(&files, |(_, p)| host_parser.names(p));
-    let mut defined = BTreeMap::new();
-    for ((file, _), names) in files.iter().zip(names) {
-        for name in names.unwrap_or_default() {
-            defined.entry(name).or_insert_with(|| file.clone());
-        }
-    }
-    defined
 }
 
 /// Proves every compiled profile is in the kernel, in the mode its flags ask for.
@@ -322,26 +296,71 @@ fn verify(
     }
 }
 
-/// Unloads profiles we loaded earlier that left the ConfigMap, and proves they are gone.
+/// What is loaded and ours but no longer wanted: top-level profiles a previous run loaded that
+/// left the ConfigMap, and children (hats, child profiles) under our profiles that our files
+/// no longer define (the kernel keeps children across a replace). Children of a profile that
+/// goes are not listed: they go with it.
+fn leftovers(
+    loaded: &BTreeMap<String, String>,
+    previous: &Inventory,
+    current: &Inventory,
+) -> Vec<String> {
+    let wanted = current.profile_names();
+    let ours: BTreeSet<String> = previous
+        .profile_names()
+        .into_iter()
+        .chain(wanted.iter().cloned())
+        .filter(|n| !n.contains("//"))
+        .collect();
+    let mut gone: Vec<String> = loaded
+        .keys()
+        .filter(|name| !wanted.contains(*name))
+        .filter(|name| {
+            let top = name.split("//").next().unwrap_or(name);
+            ours.contains(top)
+        })
+        .cloned()
+        .collect();
+    // Drop names whose parent also goes.
+    let all: BTreeSet<String> = gone.iter().cloned().collect();
+    gone.retain(|name| {
+        !name
+            .match_indices("//")
+            .any(|(i, _)| all.contains(&name[..i]))
+    });
+    gone
+}
+
+/// Unloads profiles (and children) that are ours and no longer wanted, and proves they are
+/// gone.
 fn unload(opts: &LoadOptions, parser: &Parser, gone: &[String]) -> Result<(), LoadError> {
     if gone.is_empty() {
         return Ok(());
     }
-    let loaded = opts.kernel.loaded_profiles()?;
-    let present: Vec<String> = gone
+    // The parser removes by the names a file declares, so a stub declaring just those names
+    // is enough; the original file is already gone from the host.
+    let stub: String = gone
         .iter()
-        .filter(|n| loaded.contains_key(*n))
-        .cloned()
+        .map(|n| format!("profile {} {{\n}}\n", quote_name(n)))
         .collect();
-    let result = parser.remove(&present, &opts.cache_dir);
+    let stub_path = opts.cache_dir.join(".remove-stub");
+    let result = std::fs::write(&stub_path, stub)
+        .map_err(|e| format!("cannot write {}: {e}", stub_path.display()))
+        .and_then(|()| {
+            parser
+                .remove(&stub_path)
+                .map_err(|e: ParserError| e.to_string())
+        });
+    let _ = std::fs::remove_file(&stub_path);
     let after = opts.kernel.loaded_profiles()?;
-    let left: Vec<String> = present
-        .into_iter()
-        .filter(|n| after.contains_key(n))
+    let left: Vec<String> = gone
+        .iter()
+        .filter(|n| after.contains_key(*n))
+        .cloned()
         .collect();
     match (left.is_empty(), result) {
         (true, _) => Ok(()),
-        (false, Err(e)) => Err(LoadError::NotRemoved(left, e.to_string())),
+        (false, Err(e)) => Err(LoadError::NotRemoved(left, e)),
         (false, Ok(())) => Err(LoadError::NotRemoved(
             left,
             "the parser reported success".into(),
@@ -349,18 +368,84 @@ fn unload(opts: &LoadOptions, parser: &Parser, gone: &[String]) -> Result<(), Lo
     }
 }
 
+/// A profile name as the parser's grammar accepts it in a `profile` statement.
+fn quote_name(name: &str) -> String {
+    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 /// Our record of what is loaded: file → hash, names and modes.
-fn record(inputs: &[ProfileInput], compiled: &[CompiledProfile]) -> Inventory {
+fn record(compiled: &[CompiledProfile]) -> Inventory {
     let mut inv = Inventory::default();
-    for (input, p) in inputs.iter().zip(compiled) {
+    for p in compiled {
         inv.files.insert(
             p.key.clone(),
             Entry {
-                sha256: input.sha256.clone(),
+                sha256: p.sha256.clone(),
                 profiles: p.names.clone(),
                 modes: p.modes.clone(),
             },
         );
     }
     inv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(files: &[(&str, &[&str])]) -> Inventory {
+        let mut inv = Inventory::default();
+        for (key, names) in files {
+            inv.files.insert(
+                key.to_string(),
+                Entry {
+                    sha256: String::new(),
+                    profiles: names.iter().map(|s| s.to_string()).collect(),
+                    modes: BTreeMap::new(),
+                },
+            );
+        }
+        inv
+    }
+
+    #[test]
+    fn leftovers_are_our_gone_profiles_and_our_extra_children_only() {
+        let loaded: BTreeMap<String, String> = [
+            "p",
+            "p//wide",
+            "p//kid",
+            "p//keep",
+            "old",
+            "old//hat",
+            "hostprof",
+            "hostprof//x",
+            "other",
+        ]
+        .iter()
+        .map(|n| (n.to_string(), "enforce".to_string()))
+        .collect();
+        let previous = inv(&[
+            ("p", &["p", "p//wide", "p//kid", "p//keep"]),
+            ("o", &["old", "old//hat"]),
+        ]);
+        let current = inv(&[("p", &["p", "p//keep"])]);
+        assert_eq!(
+            leftovers(&loaded, &previous, &current),
+            ["old", "p//kid", "p//wide"]
+        );
+        // A child the kernel has under our profile but no record ever listed is ours too.
+        let current = inv(&[("p", &["p", "p//wide", "p//kid", "p//keep"])]);
+        let loaded2: BTreeMap<String, String> = loaded
+            .clone()
+            .into_iter()
+            .chain([("p//stray".to_string(), "enforce".to_string())])
+            .collect();
+        assert_eq!(leftovers(&loaded2, &inv(&[]), &current), ["p//stray"]);
+    }
+
+    #[test]
+    fn names_are_quoted_for_the_stub() {
+        assert_eq!(quote_name("a b"), "\"a b\"");
+        assert_eq!(quote_name("x\"y"), "\"x\\\"y\"");
+    }
 }

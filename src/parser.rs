@@ -1,18 +1,30 @@
 //! `apparmor_parser`: the only program that turns profile text into kernel policy.
 //!
-//! We never interpret profile syntax ourselves. Whether a file compiles, which profile names it
-//! defines (`--names`) and which mode each asks for (the parser's debug dump) all come from the
-//! parser, so our view of a profile is the kernel's view.
+//! This module is a wrapper of the parser process and nothing else: it builds command lines,
+//! runs them bounded by a timeout (the parser's DFA construction can run for hours on a small
+//! pathological profile), and turns what the parser printed into typed results. We never
+//! interpret profile syntax ourselves: whether a file compiles, which profile names it defines
+//! (`--names`) and which mode each asks for (the debug dump) all come from the parser.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::state::Inventory;
+use crate::features::Features;
+use crate::pool;
 
 /// Where `apparmor_parser` usually lives when it is not on `PATH` (non-root `PATH`s often
 /// lack the `sbin` directories).
 const FALLBACK_DIRS: &[&str] = &["/usr/sbin", "/sbin"];
+
+/// How often a long parser run says it is still working, so `kubectl logs` never shows silence.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// How often a running parser is checked for exit or timeout.
+const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// How to run the parser: the same options for checking, loading and removing.
 #[derive(Debug, Clone)]
@@ -22,28 +34,27 @@ pub struct Parser {
     pub base: PathBuf,
     /// Extra `--Include` search directories.
     pub includes: Vec<PathBuf>,
-    /// `--jobs` for the compile, and how many files are described at once.
+    /// `--jobs` for one compile, and how many files are compiled alone at once.
     pub jobs: usize,
+    /// The feature set policy is compiled for.
+    pub features: Features,
+    /// Longest a single parser run may take before it is killed.
+    pub timeout: Duration,
 }
 
-/// A profile file to check: its key (the file name on the host), where it is, and the hash of
-/// its content (to recognise files a record already describes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileInput {
-    pub key: String,
-    pub path: PathBuf,
-    pub sha256: String,
+/// One file for the parser: its key (the file name on the host) and where it is.
+pub trait ParserInput {
+    fn key(&self) -> &str;
+    fn path(&self) -> &Path;
 }
 
-/// A profile file as the parser sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompiledProfile {
-    pub key: String,
-    pub path: PathBuf,
-    /// Every profile the file defines, from `--names` (children as `parent//child`).
-    pub names: Vec<String>,
-    /// The mode each top-level profile asks for (`enforce` unless its flags say otherwise).
-    pub modes: BTreeMap<String, String>,
+impl<T: ParserInput + ?Sized> ParserInput for &T {
+    fn key(&self) -> &str {
+        (**self).key()
+    }
+    fn path(&self) -> &Path {
+        (**self).path()
+    }
 }
 
 /// One file the parser refused.
@@ -70,23 +81,36 @@ pub enum ParserError {
          Debian/Ubuntu package `apparmor` or pass --parser"
     )]
     NotFound(String),
-    #[error("cannot run {binary}: {source}")]
-    Spawn {
+    #[error("cannot run {binary}: {reason}")]
+    Spawn { binary: PathBuf, reason: String },
+    #[error("cannot read the output of {binary}: {source}")]
+    Output {
         binary: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Scratch {
-        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("{0} of {1} profile files do not compile:\n  {2}")]
     Invalid(usize, usize, String),
-    #[error("two files define the same profile name: {0}")]
-    DuplicateNames(String),
-    #[error("apparmor_parser failed to {action} (exit status {status}): {stderr}")]
+    #[error(
+        "apparmor_parser did not finish {action} within {timeout:?} (--parser-timeout) and was \
+         killed; it was working on: {files}. A profile with many nested `**` globs can make \
+         the parser run for hours: simplify the rules of the file at fault"
+    )]
+    TimedOut {
+        action: &'static str,
+        timeout: Duration,
+        files: String,
+    },
+    #[error(
+        "apparmor_parser was killed by signal {signal}{hint} while {action}; nothing was loaded \
+         by that run"
+    )]
+    Killed {
+        action: &'static str,
+        signal: i32,
+        hint: &'static str,
+    },
+    #[error("apparmor_parser failed {action} (exit status {status}): {stderr}")]
     Failed {
         action: &'static str,
         status: String,
@@ -94,13 +118,34 @@ pub enum ParserError {
     },
 }
 
+impl crate::exit_code::ExitStatus for ParserError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            // The profiles are at fault: a compile error, or a compile that never ends.
+            ParserError::Invalid(..) | ParserError::TimedOut { .. } => {
+                crate::exit_code::INVALID_PROFILES
+            }
+            _ => crate::exit_code::INTERNAL,
+        }
+    }
+}
+
 /// Where the kernel's compiled-policy cache lives for one parser run.
 #[derive(Debug, Clone, Copy)]
 pub enum Cache<'a> {
-    /// `--skip-cache`: nothing read or written (validation without a kernel).
+    /// `--skip-cache`: nothing read or written (validation without a node).
     Skip,
-    /// `--cache-loc DIR --write-cache`: reuse unchanged compilations across runs.
-    At(&'a Path),
+    /// `--cache-loc DIR --write-cache`: reuse compilations whose inputs are unchanged.
+    ReadWrite(&'a Path),
+    /// `--cache-loc DIR --skip-read-cache --write-cache`: compile afresh and store the result.
+    Refresh(&'a Path),
+}
+
+/// What a finished parser run printed.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
 }
 
 impl Parser {
@@ -125,55 +170,15 @@ impl Parser {
             .ok_or_else(|| ParserError::NotFound(name.into()))
     }
 
-    /// A parser command with our base and include directories.
+    /// A parser command with our base, include directories and feature set.
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--base").arg(&self.base);
         for dir in &self.includes {
             cmd.arg("--Include").arg(dir);
         }
+        self.features.add_args(&mut cmd);
         cmd
-    }
-
-    fn run(&self, mut cmd: Command) -> Result<Output, ParserError> {
-        cmd.output().map_err(|source| ParserError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })
-    }
-
-    /// Runs the parser and turns a non-zero exit into an error carrying its messages.
-    fn run_checked(&self, cmd: Command, action: &'static str) -> Result<Output, ParserError> {
-        let out = self.run(cmd)?;
-        if out.status.success() {
-            Ok(out)
-        } else {
-            Err(ParserError::Failed {
-                action,
-                status: out.status.to_string(),
-                stderr: parser_errors(&out.stderr),
-            })
-        }
-    }
-
-    /// Runs the parser with stdout and stderr on one pipe. The debug dump prints a profile's
-    /// `Name:` on stdout and its `Mode:` on stderr, so only the merged stream pairs them.
-    fn run_merged(&self, mut cmd: Command) -> Result<String, ParserError> {
-        let spawn_err = |source| ParserError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        };
-        let (mut reader, writer) = std::io::pipe().map_err(spawn_err)?;
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(writer.try_clone().map_err(spawn_err)?)
-            .stderr(writer);
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        // The command holds the pipe's write ends; drop it so the read below sees EOF.
-        drop(cmd);
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut reader, &mut text).map_err(spawn_err)?;
-        child.wait().map_err(spawn_err)?;
-        Ok(text)
     }
 
     fn cache_args(cmd: &mut Command, cache: Cache<'_>) {
@@ -181,8 +186,14 @@ impl Parser {
             Cache::Skip => {
                 cmd.arg("--skip-cache");
             }
-            Cache::At(dir) => {
+            Cache::ReadWrite(dir) => {
                 cmd.arg("--write-cache").arg("--cache-loc").arg(dir);
+            }
+            Cache::Refresh(dir) => {
+                cmd.arg("--skip-read-cache")
+                    .arg("--write-cache")
+                    .arg("--cache-loc")
+                    .arg(dir);
             }
         }
     }
@@ -194,33 +205,37 @@ impl Parser {
     /// All files go through one parser process (`--jobs` in parallel); only when that fails is
     /// each file compiled alone, so every broken file is reported, not just the last one the
     /// parser saw.
-    pub fn compile(&self, files: &[&ProfileInput], cache: Cache<'_>) -> Result<(), ParserError> {
+    pub fn compile<F: ParserInput + Sync>(
+        &self,
+        files: &[F],
+        cache: Cache<'_>,
+    ) -> Result<(), ParserError> {
         if files.is_empty() {
             return Ok(());
         }
+        tracing::info!(
+            files = files.len(),
+            "compiling {} profile files",
+            files.len()
+        );
         let mut cmd = self.command();
         cmd.arg("--skip-kernel-load")
             .arg("--jobs")
             .arg(self.jobs.to_string());
         Self::cache_args(&mut cmd, cache);
-        cmd.args(files.iter().map(|f| &f.path));
-        let out = self.run(cmd)?;
+        cmd.args(files.iter().map(|f| f.path()));
+        let out = self.execute(cmd, "compiling the profiles", &keys(files), false)?;
         if out.status.success() {
             return Ok(());
         }
-        let failures: Vec<ParseFailure> = self
-            .parallel(files, |f| self.compile_alone(f))
+        let failures: Vec<ParseFailure> = pool::map(self.jobs, files, |f| self.compile_alone(f))
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
             .flatten()
             .collect();
         if failures.is_empty() {
-            return Err(ParserError::Failed {
-                action: "compile the profiles",
-                status: out.status.to_string(),
-                stderr: parser_errors(&out.stderr),
-            });
+            return Err(failed("compiling the profiles", &out));
         }
         let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
         Err(ParserError::Invalid(
@@ -231,54 +246,33 @@ impl Parser {
     }
 
     /// Compiles one file alone; `Some` with the parser's reason when it fails.
-    fn compile_alone(&self, file: &ProfileInput) -> Result<Option<ParseFailure>, ParserError> {
+    fn compile_alone<F: ParserInput>(&self, file: &F) -> Result<Option<ParseFailure>, ParserError> {
         let mut cmd = self.command();
         cmd.arg("--skip-kernel-load")
             .arg("--skip-cache")
-            .arg(&file.path);
-        let out = self.run(cmd)?;
+            .arg(file.path());
+        let out = self.execute(cmd, "compiling one profile", file.key(), false)?;
         if out.status.success() {
             return Ok(None);
         }
         let stderr = parser_errors(&out.stderr);
         Ok(Some(ParseFailure {
-            key: file.key.clone(),
+            key: file.key().to_string(),
             line: error_line(&stderr),
             message: error_message(&stderr),
         }))
     }
 
-    /// What each file defines: the profile names and the mode each asks for.
-    ///
-    /// A file whose content hash matches an entry of `known` (a record this tool wrote after
-    /// asking the parser about the same bytes) is taken from there; the others are asked
-    /// about, `--jobs` at a time. Two files defining the same profile name are refused: one
-    /// would silently replace the other in the kernel.
-    pub fn describe(
-        &self,
-        files: &[&ProfileInput],
-        known: &Inventory,
-    ) -> Result<Vec<CompiledProfile>, ParserError> {
-        let described = self.parallel(files, |f| match known.describes(&f.key, &f.sha256) {
-            Some(entry) => Ok(CompiledProfile {
-                key: f.key.clone(),
-                path: f.path.clone(),
-                names: entry.profiles.clone(),
-                modes: entry.modes.clone(),
-            }),
-            _ => self.describe_one(&f.key, &f.path),
-        });
-        let compiled = described.into_iter().collect::<Result<Vec<_>, _>>()?;
-        reject_duplicate_names(&compiled)?;
-        Ok(compiled)
-    }
-
     /// The profile names a file defines (`--names`; children as `parent//child`).
-    pub fn names(&self, path: &Path) -> Result<Vec<String>, ParserError> {
+    pub fn names<F: ParserInput>(&self, file: &F) -> Result<Vec<String>, ParserError> {
         let mut cmd = self.command();
-        cmd.arg("--names").arg(path);
-        let out = self.run_checked(cmd, "list profile names")?;
-        Ok(String::from_utf8_lossy(&out.stdout)
+        cmd.arg("--names").arg(file.path());
+        let out = self.execute(cmd, "listing profile names", file.key(), false)?;
+        if !out.status.success() {
+            return Err(failed("listing profile names", &out));
+        }
+        Ok(out
+            .stdout
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
@@ -286,95 +280,273 @@ impl Parser {
             .collect())
     }
 
-    /// Runs `work` over `items` on up to `--jobs` threads, keeping the input order.
-    pub fn parallel<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-        let threads = self.jobs.clamp(1, items.len().max(1));
-        let chunk = items.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = items
-                .chunks(chunk)
-                .map(|part| scope.spawn(|| part.iter().map(&work).collect::<Vec<R>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("parser worker panicked"))
-                .collect()
-        })
-    }
-
-    /// Names (`--names`) and modes (the debug dump) of one file that is known to compile.
-    fn describe_one(&self, key: &str, path: &Path) -> Result<CompiledProfile, ParserError> {
-        let names = self.names(path)?;
+    /// The mode each profile of a file asks for, from the parser's debug dump (`enforce`
+    /// unless its flags say otherwise).
+    pub fn modes<F: ParserInput>(&self, file: &F) -> Result<BTreeMap<String, String>, ParserError> {
         let mut cmd = self.command();
         cmd.arg("--debug")
             .arg("--skip-kernel-load")
             .arg("--skip-cache")
-            .arg(path);
-        let dumped = parse_debug_modes(&self.run_merged(cmd)?);
-        let modes = names
-            .iter()
-            .filter(|n| !n.contains("//"))
-            .map(|n| {
-                let mode = dumped.get(n).cloned().unwrap_or_else(|| "enforce".into());
-                (n.clone(), mode)
-            })
-            .collect();
-        Ok(CompiledProfile {
-            key: key.to_string(),
-            path: path.to_path_buf(),
-            names,
-            modes,
-        })
+            .arg(file.path());
+        // The dump prints a profile's `Name:` on stdout and its `Mode:` on stderr, so only the
+        // merged stream pairs them.
+        let out = self.execute(cmd, "reading profile modes", file.key(), true)?;
+        if !out.status.success() {
+            return Err(failed("reading profile modes", &out));
+        }
+        Ok(parse_debug_modes(&out.stdout))
     }
 
     // === Loading and removing ===
 
     /// Loads (or replaces) every file in one parser process.
-    pub fn replace(&self, paths: &[&Path], cache: Cache<'_>) -> Result<(), ParserError> {
+    pub fn replace<F: ParserInput>(
+        &self,
+        files: &[F],
+        cache: Cache<'_>,
+    ) -> Result<(), ParserError> {
         let mut cmd = self.command();
         cmd.arg("--replace")
             .arg("--jobs")
             .arg(self.jobs.to_string());
         Self::cache_args(&mut cmd, cache);
-        cmd.args(paths);
-        self.run_checked(cmd, "load the profiles into the kernel")
-            .map(drop)
+        cmd.args(files.iter().map(|f| f.path()));
+        let action = "loading the profiles into the kernel";
+        let out = self.execute(cmd, action, &keys(files), false)?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(failed(action, &out))
+        }
     }
 
-    /// Unloads profiles by name with the parser's remove mode. The parser removes by the
-    /// names a file declares, so a stub file declaring just those names is enough; the
-    /// original file is already gone from the host.
-    pub fn remove(&self, names: &[String], scratch_dir: &Path) -> Result<(), ParserError> {
-        if names.is_empty() {
-            return Ok(());
-        }
-        let stub: String = names
-            .iter()
-            .map(|n| format!("profile {} {{\n}}\n", quote_name(n)))
-            .collect();
-        let stub_path = scratch_dir.join(".remove-stub");
-        std::fs::write(&stub_path, stub).map_err(|source| ParserError::Scratch {
-            path: stub_path.clone(),
-            source,
-        })?;
+    /// Unloads the profiles a file declares (`--remove`): the parser removes by name.
+    pub fn remove(&self, declaring: &Path) -> Result<(), ParserError> {
         let mut cmd = self.command();
-        cmd.arg("--remove").arg(&stub_path);
-        let result = self.run_checked(cmd, "remove profiles from the kernel");
-        let _ = std::fs::remove_file(&stub_path);
-        result.map(drop)
+        cmd.arg("--remove").arg(declaring);
+        let action = "removing profiles from the kernel";
+        let out = self.execute(cmd, action, "the removal list", false)?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(failed(action, &out))
+        }
+    }
+
+    // === Running the process ===
+
+    /// Runs one parser command in its own process group, bounded by the timeout, logging
+    /// progress while it runs. On timeout the whole group is killed.
+    fn execute(
+        &self,
+        mut cmd: Command,
+        action: &'static str,
+        files: &str,
+        merged: bool,
+    ) -> Result<Finished, ParserError> {
+        let output_err = |source| ParserError::Output {
+            binary: self.binary.clone(),
+            source,
+        };
+        cmd.process_group(0);
+        let merged_reader = if merged {
+            let (reader, writer) = std::io::pipe().map_err(output_err)?;
+            cmd.stdout(writer.try_clone().map_err(output_err)?)
+                .stderr(writer);
+            Some(reader)
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            None
+        };
+        cmd.stdin(Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| spawn_error(&self.binary, e))?;
+        // The command holds the pipe's write ends; drop it so the readers see EOF.
+        drop(cmd);
+        let stdout: Option<Box<dyn Read + Send>> = match merged_reader {
+            Some(reader) => Some(Box::new(reader)),
+            None => child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        };
+        let stderr = child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>);
+        let stdout_reader = reader_thread(stdout);
+        let stderr_reader = reader_thread(stderr);
+        let status = self.wait(&mut child, action, files)?;
+        let stdout = stdout_reader
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let stderr = stderr_reader
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let finished = Finished {
+            status,
+            stdout: stdout.map_err(output_err)?,
+            stderr: stderr.map_err(output_err)?,
+        };
+        if let Some(signal) = finished.status.signal() {
+            return Err(ParserError::Killed {
+                action,
+                signal,
+                hint: if signal == 9 {
+                    " (SIGKILL: usually the container's memory limit; raise the limit of this \
+                     init container, see the README's memory notes)"
+                } else {
+                    ""
+                },
+            });
+        }
+        Ok(finished)
+    }
+
+    /// Waits for the child, logging progress; kills its process group at the timeout.
+    fn wait(
+        &self,
+        child: &mut Child,
+        action: &'static str,
+        files: &str,
+    ) -> Result<ExitStatus, ParserError> {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let mut next_progress = started + PROGRESS_EVERY;
+        loop {
+            if let Some(status) = child.try_wait().map_err(|source| ParserError::Output {
+                binary: self.binary.clone(),
+                source,
+            })? {
+                return Ok(status);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                kill_group(child);
+                return Err(ParserError::TimedOut {
+                    action,
+                    timeout: self.timeout,
+                    files: files.to_string(),
+                });
+            }
+            if now >= next_progress {
+                tracing::warn!(
+                    elapsed_s = started.elapsed().as_secs(),
+                    "still {action} after {} s (--parser-timeout {:?}): {files}",
+                    started.elapsed().as_secs(),
+                    self.timeout
+                );
+                next_progress += PROGRESS_EVERY;
+            }
+            std::thread::sleep(POLL_EVERY);
+        }
     }
 }
 
 // === Utility functions ===
 
-/// A profile name as the parser's grammar accepts it in a `profile` statement.
-fn quote_name(name: &str) -> String {
-    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+/// The keys of a batch, for progress and timeout messages.
+fn keys<F: ParserInput>(files: &[F]) -> String {
+    files.iter().map(|f| f.key()).collect::<Vec<_>>().join(", ")
+}
+
+/// Reads a pipe to its end on a thread of its own, so a chatty parser never blocks on a full
+/// pipe while we wait for it.
+fn reader_thread(
+    pipe: Option<Box<dyn Read + Send>>,
+) -> std::thread::JoinHandle<std::io::Result<String>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut p) = pipe {
+            p.read_to_end(&mut bytes)?;
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    })
+}
+
+/// Kills the child's whole process group (the parser runs in one of its own), then reaps it.
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn failed(action: &'static str, out: &Finished) -> ParserError {
+    // A merged run (the debug dump) has its errors among the dump on stdout: keep only the
+    // lines that are messages, not the dump.
+    let stderr = if out.stderr.trim().is_empty() {
+        let errors: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| l.contains("rror") || l.starts_with("AppArmor parser"))
+            .collect();
+        parser_errors(&errors.join("\n"))
+    } else {
+        parser_errors(&out.stderr)
+    };
+    ParserError::Failed {
+        action,
+        status: out.status.to_string(),
+        stderr,
+    }
+}
+
+/// Says which file was missing when a spawn fails with ENOENT: the parser itself, the
+/// `/dev/null` its stdin is bound to, or its dynamic loader.
+fn spawn_error(binary: &Path, e: std::io::Error) -> ParserError {
+    let reason = if e.kind() != std::io::ErrorKind::NotFound {
+        e.to_string()
+    } else if !binary.exists() {
+        format!("{} does not exist", binary.display())
+    } else if !Path::new("/dev/null").exists() {
+        "/dev/null does not exist in this container (the runtime normally provides it)".into()
+    } else {
+        match elf_interpreter(binary) {
+            Some(interp) if !interp.exists() => format!(
+                "its dynamic loader {} does not exist (the image lacks the parser's libraries)",
+                interp.display()
+            ),
+            _ => format!("{e} (a file it needs to start is missing)"),
+        }
+    };
+    ParserError::Spawn {
+        binary: binary.to_path_buf(),
+        reason,
+    }
+}
+
+/// The `PT_INTERP` path of a 64-bit little-endian ELF executable, if it has one.
+fn elf_interpreter(path: &Path) -> Option<PathBuf> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.get(0..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?));
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph)? == 3 {
+            let offset = usize::try_from(u64_at(ph + 8)?).ok()?;
+            let size = usize::try_from(u64_at(ph + 32)?).ok()?;
+            let raw = bytes.get(offset..offset + size)?;
+            let text = raw.split(|b| *b == 0).next()?;
+            return Some(PathBuf::from(String::from_utf8_lossy(text).into_owned()));
+        }
+    }
+    None
 }
 
 /// The parser's stderr without the noise it prints on machines whose kernel lacks AppArmor.
-fn parser_errors(stderr: &[u8]) -> String {
-    String::from_utf8_lossy(stderr)
+fn parser_errors(stderr: &str) -> String {
+    stderr
         .lines()
         .filter(|l| !l.starts_with("Cache read/write disabled"))
         .map(str::trim)
@@ -402,51 +574,56 @@ fn error_message(stderr: &str) -> String {
 }
 
 /// Reads the `Name:`/`Mode:` pairs of the parser's `--debug` dump. An empty mode is enforce;
-/// hats print `Mode: , Hat`.
+/// hats print `Mode: , Hat`; child profiles print `Local To:` before their mode. A name that
+/// is not followed by one of those lines spans several lines (it contains a newline) and is
+/// left out, so its caller sees a name it cannot account for.
 fn parse_debug_modes(dump: &str) -> BTreeMap<String, String> {
     let mut modes = BTreeMap::new();
     let mut name: Option<String> = None;
     for line in dump.lines() {
         if let Some(n) = line.strip_prefix("Name:\t\t") {
             name = Some(n.trim().to_string());
-        } else if let Some(m) = line.strip_prefix("Mode: ") {
+        } else if let Some(m) = line.strip_prefix("Mode:") {
             if let Some(n) = name.take() {
                 let mode = m.split(',').next().unwrap_or("").trim();
                 let mode = if mode.is_empty() { "enforce" } else { mode };
                 modes.entry(n).or_insert_with(|| mode.to_string());
             }
-        } else if line == "Mode:"
-            && let Some(n) = name.take()
-        {
-            modes.entry(n).or_insert_with(|| "enforce".into());
+        } else if !line.starts_with("Local To:") {
+            name = None;
         }
     }
     modes
 }
 
-/// Refuses a set of files in which two define the same profile name.
-fn reject_duplicate_names(compiled: &[CompiledProfile]) -> Result<(), ParserError> {
-    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut clashes = BTreeSet::new();
-    for p in compiled {
-        for name in &p.names {
-            if let Some(first) = owner.insert(name, &p.key) {
-                clashes.insert(format!("{name:?} in {first:?} and {:?}", p.key));
-            }
-        }
-    }
-    if clashes.is_empty() {
-        Ok(())
-    } else {
-        Err(ParserError::DuplicateNames(
-            clashes.into_iter().collect::<Vec<_>>().join(", "),
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct File(PathBuf);
+    impl ParserInput for File {
+        fn key(&self) -> &str {
+            "k"
+        }
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    fn script_parser(dir: &Path, body: &str, timeout: Duration) -> Parser {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake_parser");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Parser {
+            binary: path,
+            base: dir.to_path_buf(),
+            includes: vec![],
+            jobs: 1,
+            features: Features::ParserDefault,
+            timeout,
+        }
+    }
 
     #[test]
     fn error_location_is_read_from_parser_message() {
@@ -471,28 +648,14 @@ mod tests {
         assert_eq!(modes["q"], "complain");
         assert_eq!(modes["hat"], "enforce");
         assert_eq!(modes.len(), 3);
-    }
-
-    #[test]
-    fn names_are_quoted_for_the_stub() {
-        assert_eq!(quote_name("a b"), "\"a b\"");
-        assert_eq!(quote_name("x\"y"), "\"x\\\"y\"");
-    }
-
-    #[test]
-    fn duplicate_names_name_both_files() {
-        let p = |key: &str, names: &[&str]| CompiledProfile {
-            key: key.into(),
-            path: PathBuf::from(key),
-            names: names.iter().map(|s| s.to_string()).collect(),
-            modes: BTreeMap::new(),
-        };
-        let err = reject_duplicate_names(&[p("a", &["x", "y"]), p("b", &["y"])]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "two files define the same profile name: \"y\" in \"a\" and \"b\""
+        // A child profile says where it belongs first; a name with a newline spans lines.
+        let dump = "Name:\t\tkid\nLocal To:\tp\nMode: \nName:\t\ta\nb\nMode: \n";
+        let modes = parse_debug_modes(dump);
+        assert_eq!(modes["kid"], "enforce");
+        assert!(
+            !modes.contains_key("a") && !modes.contains_key("b"),
+            "{modes:?}"
         );
-        assert!(reject_duplicate_names(&[p("a", &["x"]), p("b", &["y"])]).is_ok());
     }
 
     #[test]
@@ -500,5 +663,104 @@ mod tests {
         let err = Parser::locate("no-such-parser-binary").unwrap_err();
         assert!(err.to_string().contains("install"));
         assert!(Parser::locate("/no/such/apparmor_parser").is_err());
+    }
+
+    #[test]
+    fn a_failed_debug_dump_surfaces_the_parser_error_not_a_default_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script_parser(
+            dir.path(),
+            "echo 'AppArmor parser error: out of memory' >&2; exit 1",
+            Duration::from_secs(30),
+        );
+        let err = p
+            .modes(&File(dir.path().join("x")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("reading profile modes") && err.contains("out of memory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_parser_that_never_ends_is_killed_with_its_children_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("grandchild-alive");
+        // The parser forks a grandchild in its process group; both must die.
+        let p = script_parser(
+            dir.path(),
+            &format!("(sleep 30; touch {}) & sleep 30", marker.display()),
+            Duration::from_millis(300),
+        );
+        let started = Instant::now();
+        let err = p
+            .compile(&[File(dir.path().join("slow"))], Cache::Skip)
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let msg = err.to_string();
+        assert!(
+            matches!(err, ParserError::TimedOut { .. })
+                && msg.contains("k")
+                && msg.contains("300ms"),
+            "{msg}"
+        );
+        // The process group is gone: nothing is left to create the marker.
+        let ps = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ps -eo args | grep -c '[t]ouch {}'",
+                marker.display()
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "0");
+    }
+
+    #[test]
+    fn a_killed_parser_is_reported_with_the_memory_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script_parser(dir.path(), "kill -9 $$", Duration::from_secs(30));
+        let msg = p
+            .compile(&[File(dir.path().join("x"))], Cache::Skip)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("signal 9") && msg.contains("memory limit"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn spawn_failures_name_the_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = script_parser(dir.path(), "exit 0", Duration::from_secs(5));
+        p.binary = dir.path().join("gone");
+        let msg = p
+            .names(&File(dir.path().join("x")))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("gone does not exist"), "{msg}");
+
+        // An executable whose interpreter is missing: a script naming a missing shell.
+        use std::os::unix::fs::PermissionsExt;
+        let orphan = dir.path().join("orphan");
+        std::fs::write(&orphan, "#!/no/such/shell\n").unwrap();
+        std::fs::set_permissions(&orphan, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.binary = orphan;
+        let msg = p
+            .names(&File(dir.path().join("x")))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("a file it needs to start is missing"), "{msg}");
+    }
+
+    #[test]
+    fn elf_interpreter_of_a_dynamic_executable() {
+        // /bin/sh on the build machine is dynamic (dash/bash); a static one has none.
+        if let Some(interp) = elf_interpreter(Path::new("/bin/sh")) {
+            assert!(interp.to_string_lossy().contains("ld-linux"), "{interp:?}");
+        }
+        assert_eq!(elf_interpreter(Path::new("/etc/hostname")), None);
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::parser::ProfileInput;
+use crate::parser::ParserInput;
 
 /// Largest profile file accepted, in bytes. Real profiles are a few KiB; a ConfigMap holds at
 /// most 1 MiB in total, so a bigger key is a mistake, not a profile.
@@ -124,13 +124,32 @@ impl ProfileFile {
         sha256_hex(self.content.as_bytes())
     }
 
-    /// What the parser needs to check this file.
-    pub fn input(&self) -> ProfileInput {
+    /// What the parser needs to check this file, read from `path` (the source itself, or a
+    /// private snapshot of it).
+    pub fn input(&self, path: PathBuf) -> ProfileInput {
         ProfileInput {
             key: self.key.clone(),
-            path: self.path.clone(),
+            path,
             sha256: self.sha256(),
         }
+    }
+}
+
+/// A profile file to check: its key (the file name on the host), where the bytes to compile
+/// are, and the hash of those bytes (to recognise files a record already describes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileInput {
+    pub key: String,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+impl ParserInput for ProfileInput {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -179,25 +198,59 @@ pub enum SourceError {
     NotFound(PathBuf),
 }
 
+/// How many times a ConfigMap update may swap the generation under one read before we give up.
+const GENERATION_ATTEMPTS: usize = 5;
+
 /// Reads a ConfigMap volume or a plain directory.
 ///
 /// In a ConfigMap volume every key is a symlink through `..data`, which Kubernetes swaps
-/// atomically on update. We resolve `..data` once and read the generation directory it points
-/// to, so a concurrent update cannot hand us half of one generation and half of the next.
+/// atomically on update and then deletes the old generation. We resolve `..data` once and read
+/// the generation directory it points to, so we never mix two generations; if the kubelet
+/// swapped it while we read (a file vanished, or `..data` moved on), we read the new
+/// generation from the start: a normal ConfigMap update is never blamed on the profiles.
+/// Everything is read into memory, so what is compiled later is exactly what was read.
 pub fn read_source_dir(dir: &Path, max_size: u64) -> Result<Source, SourceError> {
     let io_err = |source| SourceError::Io {
         path: dir.to_path_buf(),
         source,
     };
     let root = fs::canonicalize(dir).map_err(io_err)?;
-    let generation = match fs::read_link(root.join(CONFIGMAP_DATA_LINK)) {
-        Ok(target) => fs::canonicalize(root.join(target)).map_err(io_err)?,
-        Err(_) => root.clone(),
-    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let generation = current_generation(&root).map_err(io_err)?;
+        let read = read_generation(&root, &generation, max_size);
+        let swapped = current_generation(&root).ok().as_ref() != Some(&generation);
+        match read {
+            Ok(source) if !swapped => return Ok(source),
+            Err(e) if !swapped || attempt >= GENERATION_ATTEMPTS => return Err(io_err(e)),
+            _ if attempt >= GENERATION_ATTEMPTS => {
+                return Err(io_err(std::io::Error::other(format!(
+                    "the ConfigMap was updated {GENERATION_ATTEMPTS} times while it was being \
+                     read; the next run reads it again"
+                ))));
+            }
+            _ => tracing::info!(
+                "the ConfigMap volume was updated while it was read; reading the new generation"
+            ),
+        }
+    }
+}
+
+/// The directory `..data` points to (a plain directory is its own generation).
+fn current_generation(root: &Path) -> std::io::Result<PathBuf> {
+    match fs::read_link(root.join(CONFIGMAP_DATA_LINK)) {
+        Ok(target) => fs::canonicalize(root.join(target)),
+        Err(_) => Ok(root.to_path_buf()),
+    }
+}
+
+/// Reads one generation's keys. A key whose file vanished while we read is an I/O error of
+/// the whole read (the caller checks for a swap), not a rejected key.
+fn read_generation(root: &Path, generation: &Path, max_size: u64) -> std::io::Result<Source> {
     let mut keys = Vec::new();
-    for entry in fs::read_dir(&generation).map_err(io_err)? {
-        let name = entry.map_err(io_err)?.file_name();
-        keys.push(name.to_string_lossy().into_owned());
+    for entry in fs::read_dir(generation)? {
+        keys.push(entry?.file_name().to_string_lossy().into_owned());
     }
     keys.sort();
     let mut source = Source::default();
@@ -206,7 +259,20 @@ pub fn read_source_dir(dir: &Path, max_size: u64) -> Result<Source, SourceError>
         if key.starts_with("..") {
             continue;
         }
-        source.add(&key, &generation.join(&key), &root, max_size);
+        let path = generation.join(&key);
+        if fs::symlink_metadata(&path).is_err() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} vanished while it was read", path.display()),
+            ));
+        }
+        source.add(&key, &path, root, max_size);
+    }
+    if !generation.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} vanished while it was read", generation.display()),
+        ));
     }
     Ok(source)
 }

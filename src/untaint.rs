@@ -53,6 +53,8 @@ pub enum UntaintError {
         code: u16,
         message: String,
     },
+    #[error("stopped by {0} before the taint was removed")]
+    Stopped(&'static str),
     #[error(
         "gave up on node {node:?} after {timeout:?} and {attempts} attempts; last error: {last}"
     )]

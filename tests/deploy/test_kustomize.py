@@ -25,14 +25,40 @@ GATE_KEYS = {
     "startup-taint.cluster-autoscaler.kubernetes.io/WaitingForAppArmorProfiles",
 }
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
-HOST_VOLUMES = {"host-apparmor-d", "host-cache", "securityfs"}
+HOST_VOLUMES = {
+    "host-apparmor-d",
+    "host-cache",
+    "securityfs",
+    "host-apparmor-conf",
+    "host-apparmor-features",
+}
+NODE_CONFIG = {"host-apparmor-conf": True, "host-apparmor-features": True}
 # Per container: (user, capabilities added, volumes mounted -> read-only?)
 EXPECTED = {
-    "copy": (0, [], {"profiles": True, "host-apparmor-d": False, "tmp": False}),
+    # copy reads the kernel's profile list and features (read-only) and fills the compile
+    # cache load reads; both read the node's own parser configuration.
+    "copy": (
+        0,
+        [],
+        {
+            "profiles": True,
+            "host-apparmor-d": False,
+            "host-cache": False,
+            "securityfs": True,
+            "tmp": False,
+            **NODE_CONFIG,
+        },
+    ),
     "load": (
         0,
         ["MAC_ADMIN"],
-        {"host-apparmor-d": True, "host-cache": False, "securityfs": False, "tmp": False},
+        {
+            "host-apparmor-d": True,
+            "host-cache": False,
+            "securityfs": False,
+            "tmp": False,
+            **NODE_CONFIG,
+        },
     ),
     "untaint": (65532, [], {"token": True}),
     "pause": (65532, [], {}),
@@ -141,6 +167,8 @@ def test_mounts_per_container(pod):
         "type": "DirectoryOrCreate",
     }
     assert volumes["securityfs"]["hostPath"]["path"] == "/sys/kernel/security"
+    assert volumes["host-apparmor-conf"]["hostPath"]["path"] == "/etc/apparmor"
+    assert volumes["host-apparmor-features"]["hostPath"]["path"] == "/usr/share/apparmor-features"
     assert volumes["profiles"]["configMap"]["name"] == "apparmor-profiles"
     for name, c in containers(pod).items():
         mounts = {m["name"]: bool(m.get("readOnly", False)) for m in c.get("volumeMounts", [])}

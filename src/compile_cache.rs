@@ -1,0 +1,242 @@
+//! The compiled-policy cache shared by `copy` and `load`, so a fresh node compiles once.
+//!
+//! `apparmor_parser` reuses a cache entry by file name and modification time only: it does
+//! not notice a changed include whose mtime is old (image layers and packages carry old
+//! mtimes), nor a different parser. So the cache lives in a directory named after a
+//! fingerprint of everything that shapes the compiled policy besides the profile itself and
+//! the feature set (which the parser keys on by itself): the parser binary and the content of
+//! its include tree. A new image gets a new, empty directory; the old ones are pruned.
+//!
+//! `copy` compiles into a staging directory and promotes the entries only once the files they
+//! were compiled from are on disk, so the cache never holds policy for content that is not
+//! (or no longer) in the profile directory.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::parser::Parser;
+
+/// Sub-directory of the cache directory that holds one directory per fingerprint.
+const POLICY_DIR: &str = "policy";
+/// Where `copy` compiles before it promotes.
+const STAGING_DIR: &str = "staging";
+
+/// The cache directory for one parser and include tree.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    /// `<cache-dir>/policy/<fingerprint>`: pass to the parser as `--cache-loc`.
+    pub dir: PathBuf,
+    /// `<cache-dir>/staging/<fingerprint>`.
+    staging: PathBuf,
+}
+
+impl CompileCache {
+    /// Opens (creating) the cache for this parser under `cache_dir`, pruning the directories of
+    /// other fingerprints (older images).
+    pub fn open(cache_dir: &Path, parser: &Parser) -> io::Result<Self> {
+        let id = fingerprint(parser)?;
+        let root = cache_dir.join(POLICY_DIR);
+        fs::create_dir_all(&root)?;
+        for entry in fs::read_dir(&root)? {
+            let entry = entry?;
+            if entry.file_name() != id.as_str() {
+                fs::remove_dir_all(entry.path())?;
+            }
+        }
+        let dir = root.join(&id);
+        fs::create_dir_all(&dir)?;
+        remove_unversioned_cache(cache_dir)?;
+        // Staging left by a crashed copy is never promoted.
+        let staging_root = cache_dir.join(STAGING_DIR);
+        if staging_root.exists() {
+            fs::remove_dir_all(&staging_root)?;
+        }
+        Ok(Self {
+            dir,
+            staging: staging_root.join(id),
+        })
+    }
+
+    /// An empty staging directory for `copy`'s compile.
+    pub fn staging(&self) -> io::Result<&Path> {
+        fs::create_dir_all(&self.staging)?;
+        Ok(&self.staging)
+    }
+
+    /// Moves every staged entry into the cache (call once the compiled files are on disk).
+    ///
+    /// The parser keeps one sub-directory per feature set (`<hash>.N`, with the set in
+    /// `.features`). A staged sub-directory whose set matches the cache's is merged into it;
+    /// one with no counterpart is moved as a whole; a conflicting one is dropped (`load`
+    /// then compiles those files itself).
+    pub fn promote(&self) -> io::Result<usize> {
+        let mut promoted = 0;
+        if !self.staging.exists() {
+            return Ok(0);
+        }
+        for entry in fs::read_dir(&self.staging)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let target = self.dir.join(entry.file_name());
+            if !target.exists() {
+                promoted += fs::read_dir(entry.path())?.count().saturating_sub(1);
+                fs::rename(entry.path(), &target)?;
+                continue;
+            }
+            let same_set = fs::read(entry.path().join(".features")).ok()
+                == fs::read(target.join(".features")).ok();
+            if !same_set {
+                continue;
+            }
+            for file in fs::read_dir(entry.path())? {
+                let file = file?;
+                if file.file_name() != ".features" {
+                    fs::rename(file.path(), target.join(file.file_name()))?;
+                    promoted += 1;
+                }
+            }
+        }
+        fs::remove_dir_all(&self.staging)?;
+        Ok(promoted)
+    }
+
+    /// Drops whatever was staged (copy failed: nothing it compiled may be reused).
+    pub fn discard(&self) {
+        let _ = fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Removes the parser's own per-feature-set directories (`<8 hex>.<n>`) at the top of the
+/// cache directory: versions before 0.2 used it as `--cache-loc` directly, without a
+/// fingerprint, so those entries may be stale.
+fn remove_unversioned_cache(cache_dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(cache_dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let unversioned = name.split_once('.').is_some_and(|(hash, n)| {
+            hash.len() == 8
+                && hash.bytes().all(|b| b.is_ascii_hexdigit())
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+        });
+        if unversioned && entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Hex digest of the parser binary and the content of every file of its include tree.
+fn fingerprint(parser: &Parser) -> io::Result<String> {
+    let mut hash = Sha256::new();
+    hash.update(fs::read(&parser.binary)?);
+    for root in std::iter::once(&parser.base).chain(&parser.includes) {
+        hash.update(root.as_os_str().as_encoded_bytes());
+        hash.update([0]);
+        for entry in walkdir::WalkDir::new(root)
+            .follow_links(true)
+            .sort_by_file_name()
+        {
+            let entry = entry.map_err(io::Error::other)?;
+            if entry.file_type().is_file() {
+                hash.update(entry.path().as_os_str().as_encoded_bytes());
+                hash.update([0]);
+                hash.update(fs::read(entry.path())?);
+            }
+        }
+    }
+    Ok(hash
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Features;
+    use std::time::Duration;
+
+    fn parser(dir: &Path) -> Parser {
+        fs::create_dir_all(dir.join("base/abstractions")).unwrap();
+        fs::write(dir.join("base/abstractions/base"), "/etc/ld.so.cache r,\n").unwrap();
+        fs::write(dir.join("parser"), "binary v1").unwrap();
+        Parser {
+            binary: dir.join("parser"),
+            base: dir.join("base"),
+            includes: vec![],
+            jobs: 1,
+            features: Features::ParserDefault,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_changed_include_or_parser_gets_a_new_cache_and_the_old_one_is_pruned() {
+        let d = tempfile::tempdir().unwrap();
+        let p = parser(d.path());
+        let cache_dir = d.path().join("cache");
+        let first = CompileCache::open(&cache_dir, &p).unwrap();
+        fs::write(first.dir.join("entry"), "compiled").unwrap();
+        // Same inputs: same directory, entries kept.
+        let again = CompileCache::open(&cache_dir, &p).unwrap();
+        assert_eq!(again.dir, first.dir);
+        assert!(again.dir.join("entry").exists());
+
+        // Same bytes of the profile, but an include changed with an OLD mtime: new directory.
+        let include = d.path().join("base/abstractions/base");
+        fs::write(&include, "/etc/ld.so.cache r,\n/etc/passwd r,\n").unwrap();
+        let old = fs::File::options().write(true).open(&include).unwrap();
+        old.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+        let changed = CompileCache::open(&cache_dir, &p).unwrap();
+        assert_ne!(changed.dir, first.dir);
+        assert!(!first.dir.exists(), "the old fingerprint is pruned");
+
+        fs::write(d.path().join("parser"), "binary v2").unwrap();
+        assert_ne!(CompileCache::open(&cache_dir, &p).unwrap().dir, changed.dir);
+    }
+
+    #[test]
+    fn staged_entries_reach_the_cache_only_when_promoted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = parser(d.path());
+        let cache = CompileCache::open(&d.path().join("cache"), &p).unwrap();
+        let set = cache.staging().unwrap().join("abc.0");
+        fs::create_dir_all(&set).unwrap();
+        fs::write(set.join(".features"), "f").unwrap();
+        fs::write(set.join("k1"), "policy").unwrap();
+        cache.discard();
+        assert!(!cache.dir.join("abc.0").exists());
+
+        let set = cache.staging().unwrap().join("abc.0");
+        fs::create_dir_all(&set).unwrap();
+        fs::write(set.join(".features"), "f").unwrap();
+        fs::write(set.join("k1"), "policy").unwrap();
+        assert_eq!(cache.promote().unwrap(), 1);
+        assert_eq!(fs::read(cache.dir.join("abc.0/k1")).unwrap(), b"policy");
+
+        // A second promotion merges into the same feature set.
+        let set = cache.staging().unwrap().join("abc.0");
+        fs::create_dir_all(&set).unwrap();
+        fs::write(set.join(".features"), "f").unwrap();
+        fs::write(set.join("k2"), "policy2").unwrap();
+        assert_eq!(cache.promote().unwrap(), 1);
+        assert!(cache.dir.join("abc.0/k1").exists() && cache.dir.join("abc.0/k2").exists());
+
+        // Staging left by a crash is dropped when the cache is opened again.
+        let set = cache.staging().unwrap().join("abc.0");
+        fs::create_dir_all(&set).unwrap();
+        fs::write(set.join("k3"), "half").unwrap();
+        let reopened = CompileCache::open(&d.path().join("cache"), &p).unwrap();
+        assert_eq!(reopened.promote().unwrap(), 0);
+        assert!(!reopened.dir.join("abc.0/k3").exists());
+    }
+}

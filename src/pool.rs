@@ -1,0 +1,52 @@
+//! A tiny scoped thread pool: runs one job per item on up to N threads and keeps the input
+//! order. Used where each job mostly waits on a child process (the parser), so threads are
+//! cheap and a work-stealing runtime would add nothing but a dependency.
+
+/// Runs `work` over `items` on up to `threads` threads; results come back in input order.
+pub fn map<T: Sync, R: Send>(threads: usize, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let chunk = items.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| part.iter().map(&work).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_input_order_for_any_thread_count() {
+        let items: Vec<u32> = (0..17).collect();
+        for threads in [0, 1, 2, 3, 16, 64] {
+            let out = map(threads, &items, |i| i * 10);
+            assert_eq!(
+                out,
+                items.iter().map(|i| i * 10).collect::<Vec<_>>(),
+                "{threads}"
+            );
+        }
+        assert!(map(4, &[] as &[u32], |i| *i).is_empty());
+    }
+
+    #[test]
+    fn runs_in_parallel_up_to_the_limit() {
+        use std::sync::Barrier;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Two jobs that can only finish if they run at the same time.
+        let barrier = Barrier::new(2);
+        let seen = AtomicUsize::new(0);
+        map(2, &[1, 2], |_| {
+            barrier.wait();
+            seen.fetch_add(1, Ordering::SeqCst)
+        });
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
+}

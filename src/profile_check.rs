@@ -1,0 +1,248 @@
+//! Checking a set of profile files: compile them, learn what each defines and in which mode,
+//! and apply our rules on what is defined. `validate`, `copy` and `load` all check through
+//! here, so an operator's CI, the copy step and the load step refuse exactly the same files,
+//! and every name that passes is one `load` can load, verify and unload.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::exit_code::{self, ExitStatus};
+use crate::parser::{Cache, Parser, ParserError};
+use crate::pool;
+use crate::profile_files::{ProfileInput, Rejection, Source};
+use crate::profile_names::{check_name_set, check_profile_name};
+use crate::state::Inventory;
+
+/// Name prefixes of the default profiles container runtimes load themselves (Docker, containerd's
+/// CRI plugin, CRI-O, Podman/Buildah). A file of ours defining one would reconfine every
+/// container on the node, so such names are refused.
+pub const RUNTIME_DEFAULT_PROFILES: &[&str] = &[
+    "docker-default",
+    "cri-containerd.apparmor.d",
+    "crio-default",
+    "containers-default-",
+];
+
+/// A profile file that compiles, with what it defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledProfile {
+    pub key: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Every profile the file defines, from `--names` (children as `parent//child`).
+    pub names: Vec<String>,
+    /// The mode each top-level profile asks for (`enforce` unless its flags say otherwise).
+    pub modes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Parser(#[from] ParserError),
+    #[error("{} of {total} profile files are refused:\n  {}", .refused.len(), .refused.join("\n  "))]
+    Refused { refused: Vec<String>, total: usize },
+    #[error("two files define the same profile name: {0}")]
+    DuplicateNames(String),
+    #[error("{} of the profile keys are invalid, nothing was changed:\n  {}", .0.len(), list(.0))]
+    Rejected(Vec<Rejection>),
+}
+
+fn list(rejections: &[Rejection]) -> String {
+    rejections
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+impl ExitStatus for CheckError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CheckError::Parser(e) => e.exit_code(),
+            CheckError::Refused { .. }
+            | CheckError::DuplicateNames(_)
+            | CheckError::Rejected(_) => exit_code::INVALID_PROFILES,
+        }
+    }
+}
+
+/// Logs the keys skipped on purpose and refuses the source if any key was rejected by the
+/// rules that need no parser.
+pub fn accept_keys(source: &Source) -> Result<(), CheckError> {
+    for key in &source.skipped {
+        tracing::warn!(key = %key, "skipping {key}: a Kubernetes manifest, not a profile");
+    }
+    if source.rejected.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckError::Rejected(source.rejected.clone()))
+    }
+}
+
+/// Compiles the files `known` does not describe (with `cache`), learns what every file
+/// defines, and refuses what we could not prove in the kernel.
+///
+/// A file whose hash matches an entry of `known` (a record this tool wrote after asking the
+/// parser about the same bytes) is not compiled or asked about again.
+pub fn check(
+    inputs: &[ProfileInput],
+    parser: &Parser,
+    known: &Inventory,
+    cache: Cache<'_>,
+) -> Result<Vec<CompiledProfile>, CheckError> {
+    let fresh: Vec<&ProfileInput> = inputs
+        .iter()
+        .filter(|i| known.describes(&i.key, &i.sha256).is_none())
+        .collect();
+    parser.compile(&fresh, cache)?;
+    let described = pool::map(parser.jobs, inputs, |input| {
+        match known.describes(&input.key, &input.sha256) {
+            Some(entry) => Ok((entry.profiles.clone(), entry.modes.clone())),
+            None => describe(parser, input),
+        }
+    });
+    let mut compiled = Vec::with_capacity(inputs.len());
+    for (input, described) in inputs.iter().zip(described) {
+        let (names, modes) = described?;
+        compiled.push(CompiledProfile {
+            key: input.key.clone(),
+            path: input.path.clone(),
+            sha256: input.sha256.clone(),
+            names,
+            modes,
+        });
+    }
+    let refused: Vec<String> = compiled.iter().flat_map(refusals).collect();
+    if !refused.is_empty() {
+        return Err(CheckError::Refused {
+            refused,
+            total: inputs.len(),
+        });
+    }
+    reject_duplicate_names(&compiled)?;
+    Ok(compiled)
+}
+
+/// Names (`--names`) and modes (the debug dump) of one file that is known to compile.
+fn describe(
+    parser: &Parser,
+    input: &ProfileInput,
+) -> Result<(Vec<String>, BTreeMap<String, String>), CheckError> {
+    let names = parser.names(input)?;
+    let dumped = parser.modes(input)?;
+    // Top-level names the dump cannot account for stay without a mode and are refused.
+    let modes = names
+        .iter()
+        .filter(|n| !n.contains("//"))
+        .filter_map(|n| dumped.get(n).map(|m| (n.clone(), m.clone())))
+        .collect();
+    Ok((names, modes))
+}
+
+/// Why one compiled file is refused: it defines nothing, or a name we could not prove.
+fn refusals(p: &CompiledProfile) -> Vec<String> {
+    let key = &p.key;
+    if p.names.is_empty() {
+        return vec![format!(
+            "key {key:?}: the file defines no profile (only comments, variables or includes), \
+             so nothing would be loaded from it; remove the key or add the profile"
+        )];
+    }
+    let mut out = Vec::new();
+    for name in &p.names {
+        if let Err(reason) = check_profile_name(name) {
+            out.push(format!(
+                "key {key:?}: profile name {name:?} is refused: {reason}"
+            ));
+        } else if !name.contains("//") && !p.modes.contains_key(name) {
+            out.push(format!(
+                "key {key:?}: profile name {name:?} cannot be read back from the parser (does a \
+                 quoted name contain a newline or another control character?)"
+            ));
+        } else if let Some(prefix) = RUNTIME_DEFAULT_PROFILES
+            .iter()
+            .find(|r| name.starts_with(*r))
+        {
+            out.push(format!(
+                "key {key:?}: profile {name:?} has the name of a container runtime's default \
+                 profile ({prefix}…); replacing it would reconfine every container on the node"
+            ));
+        }
+    }
+    if let Err(reason) = check_name_set(&p.names) {
+        out.push(format!("key {key:?}: {reason}"));
+    }
+    out
+}
+
+/// Refuses a set of files in which two define the same profile name: one would silently
+/// replace the other in the kernel.
+fn reject_duplicate_names(compiled: &[CompiledProfile]) -> Result<(), CheckError> {
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut clashes = BTreeSet::new();
+    for p in compiled {
+        for name in &p.names {
+            if let Some(first) = owner.insert(name, &p.key) {
+                clashes.insert(format!("{name:?} in {first:?} and {:?}", p.key));
+            }
+        }
+    }
+    if clashes.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckError::DuplicateNames(
+            clashes.into_iter().collect::<Vec<_>>().join(", "),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(key: &str, names: &[&str]) -> CompiledProfile {
+        CompiledProfile {
+            key: key.into(),
+            path: PathBuf::from(key),
+            sha256: String::new(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+            modes: names
+                .iter()
+                .filter(|n| !n.contains("//"))
+                .map(|n| (n.to_string(), "enforce".to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn duplicate_names_name_both_files() {
+        let err = reject_duplicate_names(&[p("a", &["x", "y"]), p("b", &["y"])]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "two files define the same profile name: \"y\" in \"a\" and \"b\""
+        );
+        assert!(reject_duplicate_names(&[p("a", &["x"]), p("b", &["y"])]).is_ok());
+    }
+
+    #[test]
+    fn files_and_names_we_could_not_prove_are_refused() {
+        assert!(refusals(&p("ok", &["ok", "ok//hat"])).is_empty());
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "defines no profile"),
+            (&[":ns1:name"], "namespaces"),
+            (&["a\nb"], "control character"),
+            (&["a//b"], "which this file does not define"),
+            (&["hostprof//x", "mine"], "\"hostprof\""),
+            (&["cri-containerd.apparmor.d"], "container runtime"),
+            (&["docker-default"], "container runtime"),
+        ];
+        let mut unread = p("k", &["a", "b"]);
+        unread.modes.clear();
+        assert!(refusals(&unread).join("; ").contains("cannot be read back"));
+        for (names, expect) in cases {
+            let r = refusals(&p("k", names)).join("; ");
+            assert!(r.contains(expect), "{names:?}: {r}");
+            assert!(r.starts_with("key \"k\""), "{r}");
+        }
+    }
+}
