@@ -15,6 +15,7 @@ pub mod logging;
 pub mod parser;
 pub mod pause;
 pub mod profile_files;
+pub mod profile_names;
 pub mod state;
 pub mod taint;
 pub mod untaint;
