@@ -1,11 +1,9 @@
 //! Wiring: parsed arguments in, one step run, an exit code out. Each step's library function
 //! does the work; this module only builds their inputs, logs the outcome and maps errors.
 
-use std::time::Duration;
-
 use tracing::{error, info, info_span};
 
-use crate::cli::{Cli, Command, ParserArgs, UntaintArgs};
+use crate::cli::{Cli, Command, ParserArgs};
 use crate::exit_code::{self, ExitStatus};
 use crate::kernel::Kernel;
 use crate::parser::Parser;
@@ -69,7 +67,9 @@ pub fn run(cli: Cli) -> u8 {
                   r.loaded, r.unchanged, r.removed.len(), r.took_ms);
             Ok(())
         }),
-        Command::Untaint(args) => run_untaint(cli.node_name, args),
+        Command::Untaint(args) => untaint::run_step(cli.node_name, args)
+            .map(drop)
+            .map_err(failure),
         Command::Pause => pause::run(|| info!("pausing until SIGTERM"))
             .map(|signal| info!("received {signal}, exiting"))
             .map_err(|e| (exit_code::INTERNAL, format!("cannot wait for signals: {e}"))),
@@ -95,8 +95,6 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
-type StepResult = Result<(), (u8, String)>;
-
 fn failure<E: ExitStatus + std::fmt::Display>(e: E) -> (u8, String) {
     (e.exit_code(), e.to_string())
 }
@@ -113,45 +111,5 @@ fn parser(args: &ParserArgs) -> Result<Parser, (u8, String)> {
         base: args.base.clone(),
         includes: args.include.clone(),
         jobs,
-    })
-}
-
-/// `untaint` on a current-thread runtime, bounded by its timeout and ended early by SIGTERM.
-fn run_untaint(node: Option<String>, args: UntaintArgs) -> StepResult {
-    let node = node.filter(|n| !n.is_empty()).ok_or_else(|| {
-        (
-            exit_code::USAGE,
-            "NODE_NAME is not set: untaint needs this node's name (env NODE_NAME from the \
-             downward API fieldRef spec.nodeName, or --node-name)"
-                .to_string(),
-        )
-    })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            (
-                exit_code::INTERNAL,
-                format!("cannot start the runtime: {e}"),
-            )
-        })?;
-    let timeout: Duration = args.timeout;
-    runtime.block_on(async {
-        let client = untaint::client(args.kubeconfig.as_deref()).await.map_err(failure)?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| (exit_code::INTERNAL, format!("cannot handle SIGTERM: {e}")))?;
-        let outcome = tokio::select! {
-            r = untaint::run(client, &node, &args.taints, timeout) => r.map_err(failure)?,
-            _ = term.recv() => return Err((exit_code::KUBERNETES_API, "stopped by SIGTERM before the taint was removed".into())),
-            _ = tokio::signal::ctrl_c() => return Err((exit_code::KUBERNETES_API, "stopped by SIGINT before the taint was removed".into())),
-        };
-        if outcome.removed.is_empty() {
-            info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
-                  "untaint complete: no gate taint on node {node}, nothing to do");
-        } else {
-            info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
-                  "untaint complete: removed {} from node {node}", outcome.removed.join(", "));
-        }
-        Ok(())
     })
 }
