@@ -28,3 +28,81 @@ fn huge_timeout_is_a_usage_error_not_a_panic() {
             .stderr(predicate::str::contains("too large"));
     }
 }
+
+// === Host records ===
+
+const INTERNAL: i32 = 1;
+
+/// Writes a record (`.apparmor-profile-loader.json` or `loaded.json`) as if edited by hand.
+fn write_record(path: &std::path::Path, files: serde_json::Value) {
+    let record = serde_json::json!({"version": 1, "files": files});
+    std::fs::write(path, record.to_string()).unwrap();
+}
+
+fn entry(names: &[&str]) -> serde_json::Value {
+    serde_json::json!({"sha256": "00", "profiles": names, "modes": {}})
+}
+
+#[test]
+fn owned_record_entries_outside_the_destination_stop_copy_before_anything_is_deleted() {
+    let Some(parser) = real_parser() else { return };
+    let volume = Volume::new(&[("alpha", &profile("alpha"))]);
+    let host = tempfile::tempdir().unwrap();
+    let dest = host.path().join("apparmor.d");
+    std::fs::create_dir_all(dest.join("dir")).unwrap();
+    std::fs::write(host.path().join("victim"), "outside\n").unwrap();
+    std::fs::write(dest.join("dir/x"), "below\n").unwrap();
+    let absolute = host.path().join("victim").display().to_string();
+    for bad in ["../victim", absolute.as_str(), "dir/x"] {
+        write_record(
+            &dest.join(".apparmor-profile-loader.json"),
+            serde_json::json!({ bad: entry(&["gone"]) }),
+        );
+        let before = snapshot(&dest);
+        copy(&parser, volume.path(), &dest)
+            .assert()
+            .code(INTERNAL)
+            .stderr(predicate::str::contains(
+                ".apparmor-profile-loader.json is corrupt",
+            ))
+            .stderr(predicate::str::contains(format!("entry {bad:?}")));
+        assert_eq!(snapshot(&dest), before, "{bad}");
+        assert!(host.path().join("victim").exists(), "{bad}");
+        assert!(dest.join("dir/x").exists(), "{bad}");
+        assert!(!dest.join("alpha").exists(), "{bad}");
+    }
+}
+
+#[test]
+fn loaded_record_entries_this_tool_never_writes_stop_load_before_the_kernel_is_touched() {
+    let Some(parser) = real_parser() else { return };
+    let volume = Volume::new(&[("alpha", &profile("alpha"))]);
+    let dest = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    copy(&parser, volume.path(), dest.path()).assert().success();
+    let kernel = FakeKernel::new(&parser);
+    kernel.load_by_hand("docker-default (enforce)");
+    let cases = [
+        // A path out of the profile directory: load would read it.
+        ("../etc/passwd", entry(&["docker-default"])),
+        // Names this tool never loads.
+        ("x", entry(&[":ns:docker-default"])),
+        ("x", entry(&["docker-default\n"])),
+        ("x", entry(&["docker-default//kid"])),
+    ];
+    for (key, bad) in cases {
+        write_record(
+            &cache.path().join("loaded.json"),
+            serde_json::json!({ key: bad }),
+        );
+        kernel.clear_parser_calls();
+        kernel
+            .load(dest.path(), cache.path())
+            .assert()
+            .code(INTERNAL)
+            .stderr(predicate::str::contains("loaded.json is corrupt"))
+            .stderr(predicate::str::contains(format!("entry {key:?}")));
+        assert_eq!(kernel.profiles(), "docker-default (enforce)\n", "{key}");
+        assert_eq!(kernel.parser_calls(), "", "the parser ran for {key}");
+    }
+}
