@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Copy(args) => parser(&args.parser).and_then(|parser| {
             let opts = copy::CopyOptions {
+                lock: args.profile_dir.lock_options(&node),
                 source: args.source,
                 dest: args.profile_dir.dest,
                 max_size: args.max_size,
@@ -54,6 +55,7 @@ pub fn run(cli: Cli) -> u8 {
         }),
         Command::Load(args) => parser(&args.parser).and_then(|parser| {
             let opts = load::LoadOptions {
+                lock: args.profile_dir.lock_options(&node),
                 dest: args.profile_dir.dest,
                 cache_dir: args.cache_dir,
                 kernel: Kernel::new(&args.securityfs, &args.enabled_file),

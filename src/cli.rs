@@ -115,6 +115,21 @@ pub struct ProfileDirArgs {
         default_value = "/host/etc/apparmor.d"
     )]
     pub dest: PathBuf,
+
+    /// How long to wait for another run holding the profile directory (a maxSurge rollout, a
+    /// second install, a manual run) before giving up with exit 1: e.g. 30s, 2m; at most 24h.
+    #[arg(long, env = "APPARMOR_LOADER_LOCK_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+impl ProfileDirArgs {
+    /// The run lock's settings for this node.
+    pub fn lock_options(&self, node: &str) -> crate::lock::LockOptions {
+        crate::lock::LockOptions {
+            timeout: self.lock_timeout,
+            node: node.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::atomic_file;
 use crate::exit_code::{self, ExitStatus};
+use crate::lock::{self, LockError, LockOptions};
 use crate::parser::Parser;
 use crate::profile_files;
 use crate::state::{Entry, Inventory, OWNED_FILES, StateError};
@@ -24,6 +25,7 @@ pub struct CopyOptions {
     pub source: PathBuf,
     pub dest: PathBuf,
     pub max_size: u64,
+    pub lock: LockOptions,
 }
 
 /// What a run changed.
@@ -52,6 +54,8 @@ pub enum CopyError {
     Clash { dest: PathBuf, clashes: Vec<String> },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -76,6 +80,8 @@ impl ExitStatus for CopyError {
 /// Nothing is written unless every key is valid and compiles. Ownership is recorded before a
 /// file is created, so a crash mid-run never leaves a file we wrote but do not own.
 pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError> {
+    let lock = lock::acquire(&opts.dest, "copy", &opts.lock)?;
+    lock.remove_stale_temps(&opts.dest)?;
     let source =
         profile_files::read_source_dir(&opts.source, opts.max_size).map_err(ValidateError::from)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {

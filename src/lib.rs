@@ -11,6 +11,7 @@ pub mod copy;
 pub mod exit_code;
 pub mod kernel;
 pub mod load;
+pub mod lock;
 pub mod logging;
 pub mod parser;
 pub mod pause;

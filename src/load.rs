@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use crate::exit_code::{self, ExitStatus};
 use crate::kernel::{Kernel, KernelError};
+use crate::lock::{self, LockError, LockOptions};
 use crate::parser::{Cache, CompiledProfile, Parser, ParserError, ProfileInput};
 use crate::profile_files::sha256_hex;
 use crate::state::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
@@ -24,6 +25,7 @@ pub struct LoadOptions {
     pub kernel: Kernel,
     /// Also replace loaded profiles that are someone else's (another host file's, a runtime's).
     pub adopt_loaded: bool,
+    pub lock: LockOptions,
 }
 
 /// What a run did, for the summary line.
@@ -63,6 +65,8 @@ pub enum LoadError {
     MissingFile(String),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error(transparent)]
     Parser(ParserError),
     #[error("profiles are not provably loaded:\n  {}{}", .missing.join("\n  "), parser_note(.parser))]
@@ -105,6 +109,8 @@ impl ExitStatus for LoadError {
 
 /// Loads, verifies and prunes; see the module docs for the order and why.
 pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError> {
+    let lock = lock::acquire(&opts.dest, "load", &opts.lock)?;
+    lock.remove_stale_temps(&opts.cache_dir)?;
     let started = Instant::now();
     opts.kernel.ensure_enabled()?;
     if !Inventory::exists(&opts.dest, OWNED_FILES) {

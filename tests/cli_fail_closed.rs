@@ -106,3 +106,72 @@ fn loaded_record_entries_this_tool_never_writes_stop_load_before_the_kernel_is_t
         assert_eq!(kernel.parser_calls(), "", "the parser ran for {key}");
     }
 }
+
+// === Temporary files ===
+
+#[test]
+fn next_copy_removes_the_temp_files_a_killed_run_left_and_nothing_else() {
+    let Some(parser) = real_parser() else { return };
+    let volume = Volume::new(&[("alpha", &profile("alpha"))]);
+    let dest = tempfile::tempdir().unwrap();
+    let debris = [
+        ".apparmor-profile-loader.tmp-31337-0",
+        ".alpha.tmp-31337",
+        ".apparmor-profile-loader.json.tmp-31337",
+    ];
+    let foreign = [".hidden", "alpha.tmp-1", ".alpha.tmp-x", "usr.bin.man"];
+    for name in debris.iter().chain(&foreign) {
+        std::fs::write(dest.path().join(name), "half-written").unwrap();
+    }
+    copy(&parser, volume.path(), dest.path())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "a temporary file an interrupted run left behind",
+        ));
+    for name in debris {
+        assert!(!dest.path().join(name).exists(), "{name} is still there");
+    }
+    for name in foreign {
+        assert!(dest.path().join(name).exists(), "{name} was removed");
+    }
+}
+
+#[test]
+fn the_longest_key_validate_accepts_is_one_copy_writes() {
+    let Some(parser) = real_parser() else { return };
+    let longest = format!("p{}", "x".repeat(252));
+    let too_long = format!("{longest}x");
+    assert_eq!((longest.len(), too_long.len()), (253, 254));
+
+    let volume = Volume::new(&[(longest.as_str(), &profile("long"))]);
+    loader()
+        .arg("validate")
+        .arg(volume.path())
+        .arg("--parser")
+        .arg(&parser)
+        .assert()
+        .success();
+    let dest = tempfile::tempdir().unwrap();
+    copy(&parser, volume.path(), dest.path()).assert().success();
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join(&longest)).unwrap(),
+        profile("long")
+    );
+
+    let volume = Volume::new(&[(too_long.as_str(), &profile("long"))]);
+    loader()
+        .arg("validate")
+        .arg(volume.path())
+        .arg("--parser")
+        .arg(&parser)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("longer than 253 bytes"));
+    let dest = tempfile::tempdir().unwrap();
+    copy(&parser, volume.path(), dest.path())
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("longer than 253 bytes"));
+    assert!(snapshot(dest.path()).is_empty());
+}
