@@ -219,6 +219,7 @@ pub async fn run(
             Ok(Ok(current)) => {
                 let version = current.metadata.resource_version.clone();
                 if let Some((at, code)) = refused_at.take()
+                    && at.is_some()
                     && at == version
                 {
                     return Err(UntaintError::Rejected {
