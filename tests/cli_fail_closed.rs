@@ -175,3 +175,53 @@ fn the_longest_key_validate_accepts_is_one_copy_writes() {
         .stderr(predicate::str::contains("longer than 253 bytes"));
     assert!(snapshot(dest.path()).is_empty());
 }
+
+// === untaint, stopped ===
+
+/// A kubeconfig pointing at a port nothing listens on: every request is a transient error.
+fn kubeconfig_to_nowhere(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: k, cluster: {server: 'http://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {token: t}}]\n\
+         contexts: [{name: c, context: {cluster: k, user: u}}]\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn sigterm_while_untaint_retries_is_exit_6_never_success() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_apparmor-loader"))
+        .env_clear()
+        .env("NODE_NAME", "test-node")
+        .arg("untaint")
+        .arg("--kubeconfig")
+        .arg(kubeconfig_to_nowhere(dir.path()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // Read the log until untaint says it is retrying (the client logs its own errors first).
+    let mut first = String::new();
+    while !first.contains("transient error") {
+        let read = stderr.read_line(&mut first).unwrap();
+        assert!(read > 0, "untaint ended without retrying: {first}");
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(6), "{first}{rest}");
+    assert!(
+        rest.contains("stopped by SIGTERM before the taint was removed"),
+        "{rest}"
+    );
+}
