@@ -7,7 +7,7 @@ use std::error::Error as StdError;
 use anyhow::{Context, Result};
 use tracing::{error, info, info_span};
 
-use crate::cli::{Cli, Command, NodeArgs, ParserArgs, UntaintArgs};
+use crate::cli::{Cli, Command, NodeArgs, ParserArgs};
 use crate::exit_code::{self, ExitStatus};
 use crate::features::{Features, FeaturesError};
 use crate::kernel::{Kernel, KernelError};
@@ -77,6 +77,7 @@ fn typed_exit_code(e: &(dyn StdError + 'static)) -> Option<u8> {
 }
 
 fn run_step(cli: Cli) -> Result<()> {
+    let node = cli.node_name.clone().unwrap_or_else(|| "unknown".into());
     match cli.command {
         Command::Copy(args) => {
             let parser = parser(&args.parser, Some(&args.node))?;
@@ -93,6 +94,7 @@ fn run_step(cli: Cli) -> Result<()> {
                 ..parser.clone()
             };
             let opts = copy::CopyOptions {
+                lock: args.profile_dir.lock_options(&node),
                 source: args.source,
                 dest: args.profile_dir.dest,
                 max_size: args.max_size,
@@ -129,6 +131,7 @@ fn run_step(cli: Cli) -> Result<()> {
         Command::Load(args) => {
             let parser = parser(&args.parser, Some(&args.node))?;
             let opts = load::LoadOptions {
+                lock: args.profile_dir.lock_options(&node),
                 dest: args.profile_dir.dest,
                 cache_dir: args.cache_dir,
                 kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
@@ -141,7 +144,9 @@ fn run_step(cli: Cli) -> Result<()> {
                   "load complete: loaded {}, unchanged {}, removed {}, took {} ms",
                   r.loaded, r.unchanged, r.removed.len(), r.took_ms);
         }
-        Command::Untaint(args) => run_untaint(cli.node_name, args)?,
+        Command::Untaint(args) => {
+            untaint::run_step(cli.node_name, args)?;
+        }
         Command::Pause => {
             let signal =
                 pause::run(|| info!("pausing until SIGTERM")).context("cannot wait for signals")?;
@@ -185,39 +190,6 @@ fn parser(args: &ParserArgs, node: Option<&NodeArgs>) -> Result<Parser> {
         jobs,
         features,
         timeout: args.parser_timeout,
-    })
-}
-
-/// `untaint` on a current-thread runtime, bounded by its timeout and ended early by SIGTERM.
-fn run_untaint(node: Option<String>, args: UntaintArgs) -> Result<()> {
-    let node = node.filter(|n| !n.is_empty()).ok_or_else(|| {
-        UsageError(
-            "NODE_NAME is not set: untaint needs this node's name (env NODE_NAME from the \
-             downward API fieldRef spec.nodeName, or --node-name)"
-                .to_string(),
-        )
-    })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    runtime.block_on(async {
-        let client = untaint::client(args.kubeconfig.as_deref()).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot handle SIGTERM")?;
-        let outcome = tokio::select! {
-            r = untaint::run(client, &node, &args.taints, args.timeout) => r?,
-            _ = term.recv() => return Err(untaint::UntaintError::Stopped("SIGTERM").into()),
-            _ = tokio::signal::ctrl_c() => return Err(untaint::UntaintError::Stopped("SIGINT").into()),
-        };
-        if outcome.removed.is_empty() {
-            info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
-                  "untaint complete: no gate taint on node {node}, nothing to do");
-        } else {
-            info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
-                  "untaint complete: removed {} from node {node}", outcome.removed.join(", "));
-        }
-        Ok(())
     })
 }
 

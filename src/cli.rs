@@ -143,6 +143,21 @@ pub struct ProfileDirArgs {
         default_value = "/host/etc/apparmor.d"
     )]
     pub dest: PathBuf,
+
+    /// How long to wait for another run holding the profile directory (a maxSurge rollout, a
+    /// second install, a manual run) before giving up with exit 1: e.g. 30s, 2m; at most 24h.
+    #[arg(long, env = "APPARMOR_LOADER_LOCK_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+impl ProfileDirArgs {
+    /// The run lock's settings for this node.
+    pub fn lock_options(&self, node: &str) -> crate::lock::LockOptions {
+        crate::lock::LockOptions {
+            timeout: self.lock_timeout,
+            node: node.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -232,8 +247,9 @@ pub struct LoadArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct UntaintArgs {
-    /// Taint to remove, as KEY[=VALUE]:EFFECT (without a value any value matches). Repeat the
-    /// flag or separate with commas; each one present is removed.
+    /// Gate taint to remove, as KEY[=VALUE]:EFFECT. Repeat the flag or separate with commas.
+    /// Every taint with one of these keys is removed: one with another value or effect (a near
+    /// miss) gates the node just the same, so it goes too, with a warning naming it.
     #[arg(
         long = "taint",
         env = "APPARMOR_LOADER_TAINTS",
@@ -247,7 +263,8 @@ pub struct UntaintArgs {
     #[arg(long, env = "APPARMOR_LOADER_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Give up (exit 6, the kubelet restarts the container) after this long: e.g. 90s, 5m, 1h.
+    /// Give up (exit 6, the kubelet restarts the container) after this long: e.g. 90s, 5m, 1h;
+    /// at most 24h.
     #[arg(long, env = "APPARMOR_LOADER_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
 }
@@ -277,7 +294,12 @@ fn parse_taint(s: &str) -> Result<Taint, String> {
     s.parse()
 }
 
-/// Parses `500ms`, `90s`, `5m`, `1h`, or a bare number of seconds.
+/// Longest duration any flag accepts. Every timeout here bounds a step a node waits on; a day is
+/// already far past any sane value, and a bound keeps `Instant + duration` from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `500ms`, `90s`, `5m`, `1h`, or a bare number of seconds, greater than zero and at
+/// most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -299,6 +321,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     if d.is_zero() {
         return Err(format!("duration {s:?} must be greater than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is too large: at most 24h"));
     }
     Ok(d)
 }
@@ -341,6 +366,10 @@ mod tests {
             ("90s", Duration::from_secs(90)),
             ("5m", Duration::from_secs(300)),
             ("1h", Duration::from_secs(3600)),
+            ("24h", MAX_DURATION),
+            ("1440m", MAX_DURATION),
+            ("86400", MAX_DURATION),
+            ("86400000ms", MAX_DURATION),
         ];
         for (s, d) in ok {
             assert_eq!(parse_duration(s).unwrap(), d, "{s}");
@@ -348,11 +377,20 @@ mod tests {
         for bad in ["", "m", "5x", "-5s", "0s", "1.5m", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert!(
-            parse_duration("18446744073709551615h")
-                .unwrap_err()
-                .contains("too large")
-        );
+        for huge in [
+            "18446744073709551615h",
+            "3000000000000000h",
+            "3000000000000000000s",
+            "25h",
+            "86401s",
+            "86400001ms",
+            "1441m",
+        ] {
+            assert!(
+                parse_duration(huge).unwrap_err().contains("too large"),
+                "{huge}"
+            );
+        }
     }
 
     #[test]
@@ -406,8 +444,17 @@ mod tests {
         }
 
         #[test]
-        fn seconds_round_trip(n in 1u64..1_000_000) {
+        fn seconds_round_trip(n in 1u64..=86_400) {
             prop_assert_eq!(parse_duration(&format!("{n}s")).unwrap(), Duration::from_secs(n));
+        }
+
+        #[test]
+        fn accepted_durations_are_bounded(n in any::<u64>(), unit in prop::sample::select(&["", "ms", "s", "m", "h"][..])) {
+            if let Ok(d) = parse_duration(&format!("{n}{unit}")) {
+                prop_assert!(d > Duration::ZERO && d <= MAX_DURATION);
+                // The bound is what keeps a deadline computed from it from overflowing.
+                prop_assert!(std::time::Instant::now().checked_add(d).is_some());
+            }
         }
     }
 }

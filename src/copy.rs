@@ -20,6 +20,7 @@ use crate::atomic_file;
 use crate::compile_cache::CompileCache;
 use crate::exit_code::{self, ExitStatus};
 use crate::kernel::{Kernel, KernelError};
+use crate::lock::{self, LockError, LockOptions};
 use crate::node_parser::NodeParser;
 use crate::parser::{Cache, Parser, ParserError};
 use crate::profile_check::{self, CheckError, CompiledProfile};
@@ -46,6 +47,7 @@ pub struct CopyOptions {
     /// The node's own parser generation, and the parser that stands in for an AppArmor 3 one.
     pub node_parser: NodeParser,
     pub v3_parser: Parser,
+    pub lock: LockOptions,
 }
 
 /// What a run changed.
@@ -101,6 +103,8 @@ pub enum CopyError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -129,6 +133,8 @@ impl ExitStatus for CopyError {
 /// Nothing is written unless every key is valid and compiles. Ownership is recorded before a
 /// file is created, so a crash mid-run never leaves a file we wrote but do not own.
 pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError> {
+    let lock = lock::acquire(&opts.dest, "copy", &opts.lock)?;
+    lock.remove_stale_temps(&opts.dest)?;
     let source = profile_files::read_source_dir(&opts.source, opts.max_size)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {
         return Err(CopyError::Empty(opts.source.clone()));

@@ -13,6 +13,7 @@ pub mod exit_code;
 pub mod features;
 pub mod kernel;
 pub mod load;
+pub mod lock;
 pub mod logging;
 pub mod node_parser;
 pub mod parser;

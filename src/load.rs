@@ -14,6 +14,7 @@ use std::time::Instant;
 use crate::compile_cache::CompileCache;
 use crate::exit_code::{self, ExitStatus};
 use crate::kernel::{Kernel, KernelError};
+use crate::lock::{self, LockError, LockOptions};
 use crate::parser::{Cache, Parser, ParserError};
 use crate::profile_check::{self, CheckError, CompiledProfile};
 use crate::profile_files::{ProfileInput, sha256_hex};
@@ -28,6 +29,7 @@ pub struct LoadOptions {
     pub kernel: Kernel,
     /// Also replace loaded profiles our records do not list (someone else's).
     pub adopt_loaded: bool,
+    pub lock: LockOptions,
 }
 
 /// What a run did, for the summary line.
@@ -75,6 +77,8 @@ pub enum LoadError {
     State(#[from] StateError),
     #[error(transparent)]
     Check(#[from] CheckError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("profiles are not provably loaded:\n  {}{}", .missing.join("\n  "), parser_note(.parser))]
     NotLoaded {
         missing: Vec<String>,
@@ -106,15 +110,18 @@ impl ExitStatus for LoadError {
                 exit_code::INVALID_PROFILES
             }
             LoadError::NotLoaded { .. } | LoadError::NotRemoved(..) => exit_code::NOT_LOADED,
-            LoadError::Read { .. } | LoadError::State(_) | LoadError::CacheDir { .. } => {
-                exit_code::INTERNAL
-            }
+            LoadError::Read { .. }
+            | LoadError::State(_)
+            | LoadError::Lock(_)
+            | LoadError::CacheDir { .. } => exit_code::INTERNAL,
         }
     }
 }
 
 /// Loads, verifies and prunes; see the module docs for the order and why.
 pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError> {
+    let lock = lock::acquire(&opts.dest, "load", &opts.lock)?;
+    lock.remove_stale_temps(&opts.cache_dir)?;
     let started = Instant::now();
     opts.kernel.ensure_enabled()?;
     if !Inventory::exists(&opts.dest, OWNED_FILES) {

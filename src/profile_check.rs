@@ -229,9 +229,9 @@ mod tests {
         assert!(refusals(&p("ok", &["ok", "ok//hat"])).is_empty());
         let cases: &[(&[&str], &str)] = &[
             (&[], "defines no profile"),
-            (&[":ns1:name"], "namespaces"),
+            (&[":ns1:name"], "policy namespace"),
             (&["a\nb"], "control character"),
-            (&["a//b"], "which this file does not define"),
+            (&["a//b"], "which is not defined alongside it"),
             (&["hostprof//x", "mine"], "\"hostprof\""),
             (&["cri-containerd.apparmor.d"], "container runtime"),
             (&["docker-default"], "container runtime"),

@@ -1,32 +1,165 @@
-//! Rules on profile names (placeholder until the fail-closed-ops branch lands).
+//! Which AppArmor profile names this tool handles end to end: it can load them, find them in the
+//! kernel's profile list, verify their mode and unload them again.
+//!
+//! One rule set, used wherever a name enters the tool: `validate` (a name in a profile file),
+//! and the records read back from the host (`state`), so a name is never loaded, verified or
+//! unloaded unless this tool could have proven it.
 
-/// Why a profile name is refused, or `Ok` when this tool can load, verify and unload it.
+/// Longest profile name accepted, in bytes. The kernel has no small limit, but a name this long
+/// is a mistake or an attack, and every name is logged and kept in the records.
+pub const MAX_PROFILE_NAME_LEN: usize = 1024;
+
+/// Separator between a profile and its child profile or hat in the kernel's names (`p//hat`).
+const CHILD_SEPARATOR: &str = "//";
+
+/// Why a profile name is one this tool refuses, or `Ok` when it is handled end to end.
+///
+/// Refused: an empty name; control characters (a newline would split the kernel's profile list
+/// and our logs); a policy namespace prefix (`:ns:name` — loading it works, but it is listed
+/// and removed through the namespace, which this tool does not manage); an empty `//`
+/// segment (`a//`, `//b`, `a////b`), which names no profile; and names longer than
+/// [`MAX_PROFILE_NAME_LEN`] bytes.
 pub fn check_profile_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err("the name is empty".into());
+        return Err("the profile name is empty".into());
     }
-    if name.chars().any(char::is_control) {
-        return Err("the name contains a control character (a newline?)".into());
+    if name.len() > MAX_PROFILE_NAME_LEN {
+        return Err(format!(
+            "the profile name is {} bytes long; at most {MAX_PROFILE_NAME_LEN} are accepted",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the profile name contains the control character {c:?}; names must be printable"
+        ));
     }
     if name.starts_with(':') {
-        return Err("policy namespaces (`:ns:name`) are not supported".into());
+        return Err(
+            "the profile name starts with ':', a policy namespace (:ns:name); this tool loads \
+             profiles into the root namespace only"
+                .into(),
+        );
     }
-    if name.split("//").any(str::is_empty) {
-        return Err("the name has an empty `//` segment".into());
+    if name.split(CHILD_SEPARATOR).any(str::is_empty) {
+        return Err(
+            "the profile name has an empty '//' segment; a child profile or hat is written \
+             parent//child"
+                .into(),
+        );
     }
     Ok(())
 }
 
-/// Every `parent//child` has its parent in the same set.
+/// Checks that every child (`a//b`, `a//b//c`) has its parent (`a`, `a//b`) in the same set:
+/// the kernel only has a child under a loaded parent, so a parentless child can never be
+/// verified or removed. Names are assumed to have passed [`check_profile_name`].
 pub fn check_name_set(names: &[String]) -> Result<(), String> {
+    let set: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
     for name in names {
-        if let Some((parent, _)) = name.rsplit_once("//")
-            && !names.iter().any(|n| n == parent)
+        if let Some((parent, _)) = name.rsplit_once(CHILD_SEPARATOR)
+            && !set.contains(parent)
         {
             return Err(format!(
-                "{name:?} is a child of {parent:?}, which this file does not define"
+                "{name:?} is a child of {parent:?}, which is not defined alongside it"
             ));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_table() {
+        let long = "p".repeat(MAX_PROFILE_NAME_LEN);
+        let too_long = "p".repeat(MAX_PROFILE_NAME_LEN + 1);
+        let cases: &[(&str, Option<&str>)] = &[
+            ("p", None),
+            ("custom.nginx", None),
+            ("/usr/bin/foo", None),
+            ("p//hat", None),
+            ("p//kid//grandkid", None),
+            ("name with spaces", None),
+            ("p//^not-a-hat-marker-but-fine", None),
+            (&long, None),
+            ("", Some("empty")),
+            ("a\nb", Some("control character")),
+            ("a\tb", Some("control character")),
+            ("a\u{7f}", Some("control character")),
+            ("a\u{85}b", Some("control character")),
+            (":ns1:name", Some("namespace")),
+            (":ns1://p", Some("namespace")),
+            ("a//", Some("empty '//' segment")),
+            ("//b", Some("empty '//' segment")),
+            ("a////b", Some("empty '//' segment")),
+            (&too_long, Some("at most 1024")),
+        ];
+        for (name, want) in cases {
+            match (check_profile_name(name), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.contains(w), "{name:?}: {e}"),
+                (got, _) => panic!("{name:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn name_sets_table() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_name_set(&set(&[])).is_ok());
+        assert!(check_name_set(&set(&["a", "a//b", "a//b//c", "z"])).is_ok());
+        assert!(
+            check_name_set(&set(&["a//b", "a"])).is_ok(),
+            "order is free"
+        );
+        let err = check_name_set(&set(&["a//b"])).unwrap_err();
+        assert!(err.contains("\"a\""), "{err}");
+        let err = check_name_set(&set(&["a", "a//b//c"])).unwrap_err();
+        assert!(err.contains("\"a//b\""), "{err}");
+        assert!(check_name_set(&set(&["hostprof//x", "mine"])).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_refuses_every_control_character(s in "\\PC{0,40}", c in any::<char>()) {
+            let _ = check_profile_name(&s);
+            let with = format!("{s}{c}");
+            if c.is_control() {
+                prop_assert!(check_profile_name(&with).is_err());
+            }
+        }
+
+        #[test]
+        fn accepted_names_have_no_namespace_or_empty_segment(s in "[a-z:/\\n]{0,12}") {
+            if check_profile_name(&s).is_ok() {
+                prop_assert!(!s.is_empty() && !s.starts_with(':') && !s.contains('\n'));
+                prop_assert!(s.split("//").all(|seg| !seg.is_empty()));
+            }
+        }
+
+        #[test]
+        fn a_tree_of_valid_names_is_a_valid_set(
+            roots in proptest::collection::vec("[a-z][a-z0-9.-]{0,8}", 1..4),
+            kids in proptest::collection::vec("[a-z^][a-z0-9]{0,5}", 0..4),
+        ) {
+            let mut names = roots.clone();
+            for (i, k) in kids.iter().enumerate() {
+                let parent = &roots[i % roots.len()];
+                names.push(format!("{parent}//{k}"));
+            }
+            for n in &names {
+                prop_assert!(check_profile_name(n).is_ok(), "{n:?}");
+            }
+            prop_assert!(check_name_set(&names).is_ok());
+            // Dropping every root leaves each child without a parent.
+            let children: Vec<String> = names.iter().filter(|n| n.contains("//")).cloned().collect();
+            if !children.is_empty() {
+                prop_assert!(check_name_set(&children).is_err());
+            }
+        }
+    }
 }

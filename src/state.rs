@@ -6,6 +6,13 @@
 //!   directory and the profile names each defines. A file not listed there is never touched.
 //! - `load` keeps `<cache-dir>/loaded.json`: what it loaded and verified in the kernel. Only
 //!   names listed there are ever unloaded.
+//!
+//! Both records are host files read back on every run, and their entries become paths and
+//! profile names. So every entry is checked when read, with the rules its origin had to pass:
+//! a file name must be a valid ConfigMap key ([`profile_files::validate_key`]: no `/`, no
+//! `..`, no dot-file) and each profile name one this tool could have loaded
+//! ([`profile_names`]), children only beside their parent. A record with an entry that fails
+//! is corrupt: the run stops (exit 1) before anything is touched, naming the file and entry.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -13,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_file;
+use crate::{atomic_file, profile_files, profile_names};
 
 /// File name of `copy`'s ownership record in the profile directory. A dot-file, so
 /// `apparmor_parser` never reads it as a profile.
@@ -57,6 +64,16 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "state file {path} is corrupt: entry {entry:?} {reason}; this tool never writes such an \
+         entry, so the file was changed by hand or damaged. It lists what this tool owns, so it \
+         is not guessed: restore it or remove it together with the files it listed"
+    )]
+    BadEntry {
+        path: PathBuf,
+        entry: String,
+        reason: String,
+    },
     #[error("cannot write state file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -69,12 +86,51 @@ impl Inventory {
     /// Reads a record; a missing file is an empty inventory (first run on this node).
     pub fn load(dir: &Path, name: &str) -> Result<Self, StateError> {
         let path = dir.join(name);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StateError::Corrupt { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(StateError::Read { path, source }),
+        let inventory: Self = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                path: path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        inventory
+            .check_entries()
+            .map_err(|(entry, reason)| StateError::BadEntry {
+                path,
+                entry,
+                reason,
+            })?;
+        Ok(inventory)
+    }
+
+    /// Checks every entry as its origin was checked: the file name as a ConfigMap key, each
+    /// profile name as a name this tool loads, each child beside its parent. Returns the first
+    /// offending entry (the file name) and why.
+    fn check_entries(&self) -> Result<(), (String, String)> {
+        for (key, entry) in &self.files {
+            profile_files::validate_key(key).map_err(|e| {
+                (
+                    key.clone(),
+                    format!("is not a file name this tool writes: {e}"),
+                )
+            })?;
+            for name in &entry.profiles {
+                profile_names::check_profile_name(name).map_err(|e| {
+                    (
+                        key.clone(),
+                        format!("lists profile {name:?}, a name this tool never loads: {e}"),
+                    )
+                })?;
+            }
+            profile_names::check_name_set(&entry.profiles).map_err(|e| {
+                (
+                    key.clone(),
+                    format!("lists a child without its parent: {e}"),
+                )
+            })?;
         }
+        Ok(())
     }
 
     /// Whether a record exists at all.
@@ -148,5 +204,69 @@ mod tests {
         fs::write(dir.path().join(OWNED_FILES), "{not json").unwrap();
         let err = Inventory::load(dir.path(), OWNED_FILES).unwrap_err();
         assert!(err.to_string().contains("corrupt"));
+    }
+
+    /// A record whose entries name `files` as (file name, profile names), as written by hand.
+    fn record_json(files: &[(&str, &[&str])]) -> String {
+        let files: serde_json::Map<String, serde_json::Value> = files
+            .iter()
+            .map(|(key, names)| {
+                (
+                    key.to_string(),
+                    serde_json::json!({"sha256": "ab", "profiles": names}),
+                )
+            })
+            .collect();
+        serde_json::json!({"version": 1, "files": files}).to_string()
+    }
+
+    #[test]
+    fn entries_that_are_not_keys_or_loadable_names_make_the_record_corrupt() {
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("../x", &["p"], "'/'"),
+            ("..x", &["p"], "'..'"),
+            ("/etc/passwd", &["p"], "'/'"),
+            ("dir/x", &["p"], "'/'"),
+            (".hidden", &["p"], "letter or digit"),
+            ("", &["p"], "empty"),
+            ("x", &[""], "empty"),
+            ("x", &["a\nb"], "control character"),
+            ("x", &[":ns:p"], "namespace"),
+            ("x", &["p//"], "'//'"),
+            ("x", &["hostprof//kid"], "without its parent"),
+            ("x", &["p", "p//a//b"], "without its parent"),
+        ];
+        for record in [OWNED_FILES, LOADED_PROFILES] {
+            for (key, names, why) in cases {
+                let dir = tempfile::tempdir().unwrap();
+                let json = record_json(&[("good", &["good"]), (key, names)]);
+                fs::write(dir.path().join(record), json).unwrap();
+                let err = Inventory::load(dir.path(), record).unwrap_err();
+                let msg = err.to_string();
+                assert!(matches!(err, StateError::BadEntry { .. }), "{key:?}: {msg}");
+                assert!(
+                    msg.contains(&dir.path().join(record).display().to_string()),
+                    "{msg}"
+                );
+                assert!(msg.contains(&format!("entry {key:?}")), "{msg}");
+                assert!(msg.contains(why), "{key:?} {names:?}: {msg}");
+            }
+        }
+    }
+
+    /// A record is the proof of ownership (what `load` loaded, what `copy` wrote), so a name
+    /// shaped like one this tool loads is accepted whoever else uses it: `docker-default` is in
+    /// `loaded.json` legitimately after `--adopt-loaded` took it over. What the checks refuse is
+    /// anything a profile file of ours could not have produced.
+    #[test]
+    fn a_loadable_name_is_accepted_even_when_it_is_a_runtime_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = record_json(&[
+            ("never-written", &["docker-default"]),
+            ("p", &["p", "p//hat", "p//hat//inner"]),
+        ]);
+        fs::write(dir.path().join(LOADED_PROFILES), json).unwrap();
+        let inv = Inventory::load(dir.path(), LOADED_PROFILES).unwrap();
+        assert!(inv.profile_names().contains("docker-default"));
     }
 }

@@ -5,6 +5,11 @@
 //! added a moment earlier. We send a JSON Patch that first `test`s each gate taint at its index
 //! (exactly as we read it) and then `remove`s it. If the list moved meanwhile the test fails,
 //! the server answers 422 (or 409), and we read the node again.
+//!
+//! A gate key is removed whatever its value and effect: a taint with a gate key but another
+//! value or effect (`WaitingForAppArmorProfiles:NoSchedule` without a value, `=True`,
+//! `:NoExecute`) is a near miss that still keeps workloads off the node, so it is removed too,
+//! with a warning naming it. Success therefore always means no gate key is left on the node.
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
@@ -16,6 +21,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::time::Instant;
 
+use crate::cli::UntaintArgs;
 use crate::exit_code::{self, ExitStatus};
 use crate::taint::Taint;
 
@@ -53,8 +59,6 @@ pub enum UntaintError {
         code: u16,
         message: String,
     },
-    #[error("stopped by {0} before the taint was removed")]
-    Stopped(&'static str),
     #[error(
         "gave up on node {node:?} after {timeout:?} and {attempts} attempts; last error: {last}"
     )]
@@ -64,11 +68,28 @@ pub enum UntaintError {
         attempts: u32,
         last: String,
     },
+    #[error(
+        "NODE_NAME is not set: untaint needs this node's name (env NODE_NAME from the downward \
+         API fieldRef spec.nodeName, or --node-name)"
+    )]
+    NoNodeName,
+    #[error("cannot {action}: {source}")]
+    Runtime {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stopped by {0} before the taint was removed")]
+    Stopped(&'static str),
 }
 
 impl ExitStatus for UntaintError {
     fn exit_code(&self) -> u8 {
-        exit_code::KUBERNETES_API
+        match self {
+            UntaintError::NoNodeName => exit_code::USAGE,
+            UntaintError::Runtime { .. } => exit_code::INTERNAL,
+            _ => exit_code::KUBERNETES_API,
+        }
     }
 }
 
@@ -77,6 +98,9 @@ impl ExitStatus for UntaintError {
 pub struct UntaintOutcome {
     /// The taints removed, in `KEY=VALUE:EFFECT` form; empty when none was present.
     pub removed: Vec<String>,
+    /// Those of `removed` whose key is a gate key but whose value or effect differs from every
+    /// `--taint` given (near misses).
+    pub near_misses: Vec<String>,
     /// API requests sent (a GET and a PATCH on the happy path, one GET when already untainted).
     pub api_requests: u32,
 }
@@ -97,10 +121,63 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, UntaintError> {
     Client::try_from(config).map_err(|e| err(&e))
 }
 
+// === The step ===
+
+/// The `untaint` step as the init container runs it: a current-thread runtime, the removal
+/// bounded by `--timeout`, and ended early (exit 6) by SIGTERM or SIGINT so a stopping pod
+/// never reports success. Logs the summary line.
+pub fn run_step(node: Option<String>, args: UntaintArgs) -> Result<UntaintOutcome, UntaintError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let node = node
+        .filter(|n| !n.is_empty())
+        .ok_or(UntaintError::NoNodeName)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| UntaintError::Runtime {
+            action: "start the runtime",
+            source,
+        })?;
+    let outcome = runtime.block_on(async {
+        let client = client(args.kubeconfig.as_deref()).await?;
+        let mut term = signal(SignalKind::terminate()).map_err(|source| UntaintError::Runtime {
+            action: "handle SIGTERM",
+            source,
+        })?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|source| UntaintError::Runtime {
+            action: "handle SIGINT",
+            source,
+        })?;
+        tokio::select! {
+            r = run(client, &node, &args.taints, args.timeout) => r,
+            _ = term.recv() => Err(UntaintError::Stopped("SIGTERM")),
+            _ = int.recv() => Err(UntaintError::Stopped("SIGINT")),
+        }
+    })?;
+    for near in &outcome.near_misses {
+        tracing::warn!(
+            taint = %near,
+            "removed {near}: its key is a gate key but its value or effect is not one of the \
+             --taint values; whoever set it gated this node the same way"
+        );
+    }
+    if outcome.removed.is_empty() {
+        tracing::info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
+              "untaint complete: no gate taint on node {node}, nothing to do");
+    } else {
+        tracing::info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
+              "untaint complete: removed {} from node {node}", outcome.removed.join(", "));
+    }
+    Ok(outcome)
+}
+
+// === The API calls ===
+
 /// How one failed request is handled.
 enum Next {
-    /// Re-read the node right away: the taint list changed under us.
-    Reread(String),
+    /// Re-read the node right away: the taint list changed under us (the status code that said
+    /// so, and why).
+    Reread(u16, String),
     /// Back off (at least as long as the server asked), then try again: the server or network
     /// is having a moment.
     Retry(String, Duration),
@@ -121,9 +198,10 @@ pub async fn run(
     let mut attempts = 0u32;
     let mut failures = 0u32;
     let mut last = String::from("none");
-    // The resourceVersion a failed patch `test` was made against. If the node is unchanged when
-    // read again, the test did not fail because of a concurrent update: give up, do not spin.
-    let mut refused_at: Option<String> = None;
+    // The resourceVersion a failed patch `test` was made against, and the status the server
+    // answered. If the node is unchanged when read again, the test did not fail because of a
+    // concurrent update: give up, do not spin.
+    let mut refused_at: Option<(Option<String>, u16)> = None;
     loop {
         if Instant::now() >= deadline {
             return Err(UntaintError::TimedOut {
@@ -140,17 +218,19 @@ pub async fn run(
             Ok(Err(e)) => classify(e, "get", node),
             Ok(Ok(current)) => {
                 let version = current.metadata.resource_version.clone();
-                if refused_at.is_some() && refused_at == version {
+                if let Some((at, code)) = refused_at.take()
+                    && at.is_some()
+                    && at == version
+                {
                     return Err(UntaintError::Rejected {
                         action: "patch",
                         node: node.into(),
-                        code: 422,
+                        code,
                         message: format!(
                             "{last}; the node did not change since, so this is not a concurrent update"
                         ),
                     });
                 }
-                refused_at = None;
                 let present = matching(&current, taints);
                 if present.is_empty() {
                     return Ok(outcome);
@@ -163,13 +243,18 @@ pub async fn run(
                     Err(_) => Next::Retry("PATCH timed out".into(), Duration::ZERO),
                     Ok(Err(e)) => {
                         let next = classify(e, "patch", node);
-                        if matches!(next, Next::Reread(_)) {
-                            refused_at = version;
+                        if let Next::Reread(code, _) = next {
+                            refused_at = Some((version, code));
                         }
                         next
                     }
                     Ok(Ok(_)) => {
-                        outcome.removed = present.iter().map(|(_, t)| describe(t)).collect();
+                        outcome.removed = present.iter().map(|(_, t)| taint_text(t)).collect();
+                        outcome.near_misses = present
+                            .iter()
+                            .filter(|(_, t)| !taints.iter().any(|w| w.matches(t)))
+                            .map(|(_, t)| taint_text(t))
+                            .collect();
                         return Ok(outcome);
                     }
                 }
@@ -177,7 +262,7 @@ pub async fn run(
         };
         match next {
             Next::Fail(e) => return Err(e),
-            Next::Reread(why) => {
+            Next::Reread(_, why) => {
                 tracing::info!(
                     attempt = attempts,
                     "taints changed while we patched ({why}); reading the node again"
@@ -199,7 +284,8 @@ pub async fn run(
     }
 }
 
-/// The gate taints present on the node, with their index in `spec.taints`.
+/// The taints present on the node whose key is a gate key (whatever their value and effect),
+/// with their index in `spec.taints`.
 fn matching(node: &Node, wanted: &[Taint]) -> Vec<(usize, ApiTaint)> {
     node.spec
         .as_ref()
@@ -208,7 +294,7 @@ fn matching(node: &Node, wanted: &[Taint]) -> Vec<(usize, ApiTaint)> {
             taints
                 .iter()
                 .enumerate()
-                .filter(|(_, t)| wanted.iter().any(|w| w.matches(t)))
+                .filter(|(_, t)| wanted.iter().any(|w| w.key == t.key))
                 .map(|(i, t)| (i, t.clone()))
                 .collect()
         })
@@ -226,7 +312,8 @@ pub fn removal_patch(present: &[(usize, ApiTaint)]) -> json_patch::Patch {
     serde_json::from_value(serde_json::Value::Array(ops)).expect("valid JSON Patch operations")
 }
 
-fn describe(t: &ApiTaint) -> String {
+/// A taint in the `kubectl taint` form `KEY[=VALUE]:EFFECT`, for logs.
+fn taint_text(t: &ApiTaint) -> String {
     match &t.value {
         Some(v) => format!("{}={}:{}", t.key, v, t.effect),
         None => format!("{}:{}", t.key, t.effect),
@@ -246,14 +333,15 @@ fn classify(error: kube::Error, action: &'static str, node: &str) -> Next {
                     node: node.into(),
                     message,
                 }),
-                409 => Next::Reread(format!("409 conflict: {message}")),
+                409 => Next::Reread(409, format!("409 conflict: {message}")),
                 // A failed JSON Patch `test` (or a `remove` of an index that no longer exists)
                 // is a bare 422 Invalid: the API server drops the patch library's message and
                 // sends no causes. A validation or admission denial names its causes or the
                 // policy; those are final.
-                422 if is_bare_invalid(&status) => Next::Reread(format!(
-                    "422, our JSON Patch test no longer matched: {message}"
-                )),
+                422 if is_bare_invalid(&status) => Next::Reread(
+                    422,
+                    format!("422, our JSON Patch test no longer matched: {message}"),
+                ),
                 429 | 500..=599 => {
                     let asked = status.details.as_ref().map_or(0, |d| d.retry_after_seconds);
                     Next::Retry(
@@ -300,17 +388,43 @@ fn backoff(failures: u32) -> Duration {
 mod tests {
     use super::*;
 
+    /// The spec, in numbers rather than the formula: the first pause is 125–250 ms, each
+    /// failure doubles the range, pauses never exceed 10 s, the jitter spreads each pause over
+    /// the upper half of its range, and the default 5-minute timeout leaves room for at least
+    /// 30 attempts.
     #[test]
-    fn backoff_grows_is_capped_and_jittered_within_bounds() {
-        for failures in 0..40 {
-            let full = BASE_BACKOFF
-                .saturating_mul(2u32.saturating_pow(failures.min(16)))
-                .min(MAX_BACKOFF);
-            let b = backoff(failures);
-            assert!(b >= full / 2 && b <= full, "{failures}: {b:?}");
+    fn backoff_follows_the_spec_bounds() {
+        let ms = Duration::from_millis;
+        let spec = [
+            (0, ms(125), ms(250)),
+            (1, ms(250), ms(500)),
+            (2, ms(500), ms(1000)),
+            (3, ms(1000), ms(2000)),
+            (4, ms(2000), ms(4000)),
+            (5, ms(4000), ms(8000)),
+            (6, ms(5000), ms(10_000)),
+            (7, ms(5000), ms(10_000)),
+            (20, ms(5000), ms(10_000)),
+            (u32::MAX, ms(5000), ms(10_000)),
+        ];
+        for (failures, low, high) in spec {
+            for _ in 0..50 {
+                let b = backoff(failures);
+                assert!(low <= b && b <= high, "{failures} failures: {b:?}");
+            }
         }
-        assert!(backoff(0) <= Duration::from_millis(250));
-        assert!(backoff(30) >= Duration::from_secs(5));
+        // Jittered: two nodes failing together do not retry together. Over 200 draws both
+        // halves of the range are hit (all in one half: chance 2^-199).
+        let draws: Vec<Duration> = (0..200).map(|_| backoff(5)).collect();
+        assert!(draws.iter().any(|d| *d < ms(6000)), "{draws:?}");
+        assert!(draws.iter().any(|d| *d >= ms(6000)), "{draws:?}");
+        // Total: 30 pauses fit in the default 5-minute timeout, so a node retries at least 30
+        // times before it gives up (and waits long enough not to hammer the server).
+        let total: Duration = (0..30).map(backoff).sum();
+        assert!(
+            Duration::from_secs(100) < total && total < Duration::from_secs(300),
+            "{total:?}"
+        );
     }
 
     #[test]

@@ -341,11 +341,10 @@ fn taints_of(node: &Node) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// A taint with a gate key, whatever its value and effect: what `untaint` removes.
 fn is_gate(t: &Value) -> bool {
     let key = t["key"].as_str().unwrap_or_default();
-    (key == GATE_KEY || key == AUTOSCALER_GATE_KEY)
-        && t["value"] == "true"
-        && t["effect"] == "NoSchedule"
+    key == GATE_KEY || key == AUTOSCALER_GATE_KEY
 }
 
 fn rv(node: &Node) -> String {
@@ -711,8 +710,10 @@ fn untaint_removes_only_the_gate_taint_with_a_pod_bound_token() {
                     gate(),
                     taint("example.com/x", Some("1"), "NoSchedule"),
                     autoscaler_gate(),
-                    // Same key, another value: not the gate (the default --taint says =true).
+                    // Same key, another value or effect: a near miss, which gates the node
+                    // just the same, so it goes too (and the admission policy allows it).
                     taint(GATE_KEY, Some("false"), "PreferNoSchedule"),
+                    taint(GATE_KEY, None, "NoExecute"),
                 ],
             ),
         ];

@@ -1,431 +1,227 @@
-//! Fail-closed behaviour of `copy`, `load` and `validate` as the built binary (issue 9): who
-//! owns a loaded profile, children that leave the ConfigMap, names `load` could not prove,
-//! a compile that never ends, and the compile-once cache that must never serve stale policy.
-//! The fake kernel of `cli_support` stands in for securityfs; `kernel_e2e.rs` repeats the
-//! kernel-facing cases on a real AppArmor kernel.
+//! Fail-closed edges of the built binary: bounded durations, host records that are not trusted
+//! as paths or names, and temporary file names that neither depend on a key's length nor
+//! outlive a crash.
 
 mod cli_support;
 
-use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-
-use apparmor_profile_loader::exit_code::{INVALID_PROFILES, NOT_LOADED};
 use cli_support::*;
 use predicates::prelude::*;
 
-const INVALID: i32 = INVALID_PROFILES as i32;
+const USAGE: i32 = 2;
 
-/// A node: fake kernel (with a feature file, so the parser's cache works without AppArmor on
-/// this machine), host profile directory, cache directory, and ConfigMap volume.
-struct Node {
-    kernel: FakeKernel,
-    dest: tempfile::TempDir,
-    cache: tempfile::TempDir,
-    volume: Volume,
-}
-
-impl Node {
-    fn with(files: &[(&str, &str)]) -> Option<Self> {
-        let parser = real_parser()?;
-        let kernel = FakeKernel::new(&parser);
-        fs::copy(
-            "/usr/share/apparmor-features/features",
-            kernel.securityfs().join("apparmor/features"),
-        )
-        .expect("Debian's apparmor package ships /usr/share/apparmor-features/features");
-        Some(Node {
-            kernel,
-            dest: tempfile::tempdir().unwrap(),
-            cache: tempfile::tempdir().unwrap(),
-            volume: Volume::new(files),
-        })
-    }
-
-    /// `copy` as the DaemonSet runs it: with the node's kernel (read-only) and the cache.
-    fn copy(&self) -> assert_cmd::Command {
-        let mut cmd = copy(&self.kernel.parser(), self.volume.path(), self.dest.path());
-        cmd.arg("--securityfs")
-            .arg(self.kernel.securityfs())
-            .arg("--enabled-file")
-            .arg(self.kernel.enabled_file())
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .arg("--node-root")
-            .arg(self.cache.path().join("no-node-root"));
-        cmd
-    }
-
-    fn load(&self) -> assert_cmd::Command {
-        let mut cmd = self.kernel.load(self.dest.path(), self.cache.path());
-        cmd.arg("--node-root")
-            .arg(self.cache.path().join("no-node-root"));
-        cmd
-    }
-
-    /// Every compiled-policy cache file with its inode and mtime.
-    fn cache_entries(&self) -> Vec<(PathBuf, u64, i64)> {
-        let mut out = Vec::new();
-        let policy = self.cache.path().join("policy");
-        for dir in walk(&policy) {
-            let meta = fs::metadata(&dir).unwrap();
-            if meta.is_file() {
-                out.push((dir, meta.ino(), meta.mtime_nsec()));
-            }
-        }
-        out.sort();
-        out
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                out.extend(walk(&e.path()));
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
-// === 1. Ownership: a name is ours only if our records say so ===
+// === Durations ===
 
 #[test]
-fn a_name_someone_else_loaded_is_refused_by_copy_even_when_the_host_file_is_unreadable() {
-    let Some(node) = Node::with(&[("ff", &profile("firefox"))]) else {
-        return;
-    };
-    // Ubuntu 24.04's own firefox profile: 4.0 syntax that the image's 3.0 parser cannot read,
-    // loaded unconfined by the distribution.
-    fs::write(
-        node.dest.path().join("firefox"),
-        "abi <abi/4.0>,\nprofile firefox flags=(unconfined) {\n  userns,\n}\n",
-    )
-    .unwrap();
-    node.kernel.load_by_hand("firefox (unconfined)");
-    let before = snapshot(node.dest.path());
-    node.copy()
-        .assert()
-        .code(INVALID)
-        .stderr(predicate::str::contains(
-            "\"firefox\" (our file \"ff\"; already loaded, not by us)",
-        ))
-        .stderr(predicate::str::contains("--adopt-loaded"));
-    assert_eq!(snapshot(node.dest.path()), before, "nothing written");
-    assert!(node.kernel.profiles().contains("firefox (unconfined)"));
+fn huge_timeout_is_a_usage_error_not_a_panic() {
+    for huge in ["3000000000000000h", "18446744073709551615s", "25h"] {
+        loader()
+            .args(["untaint", "--timeout", huge])
+            .assert()
+            .code(USAGE)
+            .stderr(predicate::str::contains("too large: at most 24h"))
+            .stderr(predicate::str::contains("panicked").not());
+        loader()
+            .args(["untaint"])
+            .env("APPARMOR_LOADER_TIMEOUT", huge)
+            .assert()
+            .code(USAGE)
+            .stderr(predicate::str::contains("too large"));
+    }
+}
 
-    // Taking it over is an explicit, one-time decision; from then on it is ours.
-    node.copy()
-        .env("APPARMOR_LOADER_ADOPT_LOADED", "true")
-        .assert()
-        .success();
-    node.load().assert().success();
-    assert!(node.kernel.profiles().contains("firefox (enforce)"));
-    node.copy().assert().success();
-    node.load().assert().success();
+// === Host records ===
+
+const INTERNAL: i32 = 1;
+
+/// Writes a record (`.apparmor-profile-loader.json` or `loaded.json`) as if edited by hand.
+fn write_record(path: &std::path::Path, files: serde_json::Value) {
+    let record = serde_json::json!({"version": 1, "files": files});
+    std::fs::write(path, record.to_string()).unwrap();
+}
+
+fn entry(names: &[&str]) -> serde_json::Value {
+    serde_json::json!({"sha256": "00", "profiles": names, "modes": {}})
 }
 
 #[test]
-fn load_refuses_a_loaded_name_that_no_record_lists() {
-    let Some(node) = Node::with(&[("mine", &profile("mine"))]) else {
-        return;
-    };
-    node.copy().assert().success();
-    node.load().assert().success();
-    // Our file is edited behind copy's back to define a name someone else has loaded.
-    fs::write(node.dest.path().join("mine"), profile("sshd")).unwrap();
-    node.kernel.load_by_hand("sshd (complain)");
-    let before = node.kernel.profiles();
-    node.load()
-        .assert()
-        .code(INVALID)
-        .stderr(predicate::str::contains(
-            "\"sshd\" (our file \"mine\"; loaded, but not by us)",
-        ));
-    assert_eq!(node.kernel.profiles(), before, "kernel untouched");
+fn owned_record_entries_outside_the_destination_stop_copy_before_anything_is_deleted() {
+    let Some(parser) = real_parser() else { return };
+    let volume = Volume::new(&[("alpha", &profile("alpha"))]);
+    let host = tempfile::tempdir().unwrap();
+    let dest = host.path().join("apparmor.d");
+    std::fs::create_dir_all(dest.join("dir")).unwrap();
+    std::fs::write(host.path().join("victim"), "outside\n").unwrap();
+    std::fs::write(dest.join("dir/x"), "below\n").unwrap();
+    let absolute = host.path().join("victim").display().to_string();
+    for bad in ["../victim", absolute.as_str(), "dir/x"] {
+        write_record(
+            &dest.join(".apparmor-profile-loader.json"),
+            serde_json::json!({ bad: entry(&["gone"]) }),
+        );
+        let before = snapshot(&dest);
+        copy(&parser, volume.path(), &dest)
+            .assert()
+            .code(INTERNAL)
+            .stderr(predicate::str::contains(
+                ".apparmor-profile-loader.json is corrupt",
+            ))
+            .stderr(predicate::str::contains(format!("entry {bad:?}")));
+        assert_eq!(snapshot(&dest), before, "{bad}");
+        assert!(host.path().join("victim").exists(), "{bad}");
+        assert!(dest.join("dir/x").exists(), "{bad}");
+        assert!(!dest.join("alpha").exists(), "{bad}");
+    }
 }
 
 #[test]
-fn a_profile_the_host_loaded_from_our_file_after_a_reboot_is_ours() {
-    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
-        return;
-    };
-    node.copy().assert().success();
-    // Reboot between copy and load: the host's boot loaded our top-level file.
-    node.kernel.load_by_hand("alpha (enforce)");
-    node.copy().assert().success();
-    node.load().assert().success();
+fn loaded_record_entries_this_tool_never_writes_stop_load_before_the_kernel_is_touched() {
+    let Some(parser) = real_parser() else { return };
+    let volume = Volume::new(&[("alpha", &profile("alpha"))]);
+    let dest = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    copy(&parser, volume.path(), dest.path()).assert().success();
+    let kernel = FakeKernel::new(&parser);
+    kernel.load_by_hand("docker-default (enforce)");
+    let cases = [
+        // A path out of the profile directory: load would read it.
+        ("../etc/passwd", entry(&["docker-default"])),
+        // Names this tool never loads.
+        ("x", entry(&[":ns:docker-default"])),
+        ("x", entry(&["docker-default\n"])),
+        ("x", entry(&["docker-default//kid"])),
+    ];
+    for (key, bad) in cases {
+        write_record(
+            &cache.path().join("loaded.json"),
+            serde_json::json!({ key: bad }),
+        );
+        kernel.clear_parser_calls();
+        kernel
+            .load(dest.path(), cache.path())
+            .assert()
+            .code(INTERNAL)
+            .stderr(predicate::str::contains("loaded.json is corrupt"))
+            .stderr(predicate::str::contains(format!("entry {key:?}")));
+        assert_eq!(kernel.profiles(), "docker-default (enforce)\n", "{key}");
+        assert_eq!(kernel.parser_calls(), "", "the parser ran for {key}");
+    }
 }
 
-// === 2. Children ===
-
-const PARENT_WITH_CHILDREN: &str = "abi <abi/3.0>,\nprofile p {\n  /tmp/** r,\n  ^wide {\n    /** rw,\n  }\n  profile kid {\n    /tmp/** r,\n  }\n}\n";
-const PARENT_ALONE: &str = "abi <abi/3.0>,\nprofile p {\n  /tmp/** r,\n}\n";
+// === Temporary files ===
 
 #[test]
-fn hats_and_children_that_leave_the_configmap_are_unloaded() {
-    let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
-        return;
-    };
-    node.kernel.load_by_hand("other//x (enforce)");
-    node.copy().assert().success();
-    node.load().assert().success();
-    let profiles = node.kernel.profiles();
-    assert!(
-        profiles.contains("p//wide (") && profiles.contains("p//kid ("),
-        "{profiles}"
-    );
-    node.volume.update(&[("p", PARENT_ALONE)]);
-    node.copy().assert().success();
-    node.load()
+fn next_copy_removes_the_temp_files_a_killed_run_left_and_nothing_else() {
+    let Some(parser) = real_parser() else { return };
+    let volume = Volume::new(&[("alpha", &profile("alpha"))]);
+    let dest = tempfile::tempdir().unwrap();
+    let debris = [
+        ".apparmor-profile-loader.tmp-31337-0",
+        ".alpha.tmp-31337",
+        ".apparmor-profile-loader.json.tmp-31337",
+    ];
+    let foreign = [".hidden", "alpha.tmp-1", ".alpha.tmp-x", "usr.bin.man"];
+    for name in debris.iter().chain(&foreign) {
+        std::fs::write(dest.path().join(name), "half-written").unwrap();
+    }
+    copy(&parser, volume.path(), dest.path())
         .assert()
         .success()
-        .stderr(predicate::str::contains("removed 2"));
-    let profiles = node.kernel.profiles();
-    assert!(
-        !profiles.contains("p//wide") && !profiles.contains("p//kid"),
-        "{profiles}"
-    );
-    assert!(profiles.contains("p (enforce)"), "{profiles}");
-    assert!(
-        profiles.contains("other//x (enforce)"),
-        "not ours: {profiles}"
-    );
-}
-
-#[test]
-fn a_child_that_cannot_be_unloaded_fails_verification_with_exit_5() {
-    let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
-        return;
-    };
-    node.copy().assert().success();
-    node.load().assert().success();
-    // The fake parser's remove does nothing: the kernel keeps the children.
-    let fake = node.kernel.parser();
-    let script = fs::read_to_string(&fake).unwrap();
-    fs::write(
-        &fake,
-        script.replace(
-            "if [ \"$mode\" = check ]; then",
-            "[ \"$mode\" = remove ] && exit 0\nif [ \"$mode\" = check ]; then",
-        ),
-    )
-    .unwrap();
-    node.volume.update(&[("p", PARENT_ALONE)]);
-    node.copy().assert().success();
-    node.load()
-        .assert()
-        .code(NOT_LOADED as i32)
-        .stderr(predicate::str::contains("p//kid"))
-        .stderr(predicate::str::contains("still loaded"));
-}
-
-// === 3. Names validate accepts ≡ names load can prove ===
-
-#[test]
-fn names_load_could_not_prove_are_refused_by_validate() {
-    let Some(parser) = real_parser() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let cases = [
-        ("ns", "profile :ns1:name {\n}\n", "namespaces"),
-        (
-            "parentless",
-            "profile a//b {\n}\n",
-            "which this file does not define",
-        ),
-        ("newline", "profile \"a\\nb\" {\n}\n", "cannot be read back"),
-        (
-            "comments",
-            "# only a comment\n@{X}=/tmp\n",
-            "defines no profile",
-        ),
-        (
-            "runtime",
-            "profile cri-containerd.apparmor.d {\n}\n",
-            "container runtime",
-        ),
-        (
-            "hostchild",
-            "profile mine {\n}\nprofile hostprof//x {\n}\n",
-            "\"hostprof\"",
-        ),
-    ];
-    for (key, text, reason) in cases {
-        let f = dir.path().join(key);
-        fs::write(&f, text).unwrap();
-        loader()
-            .arg("validate")
-            .arg(&f)
-            .arg("--parser")
-            .arg(&parser)
-            .assert()
-            .code(INVALID)
-            .stderr(predicate::str::contains(format!("key {key:?}")))
-            .stderr(predicate::str::contains(reason));
+        .stderr(predicate::str::contains(
+            "a temporary file an interrupted run left behind",
+        ));
+    for name in debris {
+        assert!(!dest.path().join(name).exists(), "{name} is still there");
+    }
+    for name in foreign {
+        assert!(dest.path().join(name).exists(), "{name} was removed");
     }
 }
 
 #[test]
-fn a_configmap_of_comment_only_files_is_refused_and_nothing_is_unloaded() {
-    let Some(mut node) = Node::with(&[("alpha", &profile("alpha"))]) else {
-        return;
-    };
-    node.copy().assert().success();
-    node.load().assert().success();
-    node.volume
-        .update(&[("alpha", "# profiles moved elsewhere\n")]);
-    let before = snapshot(node.dest.path());
-    node.copy()
-        .assert()
-        .code(INVALID)
-        .stderr(predicate::str::contains("defines no profile"));
-    assert_eq!(snapshot(node.dest.path()), before);
-    assert!(node.kernel.profiles().contains("alpha (enforce)"));
-}
-
-#[test]
-fn validate_with_a_mistyped_path_is_a_usage_error() {
+fn the_longest_key_validate_accepts_is_one_copy_writes() {
     let Some(parser) = real_parser() else { return };
+    let longest = format!("p{}", "x".repeat(252));
+    let too_long = format!("{longest}x");
+    assert_eq!((longest.len(), too_long.len()), (253, 254));
+
+    let volume = Volume::new(&[(longest.as_str(), &profile("long"))]);
     loader()
-        .args(["validate", "/no/such/profiles", "--parser"])
+        .arg("validate")
+        .arg(volume.path())
+        .arg("--parser")
         .arg(&parser)
         .assert()
-        .code(2)
-        .stderr(predicate::str::contains("/no/such/profiles"));
-}
+        .success();
+    let dest = tempfile::tempdir().unwrap();
+    copy(&parser, volume.path(), dest.path()).assert().success();
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join(&longest)).unwrap(),
+        profile("long")
+    );
 
-// === 7. A compile that never ends ===
-
-#[test]
-fn a_compile_that_never_ends_is_killed_and_names_the_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let parser = dir.path().join("hanging_parser");
-    fs::write(&parser, "#!/bin/sh\nexec sleep 600\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&parser, fs::Permissions::from_mode(0o755)).unwrap();
-    let volume = Volume::new(&[("slow-one", "profile s {\n}\n")]);
+    let volume = Volume::new(&[(too_long.as_str(), &profile("long"))]);
+    loader()
+        .arg("validate")
+        .arg(volume.path())
+        .arg("--parser")
+        .arg(&parser)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("longer than 253 bytes"));
     let dest = tempfile::tempdir().unwrap();
     copy(&parser, volume.path(), dest.path())
-        .args(["--parser-timeout", "1s"])
-        .timeout(std::time::Duration::from_secs(60))
         .assert()
-        .code(INVALID)
-        .stderr(predicate::str::contains("compiling 1 profile files"))
-        .stderr(predicate::str::contains(
-            "did not finish compiling the profiles within 1s",
-        ))
-        .stderr(predicate::str::contains("slow-one"));
+        .code(3)
+        .stderr(predicate::str::contains("longer than 253 bytes"));
     assert!(snapshot(dest.path()).is_empty());
 }
 
-// === Compile once, never stale ===
+// === untaint, stopped ===
 
-#[test]
-fn a_fresh_node_compiles_once_copy_fills_the_cache_load_only_reads_it() {
-    let Some(node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))]) else {
-        return;
-    };
-    node.copy().assert().success();
-    let after_copy = node.cache_entries();
-    assert_eq!(
-        after_copy
-            .iter()
-            .filter(|(p, ..)| !p.ends_with(".features"))
-            .count(),
-        2,
-        "{after_copy:?}"
-    );
-    node.load().assert().success();
-    // No entry rewritten: every compile of load was a cache hit.
-    assert_eq!(node.cache_entries(), after_copy);
-    // The parser was told the node's feature set in every compile.
-    let calls = node.kernel.parser_calls();
-    assert!(
-        calls.lines().all(|l| l.contains("--policy-features")),
-        "{calls}"
-    );
+/// A kubeconfig pointing at a port nothing listens on: every request is a transient error.
+fn kubeconfig_to_nowhere(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: k, cluster: {server: 'http://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {token: t}}]\n\
+         contexts: [{name: c, context: {cluster: k, user: u}}]\n",
+    )
+    .unwrap();
+    path
 }
 
 #[test]
-fn a_copy_that_fails_after_compiling_leaves_no_stale_policy_in_the_cache() {
-    let Some(mut node) = Node::with(&[("alpha", &profile("alpha"))]) else {
-        return;
-    };
-    node.copy().assert().success();
-    node.load().assert().success();
-    let cached = node.cache_entries();
-    let bytes: Vec<Vec<u8>> = cached.iter().map(|(p, ..)| fs::read(p).unwrap()).collect();
-    // alpha changes (compiles fine), but a new key clashes with a host file: copy fails.
-    fs::write(node.dest.path().join("usr.bin.x"), "# host\n").unwrap();
-    let changed = profile("alpha").replace("/tmp/** rw", "/var/tmp/** rw");
-    node.volume
-        .update(&[("alpha", &changed), ("usr.bin.x", &profile("x"))]);
-    node.copy().assert().code(INVALID);
-    let after: Vec<Vec<u8>> = node
-        .cache_entries()
-        .iter()
-        .map(|(p, ..)| fs::read(p).unwrap())
-        .collect();
-    assert_eq!(after, bytes, "the refused content never reached the cache");
-    node.load()
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("loaded 0, unchanged 1"));
-}
-
-#[test]
-fn a_changed_include_with_an_old_mtime_is_compiled_again() {
-    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
-        return;
-    };
-    // A private include tree we can change, as a new image would.
-    let base = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new("cp")
-        .args([
-            "-a",
-            "/etc/apparmor.d/abi",
-            "/etc/apparmor.d/abstractions",
-            "/etc/apparmor.d/tunables",
-        ])
-        .arg(base.path())
+fn sigterm_while_untaint_retries_is_exit_6_never_success() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_apparmor-loader"))
+        .env_clear()
+        .env("NODE_NAME", "test-node")
+        .arg("untaint")
+        .arg("--kubeconfig")
+        .arg(kubeconfig_to_nowhere(dir.path()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // Read the log until untaint says it is retrying (the client logs its own errors first).
+    let mut first = String::new();
+    while !first.contains("transient error") {
+        let read = stderr.read_line(&mut first).unwrap();
+        assert!(read > 0, "untaint ended without retrying: {first}");
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(status.success());
-    node.copy()
-        .arg("--base")
-        .arg(base.path())
-        .assert()
-        .success();
-    node.load()
-        .arg("--base")
-        .arg(base.path())
-        .assert()
-        .success();
-    let first = node.cache_entries();
-    let include = base.path().join("abstractions/base");
-    let mut text = fs::read_to_string(&include).unwrap();
-    text.push_str("  /etc/aapl-new-include-rule r,\n");
-    fs::write(&include, text).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&include)
-        .unwrap()
-        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
-        .unwrap();
-    node.load()
-        .arg("--base")
-        .arg(base.path())
-        .assert()
-        .success();
-    let second = node.cache_entries();
+    assert!(killed.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(6), "{first}{rest}");
     assert!(
-        second
-            .iter()
-            .all(|(p, ..)| first.iter().all(|(q, ..)| p != q)),
-        "a new fingerprint directory, the old entries pruned: {first:?} → {second:?}"
+        rest.contains("stopped by SIGTERM before the taint was removed"),
+        "{rest}"
     );
 }

@@ -230,14 +230,21 @@ async fn absent_taint_is_success_without_a_write() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn same_key_with_another_value_is_not_ours() {
+async fn same_key_with_another_value_is_removed_as_a_near_miss() {
+    // A gate key gates the node whatever its value (see tests/untaint_gate_keys.rs).
     let node = Node::test(NODE).with_taint(GATE, "false", "NoSchedule");
+    let ops = json!([
+        {"op": "test", "path": "/spec/taints/0",
+         "value": {"key": GATE, "value": "false", "effect": "NoSchedule"}},
+        {"op": "remove", "path": "/spec/taints/0"},
+    ]);
     let outcome = against_mock(TIMEOUT, |mut api| async move {
         api.handle_get(&node).await;
+        api.handle_patch(ops, StatusCode::OK, "").await;
     })
     .await
     .unwrap();
-    assert!(outcome.removed.is_empty());
+    assert_eq!(outcome.near_misses, [format!("{GATE}=false:NoSchedule")]);
 }
 
 #[tokio::test(start_paused = true)]

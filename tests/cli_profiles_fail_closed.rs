@@ -1,0 +1,431 @@
+//! Fail-closed behaviour of `copy`, `load` and `validate` as the built binary (issue 9): who
+//! owns a loaded profile, children that leave the ConfigMap, names `load` could not prove,
+//! a compile that never ends, and the compile-once cache that must never serve stale policy.
+//! The fake kernel of `cli_support` stands in for securityfs; `kernel_e2e.rs` repeats the
+//! kernel-facing cases on a real AppArmor kernel.
+
+mod cli_support;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use apparmor_profile_loader::exit_code::{INVALID_PROFILES, NOT_LOADED};
+use cli_support::*;
+use predicates::prelude::*;
+
+const INVALID: i32 = INVALID_PROFILES as i32;
+
+/// A node: fake kernel (with a feature file, so the parser's cache works without AppArmor on
+/// this machine), host profile directory, cache directory, and ConfigMap volume.
+struct Node {
+    kernel: FakeKernel,
+    dest: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    volume: Volume,
+}
+
+impl Node {
+    fn with(files: &[(&str, &str)]) -> Option<Self> {
+        let parser = real_parser()?;
+        let kernel = FakeKernel::new(&parser);
+        fs::copy(
+            "/usr/share/apparmor-features/features",
+            kernel.securityfs().join("apparmor/features"),
+        )
+        .expect("Debian's apparmor package ships /usr/share/apparmor-features/features");
+        Some(Node {
+            kernel,
+            dest: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+            volume: Volume::new(files),
+        })
+    }
+
+    /// `copy` as the DaemonSet runs it: with the node's kernel (read-only) and the cache.
+    fn copy(&self) -> assert_cmd::Command {
+        let mut cmd = copy(&self.kernel.parser(), self.volume.path(), self.dest.path());
+        cmd.arg("--securityfs")
+            .arg(self.kernel.securityfs())
+            .arg("--enabled-file")
+            .arg(self.kernel.enabled_file())
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .arg("--node-root")
+            .arg(self.cache.path().join("no-node-root"));
+        cmd
+    }
+
+    fn load(&self) -> assert_cmd::Command {
+        let mut cmd = self.kernel.load(self.dest.path(), self.cache.path());
+        cmd.arg("--node-root")
+            .arg(self.cache.path().join("no-node-root"));
+        cmd
+    }
+
+    /// Every compiled-policy cache file with its inode and mtime.
+    fn cache_entries(&self) -> Vec<(PathBuf, u64, i64)> {
+        let mut out = Vec::new();
+        let policy = self.cache.path().join("policy");
+        for dir in walk(&policy) {
+            let meta = fs::metadata(&dir).unwrap();
+            if meta.is_file() {
+                out.push((dir, meta.ino(), meta.mtime_nsec()));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+// === 1. Ownership: a name is ours only if our records say so ===
+
+#[test]
+fn a_name_someone_else_loaded_is_refused_by_copy_even_when_the_host_file_is_unreadable() {
+    let Some(node) = Node::with(&[("ff", &profile("firefox"))]) else {
+        return;
+    };
+    // Ubuntu 24.04's own firefox profile: 4.0 syntax that the image's 3.0 parser cannot read,
+    // loaded unconfined by the distribution.
+    fs::write(
+        node.dest.path().join("firefox"),
+        "abi <abi/4.0>,\nprofile firefox flags=(unconfined) {\n  userns,\n}\n",
+    )
+    .unwrap();
+    node.kernel.load_by_hand("firefox (unconfined)");
+    let before = snapshot(node.dest.path());
+    node.copy()
+        .assert()
+        .code(INVALID)
+        .stderr(predicate::str::contains(
+            "\"firefox\" (our file \"ff\"; already loaded, not by us)",
+        ))
+        .stderr(predicate::str::contains("--adopt-loaded"));
+    assert_eq!(snapshot(node.dest.path()), before, "nothing written");
+    assert!(node.kernel.profiles().contains("firefox (unconfined)"));
+
+    // Taking it over is an explicit, one-time decision; from then on it is ours.
+    node.copy()
+        .env("APPARMOR_LOADER_ADOPT_LOADED", "true")
+        .assert()
+        .success();
+    node.load().assert().success();
+    assert!(node.kernel.profiles().contains("firefox (enforce)"));
+    node.copy().assert().success();
+    node.load().assert().success();
+}
+
+#[test]
+fn load_refuses_a_loaded_name_that_no_record_lists() {
+    let Some(node) = Node::with(&[("mine", &profile("mine"))]) else {
+        return;
+    };
+    node.copy().assert().success();
+    node.load().assert().success();
+    // Our file is edited behind copy's back to define a name someone else has loaded.
+    fs::write(node.dest.path().join("mine"), profile("sshd")).unwrap();
+    node.kernel.load_by_hand("sshd (complain)");
+    let before = node.kernel.profiles();
+    node.load()
+        .assert()
+        .code(INVALID)
+        .stderr(predicate::str::contains(
+            "\"sshd\" (our file \"mine\"; loaded, but not by us)",
+        ));
+    assert_eq!(node.kernel.profiles(), before, "kernel untouched");
+}
+
+#[test]
+fn a_profile_the_host_loaded_from_our_file_after_a_reboot_is_ours() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().assert().success();
+    // Reboot between copy and load: the host's boot loaded our top-level file.
+    node.kernel.load_by_hand("alpha (enforce)");
+    node.copy().assert().success();
+    node.load().assert().success();
+}
+
+// === 2. Children ===
+
+const PARENT_WITH_CHILDREN: &str = "abi <abi/3.0>,\nprofile p {\n  /tmp/** r,\n  ^wide {\n    /** rw,\n  }\n  profile kid {\n    /tmp/** r,\n  }\n}\n";
+const PARENT_ALONE: &str = "abi <abi/3.0>,\nprofile p {\n  /tmp/** r,\n}\n";
+
+#[test]
+fn hats_and_children_that_leave_the_configmap_are_unloaded() {
+    let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
+        return;
+    };
+    node.kernel.load_by_hand("other//x (enforce)");
+    node.copy().assert().success();
+    node.load().assert().success();
+    let profiles = node.kernel.profiles();
+    assert!(
+        profiles.contains("p//wide (") && profiles.contains("p//kid ("),
+        "{profiles}"
+    );
+    node.volume.update(&[("p", PARENT_ALONE)]);
+    node.copy().assert().success();
+    node.load()
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("removed 2"));
+    let profiles = node.kernel.profiles();
+    assert!(
+        !profiles.contains("p//wide") && !profiles.contains("p//kid"),
+        "{profiles}"
+    );
+    assert!(profiles.contains("p (enforce)"), "{profiles}");
+    assert!(
+        profiles.contains("other//x (enforce)"),
+        "not ours: {profiles}"
+    );
+}
+
+#[test]
+fn a_child_that_cannot_be_unloaded_fails_verification_with_exit_5() {
+    let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
+        return;
+    };
+    node.copy().assert().success();
+    node.load().assert().success();
+    // The fake parser's remove does nothing: the kernel keeps the children.
+    let fake = node.kernel.parser();
+    let script = fs::read_to_string(&fake).unwrap();
+    fs::write(
+        &fake,
+        script.replace(
+            "if [ \"$mode\" = check ]; then",
+            "[ \"$mode\" = remove ] && exit 0\nif [ \"$mode\" = check ]; then",
+        ),
+    )
+    .unwrap();
+    node.volume.update(&[("p", PARENT_ALONE)]);
+    node.copy().assert().success();
+    node.load()
+        .assert()
+        .code(NOT_LOADED as i32)
+        .stderr(predicate::str::contains("p//kid"))
+        .stderr(predicate::str::contains("still loaded"));
+}
+
+// === 3. Names validate accepts ≡ names load can prove ===
+
+#[test]
+fn names_load_could_not_prove_are_refused_by_validate() {
+    let Some(parser) = real_parser() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("ns", "profile :ns1:name {\n}\n", "policy namespace"),
+        (
+            "parentless",
+            "profile a//b {\n}\n",
+            "which is not defined alongside it",
+        ),
+        ("newline", "profile \"a\\nb\" {\n}\n", "cannot be read back"),
+        (
+            "comments",
+            "# only a comment\n@{X}=/tmp\n",
+            "defines no profile",
+        ),
+        (
+            "runtime",
+            "profile cri-containerd.apparmor.d {\n}\n",
+            "container runtime",
+        ),
+        (
+            "hostchild",
+            "profile mine {\n}\nprofile hostprof//x {\n}\n",
+            "\"hostprof\"",
+        ),
+    ];
+    for (key, text, reason) in cases {
+        let f = dir.path().join(key);
+        fs::write(&f, text).unwrap();
+        loader()
+            .arg("validate")
+            .arg(&f)
+            .arg("--parser")
+            .arg(&parser)
+            .assert()
+            .code(INVALID)
+            .stderr(predicate::str::contains(format!("key {key:?}")))
+            .stderr(predicate::str::contains(reason));
+    }
+}
+
+#[test]
+fn a_configmap_of_comment_only_files_is_refused_and_nothing_is_unloaded() {
+    let Some(mut node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().assert().success();
+    node.load().assert().success();
+    node.volume
+        .update(&[("alpha", "# profiles moved elsewhere\n")]);
+    let before = snapshot(node.dest.path());
+    node.copy()
+        .assert()
+        .code(INVALID)
+        .stderr(predicate::str::contains("defines no profile"));
+    assert_eq!(snapshot(node.dest.path()), before);
+    assert!(node.kernel.profiles().contains("alpha (enforce)"));
+}
+
+#[test]
+fn validate_with_a_mistyped_path_is_a_usage_error() {
+    let Some(parser) = real_parser() else { return };
+    loader()
+        .args(["validate", "/no/such/profiles", "--parser"])
+        .arg(&parser)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/no/such/profiles"));
+}
+
+// === 7. A compile that never ends ===
+
+#[test]
+fn a_compile_that_never_ends_is_killed_and_names_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let parser = dir.path().join("hanging_parser");
+    fs::write(&parser, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&parser, fs::Permissions::from_mode(0o755)).unwrap();
+    let volume = Volume::new(&[("slow-one", "profile s {\n}\n")]);
+    let dest = tempfile::tempdir().unwrap();
+    copy(&parser, volume.path(), dest.path())
+        .args(["--parser-timeout", "1s"])
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .code(INVALID)
+        .stderr(predicate::str::contains("compiling 1 profile files"))
+        .stderr(predicate::str::contains(
+            "did not finish compiling the profiles within 1s",
+        ))
+        .stderr(predicate::str::contains("slow-one"));
+    assert!(snapshot(dest.path()).is_empty());
+}
+
+// === Compile once, never stale ===
+
+#[test]
+fn a_fresh_node_compiles_once_copy_fills_the_cache_load_only_reads_it() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))]) else {
+        return;
+    };
+    node.copy().assert().success();
+    let after_copy = node.cache_entries();
+    assert_eq!(
+        after_copy
+            .iter()
+            .filter(|(p, ..)| !p.ends_with(".features"))
+            .count(),
+        2,
+        "{after_copy:?}"
+    );
+    node.load().assert().success();
+    // No entry rewritten: every compile of load was a cache hit.
+    assert_eq!(node.cache_entries(), after_copy);
+    // The parser was told the node's feature set in every compile.
+    let calls = node.kernel.parser_calls();
+    assert!(
+        calls.lines().all(|l| l.contains("--policy-features")),
+        "{calls}"
+    );
+}
+
+#[test]
+fn a_copy_that_fails_after_compiling_leaves_no_stale_policy_in_the_cache() {
+    let Some(mut node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().assert().success();
+    node.load().assert().success();
+    let cached = node.cache_entries();
+    let bytes: Vec<Vec<u8>> = cached.iter().map(|(p, ..)| fs::read(p).unwrap()).collect();
+    // alpha changes (compiles fine), but a new key clashes with a host file: copy fails.
+    fs::write(node.dest.path().join("usr.bin.x"), "# host\n").unwrap();
+    let changed = profile("alpha").replace("/tmp/** rw", "/var/tmp/** rw");
+    node.volume
+        .update(&[("alpha", &changed), ("usr.bin.x", &profile("x"))]);
+    node.copy().assert().code(INVALID);
+    let after: Vec<Vec<u8>> = node
+        .cache_entries()
+        .iter()
+        .map(|(p, ..)| fs::read(p).unwrap())
+        .collect();
+    assert_eq!(after, bytes, "the refused content never reached the cache");
+    node.load()
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("loaded 0, unchanged 1"));
+}
+
+#[test]
+fn a_changed_include_with_an_old_mtime_is_compiled_again() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    // A private include tree we can change, as a new image would.
+    let base = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .args([
+            "-a",
+            "/etc/apparmor.d/abi",
+            "/etc/apparmor.d/abstractions",
+            "/etc/apparmor.d/tunables",
+        ])
+        .arg(base.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    node.copy()
+        .arg("--base")
+        .arg(base.path())
+        .assert()
+        .success();
+    node.load()
+        .arg("--base")
+        .arg(base.path())
+        .assert()
+        .success();
+    let first = node.cache_entries();
+    let include = base.path().join("abstractions/base");
+    let mut text = fs::read_to_string(&include).unwrap();
+    text.push_str("  /etc/aapl-new-include-rule r,\n");
+    fs::write(&include, text).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&include)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+        .unwrap();
+    node.load()
+        .arg("--base")
+        .arg(base.path())
+        .assert()
+        .success();
+    let second = node.cache_entries();
+    assert!(
+        second
+            .iter()
+            .all(|(p, ..)| first.iter().all(|(q, ..)| p != q)),
+        "a new fingerprint directory, the old entries pruned: {first:?} → {second:?}"
+    );
+}
