@@ -82,12 +82,6 @@ fn run_step(cli: Cli) -> Result<()> {
         Command::Copy(args) => {
             let parser = parser(&args.parser, Some(&args.node))?;
             let node_parser = NodeParser::detect(&args.node.node_root);
-            if let NodeParser::V3 { os } = &node_parser {
-                info!(
-                    "the node runs {os} (AppArmor 3): new files must also compile with {}",
-                    args.v3_parser.display()
-                );
-            }
             let v3_parser = Parser {
                 binary: args.v3_parser.clone(),
                 base: args.v3_base.clone(),
@@ -180,9 +174,6 @@ fn parser(args: &ParserArgs, node: Option<&NodeArgs>) -> Result<Parser> {
         Some(node) => Features::for_node(&node.node_root, &node.securityfs)?,
         None => Features::ParserDefault,
     };
-    if node.is_some() {
-        info!("compiling for {}", features.describe());
-    }
     Ok(Parser {
         binary,
         base: args.base.clone(),

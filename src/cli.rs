@@ -411,30 +411,49 @@ mod tests {
     }
 
     #[test]
-    fn untaint_defaults_to_both_gate_taints_and_accepts_env_lists() {
-        let cli = Cli::try_parse_from(["apparmor-loader", "untaint"]).unwrap();
-        let Command::Untaint(args) = cli.command else {
-            panic!("not untaint")
+    fn untaint_defaults_to_both_gate_taints_and_splits_flag_and_env_lists() {
+        // The env twin, as the DaemonSet sets it. clap reads the environment while parsing, and
+        // changing this process's environment would race the other tests, so a child process
+        // (this test binary, running only this test) parses with the variable set.
+        const CHILD: &str = "APPARMOR_LOADER_TEST_ENV_LIST_CHILD";
+        let env_list = "a=b:NoSchedule,c:NoExecute";
+        let parse_untaint = |argv: &[&str]| match Cli::try_parse_from(argv).unwrap().command {
+            Command::Untaint(args) => args,
+            _ => panic!("not untaint"),
         };
-        let shown: Vec<String> = args.taints.iter().map(ToString::to_string).collect();
-        assert_eq!(shown, [GATE_TAINT, AUTOSCALER_GATE_TAINT]);
+        let shown = |args: &UntaintArgs| -> Vec<String> {
+            args.taints.iter().map(ToString::to_string).collect()
+        };
+        if std::env::var_os(CHILD).is_some() {
+            let args = parse_untaint(&["apparmor-loader", "untaint"]);
+            assert_eq!(shown(&args), ["a=b:NoSchedule", "c:NoExecute"]);
+            return;
+        }
+
+        let args = parse_untaint(&["apparmor-loader", "untaint"]);
+        assert_eq!(shown(&args), [GATE_TAINT, AUTOSCALER_GATE_TAINT]);
         assert_eq!(args.timeout, Duration::from_secs(300));
 
-        let cli = Cli::try_parse_from([
-            "apparmor-loader",
-            "untaint",
-            "--taint",
-            "a=b:NoSchedule,c:NoExecute",
-        ])
-        .unwrap();
-        let Command::Untaint(args) = cli.command else {
-            panic!("not untaint")
-        };
-        assert_eq!(args.taints.len(), 2);
+        let args = parse_untaint(&["apparmor-loader", "untaint", "--taint", env_list]);
+        assert_eq!(shown(&args), ["a=b:NoSchedule", "c:NoExecute"]);
 
         let err =
             Cli::try_parse_from(["apparmor-loader", "untaint", "--taint", "nope"]).unwrap_err();
         assert!(err.to_string().contains("KEY[=VALUE]:EFFECT"), "{err}");
+
+        let name = "cli::tests::untaint_defaults_to_both_gate_taints_and_splits_flag_and_env_lists";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("APPARMOR_LOADER_TAINTS", env_list)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "APPARMOR_LOADER_TAINTS={env_list} in a child process:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     proptest! {

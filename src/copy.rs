@@ -135,6 +135,13 @@ impl ExitStatus for CopyError {
 pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError> {
     let lock = lock::acquire(&opts.dest, "copy", &opts.lock)?;
     lock.remove_stale_temps(&opts.dest)?;
+    tracing::info!("compiling for {}", parser.features.describe());
+    if let NodeParser::V3 { os } = &opts.node_parser {
+        tracing::info!(
+            "the node runs {os} (AppArmor 3): new files must also compile with {}",
+            opts.v3_parser.binary.display()
+        );
+    }
     let source = profile_files::read_source_dir(&opts.source, opts.max_size)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {
         return Err(CopyError::Empty(opts.source.clone()));

@@ -122,6 +122,7 @@ impl ExitStatus for LoadError {
 pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError> {
     let lock = lock::acquire(&opts.dest, "load", &opts.lock)?;
     lock.remove_stale_temps(&opts.cache_dir)?;
+    tracing::info!("compiling for {}", parser.features.describe());
     let started = Instant::now();
     opts.kernel.ensure_enabled()?;
     if !Inventory::exists(&opts.dest, OWNED_FILES) {

@@ -10,566 +10,35 @@
 //!
 //! Prerequisite: `tests/apiserver/build.sh` (builds the harness once per machine). Without it the
 //! tests print how to build it and pass, unless env `CI` is set: then they fail.
+//!
+//! The helpers (the shared server, objects, nodes, tokens, running the loader) are in
+//! tests/apiserver_common; nodes and taints come from the fixtures shared with untaint_mock.rs.
 
 mod apiserver_common;
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use apiserver_common::{Harness, poll};
-use apparmor_profile_loader::taint::{AUTOSCALER_GATE_TAINT, GATE_TAINT, Taint};
+use apiserver_common::cluster::{
+    Identity, api_error, create_loader_pod, create_node, get_node, pod_token, rv,
+};
+use apiserver_common::fixtures::{
+    NodeFixture, autoscaler_gate, gate, gate_taints, is_gate, taint, taints_of,
+};
+use apiserver_common::loader::{proxied_client, run_untaint};
+use apiserver_common::objects::json_patch;
+use apiserver_common::shared::{block_on, env, run_local};
+use apiserver_common::{NS, POLICY, SETTLE, client, poll};
+use apparmor_profile_loader::exit_code;
+use apparmor_profile_loader::taint::GATE_TAINT;
 use apparmor_profile_loader::untaint::{self, UntaintError};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
-use k8s_openapi::api::authentication::v1::{
-    BoundObjectReference, SelfSubjectReview, TokenRequest, TokenRequestSpec,
-};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::Scope;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Taint as ApiTaint};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-const LOADER: &str = env!("CARGO_BIN_EXE_apparmor-loader");
-const NS: &str = "kube-system";
-const SA: &str = "apparmor-profile-loader";
-const POLICY: &str = "apparmor-profile-loader-untaint";
 const GATE_KEY: &str = "WaitingForAppArmorProfiles";
-const AUTOSCALER_GATE_KEY: &str =
-    "startup-taint.cluster-autoscaler.kubernetes.io/WaitingForAppArmorProfiles";
-const FIELD_MANAGER: &str = "apiserver-e2e";
-/// Bound for conditions the API server reaches asynchronously (informers, controllers).
-const SETTLE: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------------------------
-// shared server
-
-struct Env {
-    harness: Harness,
-    /// `kind/namespace/name` → result of the strict server-side apply of the kustomize build.
-    applied: Vec<(String, Result<(), String>)>,
-    /// `file: kind/namespace/name` → result of the strict server-side apply of each raw
-    /// manifest file (as `kubectl apply -f FILE` would send it).
-    raw: Vec<(String, Result<(), String>)>,
-    /// Raw-file objects of a namespaced kind, with the namespace they state (if any).
-    raw_namespaces: Vec<(String, Option<String>)>,
-}
-
-static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
-
-/// The shared server with the manifests applied; `None` when the harness is not built and `CI`
-/// is unset.
-fn env(test: &str) -> Option<&'static Env> {
-    let binary = apiserver_common::binary_or_skip(test)?;
-    match ENV.get_or_init(|| setup(&binary)) {
-        Ok(env) => Some(env),
-        Err(e) => panic!("{test}: the shared API server could not be set up: {e}"),
-    }
-}
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
-fn setup(binary: &Path) -> Result<Env, String> {
-    let started = Instant::now();
-    let harness = Harness::start(binary)?;
-    eprintln!(
-        "apiserver harness {} ready in {:.2?} at {}",
-        binary.display(),
-        harness.startup,
-        harness.server_url
-    );
-    let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| block_on(prepare(&harness))));
-    match prepared {
-        Ok((applied, raw, raw_namespaces)) => {
-            eprintln!(
-                "apiserver setup (start, apply manifests, RBAC and policy active) took {:.2?}",
-                started.elapsed()
-            );
-            Ok(Env {
-                harness,
-                applied,
-                raw,
-                raw_namespaces,
-            })
-        }
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(format!(
-                "{msg}\nharness log ends with:\n{}",
-                harness.log_tail(40)
-            ))
-        }
-    }
-}
-
-type Results = Vec<(String, Result<(), String>)>;
-
-async fn prepare(h: &Harness) -> (Results, Results, Vec<(String, Option<String>)>) {
-    let admin = apiserver_common::client(&h.kubeconfig).await;
-    let manifests = apiserver_common::repo_root().join("manifests");
-
-    // What `kubectl apply -k manifests/` sends.
-    let rendered = render(h, &manifests);
-    let mut applied = Vec::new();
-    for obj in &rendered {
-        let r = apply(&admin, obj).await.map(|_| ());
-        applied.push((describe(obj), r));
-    }
-
-    // Every raw manifest file on its own, as `kubectl apply -f FILE` (same field manager: the
-    // objects the kustomize build created are updated in place, if at all).
-    let mut raw = Vec::new();
-    let mut raw_namespaces = Vec::new();
-    for file in manifest_files(&manifests) {
-        let rel = file
-            .strip_prefix(apiserver_common::repo_root())
-            .unwrap_or(&file)
-            .display()
-            .to_string();
-        for obj in render(h, &file) {
-            if is_namespaced(&admin, &obj).await {
-                raw_namespaces.push((
-                    format!("{rel}: {}", describe(&obj)),
-                    obj["metadata"]["namespace"].as_str().map(String::from),
-                ));
-            }
-            let r = apply(&admin, &obj).await.map(|_| ());
-            raw.push((format!("{rel}: {}", describe(&obj)), r));
-        }
-    }
-
-    // RBAC and admission policies take effect through informers, a moment after the write.
-    // Wait (bounded) until a pod-bound token of the loader can read a node and the policy
-    // denies it a change on another node: then every test sees the final state.
-    if applied.iter().all(|(_, r)| r.is_ok()) {
-        let probe = "probe-a";
-        create_node(&admin, probe, vec![gate()], json!({}), json!({})).await;
-        create_node(&admin, "probe-b", vec![gate()], json!({}), json!({})).await;
-        let id = Identity::new(h, &admin, probe).await;
-        let review = Api::<SelfSubjectReview>::all(id.client.clone())
-            .create(&PostParams::default(), &SelfSubjectReview::default())
-            .await
-            .expect("SelfSubjectReview with the pod-bound token");
-        let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
-        let claimed = user
-            .extra
-            .as_ref()
-            .and_then(|e| e.get("authentication.kubernetes.io/node-name"))
-            .cloned();
-        assert_eq!(
-            claimed.as_deref(),
-            Some(&[probe.to_string()][..]),
-            "the pod-bound token must carry the node-name claim (ServiceAccountTokenPodNodeInfo); user: {user:?}"
-        );
-        let nodes: Api<Node> = Api::all(id.client.clone());
-        poll("RBAC lets the loader get nodes", SETTLE, || async {
-            nodes
-                .get(probe)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        poll("the admission policy denies the loader", SETTLE, || async {
-            let pp = PatchParams {
-                dry_run: true,
-                ..Default::default()
-            };
-            let change = Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}}));
-            match nodes.patch("probe-b", &pp, &change).await {
-                Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(POLICY) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
-    }
-    (applied, raw, raw_namespaces)
-}
-
-/// YAML files of manifests/ (recursively), kustomization files excluded.
-fn manifest_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if p.is_dir() {
-            out.extend(manifest_files(&p));
-        } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
-            && !name.starts_with("kustomization.")
-        {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// Objects of a kustomization directory (built by kustomize's library, as `kubectl kustomize`)
-/// or of a YAML file, via the harness' `render`.
-fn render(h: &Harness, path: &Path) -> Vec<Value> {
-    let out = h
-        .tool(&["render", &path.to_string_lossy()], "")
-        .unwrap_or_else(|e| panic!("render {}: {e}", path.display()));
-    match serde_json::from_str(&out) {
-        Ok(Value::Array(objs)) => objs,
-        other => panic!("render {}: not a JSON array: {other:?}", path.display()),
-    }
-}
-
-fn describe(obj: &Value) -> String {
-    let m = &obj["metadata"];
-    match m["namespace"].as_str() {
-        Some(ns) => format!("{}/{ns}/{}", obj["kind"].as_str().unwrap_or("?"), m["name"]),
-        None => format!("{}/{}", obj["kind"].as_str().unwrap_or("?"), m["name"]),
-    }
-    .replace('"', "")
-}
-
-fn gvk_of(obj: &Value) -> GroupVersionKind {
-    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    GroupVersionKind::gvk(group, version, obj["kind"].as_str().unwrap_or_default())
-}
-
-async fn is_namespaced(client: &kube::Client, obj: &Value) -> bool {
-    kube::discovery::pinned_kind(client, &gvk_of(obj))
-        .await
-        .map(|(_, caps)| caps.scope == Scope::Namespaced)
-        .unwrap_or(false)
-}
-
-/// Server-side apply with fieldValidation=Strict (unknown or duplicate fields are errors).
-async fn apply(client: &kube::Client, obj: &Value) -> Result<DynamicObject, String> {
-    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk_of(obj))
-        .await
-        .map_err(|e| format!("discovery: {e}"))?;
-    let name = obj["metadata"]["name"].as_str().ok_or("no metadata.name")?;
-    let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
-        let ns = obj["metadata"]["namespace"]
-            .as_str()
-            .ok_or("namespaced object without metadata.namespace")?;
-        Api::namespaced_with(client.clone(), ns, &ar)
-    } else {
-        Api::all_with(client.clone(), &ar)
-    };
-    let pp = PatchParams::apply(FIELD_MANAGER)
-        .force()
-        .validation_strict();
-    api.patch(name, &pp, &Patch::Apply(obj))
-        .await
-        .map_err(|e| e.to_string())
-}
-
-// ---------------------------------------------------------------------------------------------
-// nodes, pods, tokens
-
-fn taint(key: &str, value: Option<&str>, effect: &str) -> Value {
-    match value {
-        Some(v) => json!({"key": key, "value": v, "effect": effect}),
-        None => json!({"key": key, "effect": effect}),
-    }
-}
-
-fn gate() -> Value {
-    taint(GATE_KEY, Some("true"), "NoSchedule")
-}
-
-fn autoscaler_gate() -> Value {
-    taint(AUTOSCALER_GATE_KEY, Some("true"), "NoSchedule")
-}
-
-fn gate_taints() -> Vec<Taint> {
-    [GATE_TAINT, AUTOSCALER_GATE_TAINT]
-        .iter()
-        .map(|t| t.parse().expect("gate taint"))
-        .collect()
-}
-
-async fn create_node(
-    admin: &kube::Client,
-    name: &str,
-    taints: Vec<Value>,
-    labels: Value,
-    annotations: Value,
-) -> Node {
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": annotations},
-        "spec": {"taints": taints, "providerID": format!("aapl-test://{name}")},
-    }))
-    .expect("node");
-    Api::<Node>::all(admin.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .unwrap_or_else(|e| panic!("create node {name}: {e}"))
-}
-
-async fn get_node(admin: &kube::Client, name: &str) -> Node {
-    Api::<Node>::all(admin.clone())
-        .get(name)
-        .await
-        .unwrap_or_else(|e| panic!("get node {name}: {e}"))
-}
-
-/// `spec.taints` as JSON values (order kept).
-fn taints_of(node: &Node) -> Vec<Value> {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .map(|ts| {
-            ts.iter()
-                .map(|t| serde_json::to_value(t).unwrap())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A taint with a gate key, whatever its value and effect: what `untaint` removes.
-fn is_gate(t: &Value) -> bool {
-    let key = t["key"].as_str().unwrap_or_default();
-    key == GATE_KEY || key == AUTOSCALER_GATE_KEY
-}
-
-fn rv(node: &Node) -> String {
-    node.metadata.resource_version.clone().unwrap_or_default()
-}
-
-/// A loader pod bound to a node, its pod-bound service-account token and a kubeconfig with it.
-struct Identity {
-    pod: Pod,
-    token: String,
-    kubeconfig: PathBuf,
-    client: kube::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Identity {
-    async fn new(h: &Harness, admin: &kube::Client, node: &str) -> Identity {
-        let pod = create_loader_pod(admin, node, &format!("apparmor-loader-{node}")).await;
-        let token = pod_token(admin, &pod).await;
-        Identity::with_token(h, pod, token).await
-    }
-
-    async fn with_token(h: &Harness, pod: Pod, token: String) -> Identity {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        h.write_token_kubeconfig(&token, &kubeconfig);
-        let client = apiserver_common::client(&kubeconfig).await;
-        Identity {
-            pod,
-            token,
-            kubeconfig,
-            client,
-            _dir: dir,
-        }
-    }
-}
-
-/// A Pod object like the DaemonSet's, bound to `node` (no kubelet runs it).
-async fn create_loader_pod(admin: &kube::Client, node: &str, name: &str) -> Pod {
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS,
-                     "labels": {"app.kubernetes.io/name": "apparmor-profile-loader"}},
-        "spec": {
-            "nodeName": node,
-            "serviceAccountName": SA,
-            "automountServiceAccountToken": false,
-            "containers": [{"name": "pause", "image": "example.invalid/apparmor-loader:test"}],
-        },
-    }))
-    .expect("pod");
-    Api::<Pod>::namespaced(admin.clone(), NS)
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap_or_else(|e| panic!("create pod {name}: {e}"))
-}
-
-/// TokenRequest for the loader's service account, bound to `pod` (as the kubelet requests it
-/// for a projected token volume).
-async fn pod_token(admin: &kube::Client, pod: &Pod) -> String {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-        },
-        ..Default::default()
-    };
-    let resp: TokenRequest = Api::<ServiceAccount>::namespaced(admin.clone(), NS)
-        .create_subresource("token", SA, &PostParams::default(), &request)
-        .await
-        .expect("TokenRequest");
-    resp.status.expect("token status").token
-}
-
-// ---------------------------------------------------------------------------------------------
-// running the loader
-
-struct LoaderRun {
-    code: Option<i32>,
-    stderr: String,
-    wall: Duration,
-}
-
-impl LoaderRun {
-    /// The last JSON log line.
-    fn last_json(&self) -> Value {
-        self.stderr
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            .unwrap_or_else(|| panic!("no JSON log line in:\n{}", self.stderr))
-    }
-
-    fn field(&self, name: &str) -> Value {
-        let line = self.last_json();
-        line.get("fields")
-            .and_then(|f| f.get(name))
-            .or_else(|| line.get(name))
-            .cloned()
-            .unwrap_or(Value::Null)
-    }
-}
-
-/// `apparmor-loader --log-format json untaint --node-name NODE --kubeconfig FILE`, with no
-/// loader settings inherited from the environment.
-fn run_untaint(kubeconfig: &Path, node: &str) -> LoaderRun {
-    let mut cmd = Command::new(LOADER);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("APPARMOR_LOADER_") || k == "NODE_NAME" || k == "KUBECONFIG" {
-            cmd.env_remove(&*k);
-        }
-    }
-    cmd.args([
-        "--log-format",
-        "json",
-        "untaint",
-        "--node-name",
-        node,
-        "--kubeconfig",
-    ])
-    .arg(kubeconfig)
-    .args(["--timeout", "60s"]);
-    let started = Instant::now();
-    let out = cmd.output().expect("run apparmor-loader");
-    let run = LoaderRun {
-        code: out.status.code(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        wall: started.elapsed(),
-    };
-    eprintln!(
-        "untaint --node-name {node}: exit {:?}, wall {:.1?} (process start to exit)",
-        run.code, run.wall
-    );
-    run
-}
-
-// ---------------------------------------------------------------------------------------------
-// a client whose requests pass through the test (tower-test mock as a proxy)
-
-/// One request the library sent: method, path, status (0: no response) and, for errors, the
-/// response body.
-type Exchange = (String, String, u16, String);
-
-/// A client for `untaint::run` that forwards every request to `real` and records what went
-/// through. `after_first_get` runs once, after the first GET's response arrived and before the
-/// library sees it (i.e. between its GET and its PATCH).
-fn proxied_client<F, Fut>(
-    real: kube::Client,
-    after_first_get: F,
-) -> (kube::Client, Arc<Mutex<Vec<Exchange>>>)
-where
-    F: FnOnce() -> Fut + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    type Req = http::Request<kube::client::Body>;
-    type Resp = http::Response<kube::client::Body>;
-    let (service, mut handle) = tower_test::mock::pair::<Req, Resp>();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let seen = log.clone();
-    let mut hook = Some(after_first_get);
-    // The hook need not be Send: the proxy runs on the test's LocalSet (see run_local).
-    tokio::task::spawn_local(async move {
-        while let Some((req, respond)) = handle.next_request().await {
-            let method = req.method().to_string();
-            let path = req.uri().path().to_string();
-            let resp = match real.send(req).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    seen.lock().unwrap().push((method, path, 0, e.to_string()));
-                    respond.send_error(e);
-                    continue;
-                }
-            };
-            let status = resp.status().as_u16();
-            let resp = if resp.status().is_success() {
-                seen.lock()
-                    .unwrap()
-                    .push((method.clone(), path, status, String::new()));
-                resp
-            } else {
-                let (parts, body) = resp.into_parts();
-                let bytes = body
-                    .collect_bytes()
-                    .await
-                    .map(|b| b.to_vec())
-                    .unwrap_or_default();
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                seen.lock()
-                    .unwrap()
-                    .push((method.clone(), path, status, text));
-                http::Response::from_parts(parts, kube::client::Body::from(bytes))
-            };
-            if method == "GET"
-                && let Some(hook) = hook.take()
-            {
-                hook().await;
-            }
-            respond.send_response(resp);
-        }
-    });
-    (kube::Client::new(service, NS), log)
-}
-
-fn run_local<F: Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    tokio::task::LocalSet::new().block_on(&rt, f)
-}
-
-fn api_error<T: std::fmt::Debug>(what: &str, r: Result<T, kube::Error>) -> (u16, String) {
-    match r {
-        Err(kube::Error::Api(s)) => (s.code, s.message.clone()),
-        other => panic!("{what}: expected an API error, got {other:?}"),
-    }
-}
+/// `untaint`'s exit code for a Kubernetes API error.
+const KUBERNETES_API: i32 = exit_code::KUBERNETES_API as i32;
 
 // ---------------------------------------------------------------------------------------------
 // 1. manifests
@@ -629,7 +98,7 @@ fn manifests_apply_strictly_and_the_policy_type_checks_clean() {
     }
 
     block_on(async {
-        let admin = apiserver_common::client(&env.harness.kubeconfig).await;
+        let admin = client(&env.harness.kubeconfig).await;
         let policies: Api<ValidatingAdmissionPolicy> = Api::all(admin);
         let policy = poll(
             "ValidatingAdmissionPolicy status.observedGeneration",
@@ -677,50 +146,50 @@ fn untaint_removes_only_the_gate_taint_with_a_pod_bound_token() {
         return;
     };
     block_on(async {
-        let admin = apiserver_common::client(&env.harness.kubeconfig).await;
-        let labels = json!({
-            "kubernetes.io/hostname": "x",
-            "kubernetes.azure.com/agentpool": "user1",
-            "example.com/tier": "gold",
-        });
-        let annotations = json!({
-            "example.com/note": "keep me",
-            "node.alpha.kubernetes.io/ttl": "0",
-        });
+        let admin = client(&env.harness.kubeconfig).await;
         let cases = [
             (
                 "t2-plain",
                 vec![
-                    taint("example.com/dedicated", Some("gpu"), "NoSchedule"),
+                    taint("example.com/dedicated=gpu:NoSchedule"),
                     gate(),
-                    taint("example.com/maintenance", None, "NoExecute"),
-                    taint("example.com/soft", Some("yes"), "PreferNoSchedule"),
+                    taint("example.com/maintenance:NoExecute"),
+                    taint("example.com/soft=yes:PreferNoSchedule"),
                 ],
             ),
             (
                 "t2-autoscaler",
                 vec![
                     autoscaler_gate(),
-                    taint("example.com/dedicated", Some("batch"), "NoSchedule"),
+                    taint("example.com/dedicated=batch:NoSchedule"),
                 ],
             ),
             (
                 "t2-both",
                 vec![
                     gate(),
-                    taint("example.com/x", Some("1"), "NoSchedule"),
+                    taint("example.com/x=1:NoSchedule"),
                     autoscaler_gate(),
                     // Same key, another value or effect: a near miss, which gates the node
                     // just the same, so it goes too (and the admission policy allows it).
-                    taint(GATE_KEY, Some("false"), "PreferNoSchedule"),
-                    taint(GATE_KEY, None, "NoExecute"),
+                    taint(&format!("{GATE_KEY}=false:PreferNoSchedule")),
+                    taint(&format!("{GATE_KEY}:NoExecute")),
                 ],
             ),
         ];
         for (name, taints) in cases {
-            let mut labels = labels.clone();
-            labels["kubernetes.io/hostname"] = json!(name);
-            create_node(&admin, name, taints, labels, annotations.clone()).await;
+            let node = Node::test(name)
+                .with_taints(taints)
+                .with_labels(&[
+                    ("kubernetes.io/hostname", name),
+                    ("kubernetes.azure.com/agentpool", "user1"),
+                    ("example.com/tier", "gold"),
+                ])
+                .with_annotations(&[
+                    ("example.com/note", "keep me"),
+                    ("node.alpha.kubernetes.io/ttl", "0"),
+                ]);
+            create_node(&admin, node).await;
             let before = get_node(&admin, name).await;
             let id = Identity::new(&env.harness, &admin, name).await;
 
@@ -732,7 +201,7 @@ fn untaint_removes_only_the_gate_taint_with_a_pod_bound_token() {
             assert_eq!(run.code, Some(0), "{name}: untaint failed:\n{}", run.stderr);
 
             let after = get_node(&admin, name).await;
-            let want: Vec<Value> = taints_of(&before)
+            let want: Vec<ApiTaint> = taints_of(&before)
                 .into_iter()
                 .filter(|t| !is_gate(t))
                 .collect();
@@ -778,16 +247,12 @@ fn untaint_again_is_a_single_get_and_no_write() {
         return;
     };
     block_on(async {
-        let admin = apiserver_common::client(&env.harness.kubeconfig).await;
+        let admin = client(&env.harness.kubeconfig).await;
         let name = "t3-again";
-        create_node(
-            &admin,
-            name,
-            vec![gate(), taint("example.com/keep", Some("1"), "NoSchedule")],
-            json!({"example.com/tier": "silver"}),
-            json!({}),
-        )
-        .await;
+        let node = Node::test(name)
+            .with_taints([gate(), taint("example.com/keep=1:NoSchedule")])
+            .with_labels(&[("example.com/tier", "silver")]);
+        create_node(&admin, node).await;
         let id = Identity::new(&env.harness, &admin, name).await;
         let first = run_untaint(&id.kubeconfig, name);
         assert_eq!(first.code, Some(0), "first run:\n{}", first.stderr);
@@ -822,20 +287,14 @@ fn concurrent_taint_changes_between_get_and_patch_are_not_lost() {
         return;
     };
     run_local(async {
-        let admin = apiserver_common::client(&env.harness.kubeconfig).await;
+        let admin = client(&env.harness.kubeconfig).await;
         let name = "t4-race";
-        create_node(
-            &admin,
-            name,
-            vec![
-                taint("example.com/a", Some("1"), "NoSchedule"),
-                gate(),
-                taint("example.com/b", Some("old"), "PreferNoSchedule"),
-            ],
-            json!({}),
-            json!({}),
-        )
-        .await;
+        let node = Node::test(name).with_taints([
+            taint("example.com/a=1:NoSchedule"),
+            gate(),
+            taint("example.com/b=old:PreferNoSchedule"),
+        ]);
+        create_node(&admin, node).await;
         let id = Identity::new(&env.harness, &admin, name).await;
 
         // Between the library's GET and its PATCH, another client (admin) inserts a taint at
@@ -846,16 +305,13 @@ fn concurrent_taint_changes_between_get_and_patch_are_not_lost() {
             let node = nodes.get(name).await.expect("get");
             let b = taints_of(&node)
                 .iter()
-                .position(|t| t["key"] == "example.com/b")
+                .position(|t| t.key == "example.com/b")
                 .expect("taint b");
-            let patch: Patch<()> = Patch::Json(
-                serde_json::from_value(json!([
-                    {"op": "add", "path": "/spec/taints/0",
-                     "value": {"key": "example.com/concurrent", "value": "added", "effect": "NoSchedule"}},
-                    {"op": "replace", "path": format!("/spec/taints/{}/value", b + 1), "value": "new"},
-                ]))
-                .expect("JSON Patch"),
-            );
+            let patch: Patch<()> = json_patch(json!([
+                {"op": "add", "path": "/spec/taints/0",
+                 "value": {"key": "example.com/concurrent", "value": "added", "effect": "NoSchedule"}},
+                {"op": "replace", "path": format!("/spec/taints/{}/value", b + 1), "value": "new"},
+            ]));
             nodes
                 .patch(name, &PatchParams::default(), &patch)
                 .await
@@ -879,12 +335,7 @@ fn concurrent_taint_changes_between_get_and_patch_are_not_lost() {
         let after = get_node(&admin, name).await;
         let keys: Vec<(String, String)> = taints_of(&after)
             .iter()
-            .map(|t| {
-                (
-                    t["key"].as_str().unwrap().to_string(),
-                    t["value"].as_str().unwrap_or("").to_string(),
-                )
-            })
+            .map(|t| (t.key.clone(), t.value.clone().unwrap_or_default()))
             .collect();
         assert!(
             !taints_of(&after).iter().any(is_gate),
@@ -930,18 +381,15 @@ fn the_pod_bound_token_can_do_nothing_but_remove_its_own_gate_taint() {
         return;
     };
     block_on(async {
-        let admin = apiserver_common::client(&env.harness.kubeconfig).await;
+        let admin = client(&env.harness.kubeconfig).await;
         let own = "t5-own";
         let other = "t5-other";
-        create_node(
-            &admin,
-            own,
-            vec![gate(), taint("example.com/keep", Some("1"), "NoSchedule")],
-            json!({"example.com/tier": "gold"}),
-            json!({"example.com/note": "n"}),
-        )
-        .await;
-        create_node(&admin, other, vec![gate()], json!({}), json!({})).await;
+        let node = Node::test(own)
+            .with_taints([gate(), taint("example.com/keep=1:NoSchedule")])
+            .with_labels(&[("example.com/tier", "gold")])
+            .with_annotations(&[("example.com/note", "n")]);
+        create_node(&admin, node).await;
+        create_node(&admin, Node::test(other).with_taints([gate()])).await;
         let own_before = get_node(&admin, own).await;
         let other_before = get_node(&admin, other).await;
         let id = Identity::new(&env.harness, &admin, own).await;
@@ -957,67 +405,52 @@ fn the_pod_bound_token_can_do_nothing_but_remove_its_own_gate_taint() {
         let idx = |n: &Node, key: &str| {
             taints_of(n)
                 .iter()
-                .position(|t| t["key"] == key)
+                .position(|t| t.key == key)
                 .expect("taint")
         };
         let pp = PatchParams::default();
         let gate_at = idx(&own_before, GATE_KEY);
         let remove_gate_and = |extra: Value| -> Patch<Value> {
-            Patch::Json(
-                serde_json::from_value(json!([
-                    {"op": "test", "path": format!("/spec/taints/{gate_at}"), "value": gate()},
-                    {"op": "remove", "path": format!("/spec/taints/{gate_at}")},
-                    extra,
-                ]))
-                .unwrap(),
-            )
+            json_patch(json!([
+                {"op": "test", "path": format!("/spec/taints/{gate_at}"), "value": gate()},
+                {"op": "remove", "path": format!("/spec/taints/{gate_at}")},
+                extra,
+            ]))
         };
         let policy_denials: Vec<(&str, &str, Patch<Value>, &str)> = vec![
             (
                 "remove the gate taint of another node",
                 other,
-                Patch::Json(
-                    serde_json::from_value(json!([
-                        {"op": "test", "path": format!("/spec/taints/{}", idx(&other_before, GATE_KEY)), "value": gate()},
-                        {"op": "remove", "path": format!("/spec/taints/{}", idx(&other_before, GATE_KEY))},
-                    ]))
-                    .unwrap(),
-                ),
+                json_patch(json!([
+                    {"op": "test", "path": format!("/spec/taints/{}", idx(&other_before, GATE_KEY)), "value": gate()},
+                    {"op": "remove", "path": format!("/spec/taints/{}", idx(&other_before, GATE_KEY))},
+                ])),
                 "may not modify node t5-other",
             ),
             (
                 "remove another taint of its own node",
                 own,
-                Patch::Json(
-                    serde_json::from_value(json!([
-                        {"op": "remove", "path": format!("/spec/taints/{}", idx(&own_before, "example.com/keep"))},
-                    ]))
-                    .unwrap(),
-                ),
+                json_patch(json!([
+                    {"op": "remove", "path": format!("/spec/taints/{}", idx(&own_before, "example.com/keep"))},
+                ])),
                 "may only remove the WaitingForAppArmorProfiles gate",
             ),
             (
                 "add a taint to its own node",
                 own,
-                Patch::Json(
-                    serde_json::from_value(json!([
-                        {"op": "add", "path": "/spec/taints/-",
-                         "value": {"key": "example.com/new", "value": "x", "effect": "NoSchedule"}},
-                    ]))
-                    .unwrap(),
-                ),
+                json_patch(json!([
+                    {"op": "add", "path": "/spec/taints/-",
+                     "value": {"key": "example.com/new", "value": "x", "effect": "NoSchedule"}},
+                ])),
                 "may only remove the WaitingForAppArmorProfiles gate",
             ),
             (
                 "replace the gate taint by another",
                 own,
-                Patch::Json(
-                    serde_json::from_value(json!([
-                        {"op": "replace", "path": format!("/spec/taints/{}", idx(&own_before, GATE_KEY)),
-                         "value": {"key": "example.com/new", "value": "x", "effect": "NoSchedule"}},
-                    ]))
-                    .unwrap(),
-                ),
+                json_patch(json!([
+                    {"op": "replace", "path": format!("/spec/taints/{}", idx(&own_before, GATE_KEY)),
+                     "value": {"key": "example.com/new", "value": "x", "effect": "NoSchedule"}},
+                ])),
                 "may only remove the WaitingForAppArmorProfiles gate",
             ),
             (
@@ -1035,13 +468,17 @@ fn the_pod_bound_token_can_do_nothing_but_remove_its_own_gate_taint() {
             (
                 "remove its gate taint and add a label in one patch",
                 own,
-                remove_gate_and(json!({"op": "add", "path": "/metadata/labels/example.com~1extra", "value": "1"})),
+                remove_gate_and(
+                    json!({"op": "add", "path": "/metadata/labels/example.com~1extra", "value": "1"}),
+                ),
                 "may not change a node's labels, annotations",
             ),
             (
                 "remove its gate taint and change an annotation in one patch",
                 own,
-                remove_gate_and(json!({"op": "replace", "path": "/metadata/annotations/example.com~1note", "value": "changed"})),
+                remove_gate_and(
+                    json!({"op": "replace", "path": "/metadata/annotations/example.com~1note", "value": "changed"}),
+                ),
                 "may not change a node's labels, annotations",
             ),
             (
@@ -1160,15 +597,12 @@ fn a_token_from_node_a_cannot_untaint_node_b() {
         return;
     };
     block_on(async {
-        let admin = apiserver_common::client(&env.harness.kubeconfig).await;
+        let admin = client(&env.harness.kubeconfig).await;
         let (a, b) = ("t6-a", "t6-b");
-        create_node(&admin, a, vec![gate()], json!({}), json!({})).await;
+        create_node(&admin, Node::test(a).with_taints([gate()])).await;
         create_node(
             &admin,
-            b,
-            vec![gate(), autoscaler_gate()],
-            json!({}),
-            json!({}),
+            Node::test(b).with_taints([gate(), autoscaler_gate()]),
         )
         .await;
         let a_before = get_node(&admin, a).await;
@@ -1178,7 +612,7 @@ fn a_token_from_node_a_cannot_untaint_node_b() {
         let run = run_untaint(&id.kubeconfig, b);
         assert_eq!(
             run.code,
-            Some(6),
+            Some(KUBERNETES_API),
             "exit 6 (Kubernetes API error):\n{}",
             run.stderr
         );
@@ -1212,9 +646,9 @@ fn bad_tokens_and_missing_nodes_fail_at_once_with_a_clear_message() {
     };
     run_local(async {
         let h = &env.harness;
-        let admin = apiserver_common::client(&h.kubeconfig).await;
+        let admin = client(&h.kubeconfig).await;
         let node = "t7-node";
-        create_node(&admin, node, vec![gate()], json!({}), json!({})).await;
+        create_node(&admin, Node::test(node).with_taints([gate()])).await;
         let node_before = get_node(&admin, node).await;
         let valid = Identity::new(h, &admin, node).await;
 
@@ -1290,7 +724,12 @@ fn bad_tokens_and_missing_nodes_fail_at_once_with_a_clear_message() {
             let id = Identity::with_token(h, valid.pod.clone(), token).await;
             let run = run_untaint(&id.kubeconfig, node);
             eprintln!("{what}: {}", run.stderr.lines().last().unwrap_or_default());
-            assert_eq!(run.code, Some(6), "{what}: exit 6:\n{}", run.stderr);
+            assert_eq!(
+                run.code,
+                Some(KUBERNETES_API),
+                "{what}: exit 6:\n{}",
+                run.stderr
+            );
             assert!(
                 run.stderr.contains("(401)") && run.stderr.contains("token"),
                 "{what}: the message says the credentials were rejected and to check the token:\n{}",
@@ -1321,7 +760,12 @@ fn bad_tokens_and_missing_nodes_fail_at_once_with_a_clear_message() {
         // A node that does not exist: 404, said clearly, not retried.
         let missing = "t7-no-such-node";
         let run = run_untaint(&valid.kubeconfig, missing);
-        assert_eq!(run.code, Some(6), "404: exit 6:\n{}", run.stderr);
+        assert_eq!(
+            run.code,
+            Some(KUBERNETES_API),
+            "404: exit 6:\n{}",
+            run.stderr
+        );
         assert!(
             run.stderr.contains("(404)")
                 && run.stderr.contains(missing)

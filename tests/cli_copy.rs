@@ -6,10 +6,11 @@ mod cli_support;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
 
+use apparmor_profile_loader::exit_code;
 use cli_support::*;
 use predicates::prelude::*;
 
-const INVALID: i32 = 3;
+const INVALID: i32 = exit_code::INVALID_PROFILES as i32;
 
 #[test]
 fn validate_accepts_the_repository_examples() {

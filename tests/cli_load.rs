@@ -6,12 +6,13 @@ mod cli_support;
 
 use std::fs;
 
+use apparmor_profile_loader::exit_code;
 use cli_support::*;
 use predicates::prelude::*;
 
-const INVALID: i32 = 3;
-const UNAVAILABLE: i32 = 4;
-const NOT_LOADED: i32 = 5;
+const INVALID: i32 = exit_code::INVALID_PROFILES as i32;
+const UNAVAILABLE: i32 = exit_code::APPARMOR_UNAVAILABLE as i32;
+const NOT_LOADED: i32 = exit_code::NOT_LOADED as i32;
 
 struct Node {
     kernel: FakeKernel,

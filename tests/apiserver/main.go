@@ -12,6 +12,10 @@
 //	    Prints a JSON array of the Kubernetes objects in PATH: a directory with a
 //	    kustomization.yaml is built with kustomize (the same library as `kubectl kustomize`),
 //	    a YAML file is split into its documents.
+//	apiserver-harness expire-token --dir DIR [--offset -1h] < TOKEN
+//	    Reads a service-account token on stdin and prints it with exp moved to now+offset
+//	    (default one hour ago), re-signed with the service-account key of the `serve --dir`
+//	    DIR: a token whose only fault is its age (or, with a positive offset, a valid control).
 //	apiserver-harness version
 //	    Prints the Kubernetes version this harness was built from.
 package main

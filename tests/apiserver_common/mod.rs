@@ -1,9 +1,13 @@
 //! The real kube-apiserver + etcd harness (tests/apiserver/, Go) for Rust integration tests:
 //! finding the built binary, starting it, waiting for "ready" with a bound, and stopping it.
+//! Submodules: `shared` (the one server a test file shares, manifests applied), `objects`
+//! (render, strict apply, JSON Patch), `cluster` (nodes, loader pods, pod-bound tokens),
+//! `loader` (running `untaint`); `fixtures` (nodes and taints, shared with the mock tests) and
+//! `prereq` (the skip-or-fail rule, shared with the other harnesses).
 //!
 //! The harness is built once per machine by `tests/apiserver/build.sh`. Its path comes from env
 //! `APPARMOR_LOADER_TEST_APISERVER`, or else from `build.sh --path`. A missing harness fails the
-//! test when env `CI` is set; otherwise the test prints how to build it and returns early.
+//! test under CI; otherwise the test prints how to build it and returns early (`prereq`).
 //!
 //! Cleanup: the harness runs in its own process group with our pipe as its stdin, and stops
 //! (SIGTERM to itself: kube-apiserver's graceful shutdown, then etcd) when that pipe closes.
@@ -14,6 +18,16 @@
 
 #![allow(dead_code)]
 
+#[path = "../fixtures/mod.rs"]
+pub mod fixtures;
+#[path = "../prereq/mod.rs"]
+pub mod prereq;
+
+pub mod cluster;
+pub mod loader;
+pub mod objects;
+pub mod shared;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -21,6 +35,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
+
+/// The executable under test.
+pub const LOADER: &str = env!("CARGO_BIN_EXE_apparmor-loader");
+/// Where the DaemonSet, its ServiceAccount and the loader pods live.
+pub const NS: &str = "kube-system";
+/// The loader's ServiceAccount.
+pub const SA: &str = "apparmor-profile-loader";
+/// The ValidatingAdmissionPolicy (and binding) of manifests/admission-policy/.
+pub const POLICY: &str = "apparmor-profile-loader-untaint";
+/// Field manager of the tests' server-side applies.
+pub const FIELD_MANAGER: &str = "apiserver-e2e";
+/// Bound for conditions the API server reaches asynchronously (informers, controllers).
+pub const SETTLE: Duration = Duration::from_secs(60);
 
 /// Env var naming a built harness binary (skips `build.sh --path`).
 pub const ENV_BINARY: &str = "APPARMOR_LOADER_TEST_APISERVER";
@@ -31,11 +58,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Whether missing prerequisites are failures (env `CI` set) rather than skips.
-pub fn strict() -> bool {
-    std::env::var_os("CI").is_some()
 }
 
 /// The harness binary, or why it is not there and how to build it.
@@ -78,17 +100,10 @@ pub fn locate() -> Result<PathBuf, String> {
     }
 }
 
-/// The harness binary; `None` (after printing how to build it) when it is missing and `CI` is
-/// unset. Panics when it is missing and `CI` is set.
+/// The harness binary; when it is missing, `None` after printing how to build it, or a panic
+/// under CI (the shared rule, [`prereq::strict`]).
 pub fn binary_or_skip(test: &str) -> Option<PathBuf> {
-    match locate() {
-        Ok(p) => Some(p),
-        Err(msg) if strict() => panic!("{test}: env CI is set and {msg}"),
-        Err(msg) => {
-            eprintln!("{test}: SKIPPED (CI is not set): {msg}");
-            None
-        }
-    }
+    prereq::require(&format!("kube-apiserver harness, {test}"), locate())
 }
 
 /// A running etcd + kube-apiserver.
@@ -286,7 +301,7 @@ pub async fn client(kubeconfig: &Path) -> kube::Client {
     kube::Client::try_from(config).expect("kube client")
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, at most `limit`; the last `Err` note is
+/// Polls `check` every 100 ms until it returns `Ok`, at most `limit`; the last `Err` note is
 /// reported on timeout. For conditions the API server reaches asynchronously (informers).
 pub async fn poll<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

@@ -2,6 +2,9 @@
 //! fake kernel (securityfs tree) and the real `apparmor_parser`.
 #![allow(dead_code)]
 
+#[path = "../prereq/mod.rs"]
+mod prereq;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -21,18 +24,55 @@ pub fn profile(name: &str) -> String {
 pub const BROKEN: &str =
     "abi <abi/3.0>,\nprofile broken {\n  /tmp/** rw,\n  /etc/** rw\n  junk,\n}\n";
 
-/// The real parser, or a test failure in CI / a skip message locally.
+/// The real parser; when it is missing, a skip, or a test failure under CI (`prereq`).
 pub fn real_parser() -> Option<PathBuf> {
-    for p in ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"] {
-        if Path::new(p).is_file() {
-            return Some(PathBuf::from(p));
+    let found = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| "apparmor_parser is not installed (apt-get install apparmor)".to_string());
+    prereq::require("CLI tests with the real apparmor_parser", found)
+}
+
+/// The release build of the executable (what the image ships), for measurements that only
+/// mean something there; a skip, or a failure under CI (`prereq`), when it is missing or older
+/// than the sources. `tests/run-all` builds it before the tests.
+pub fn release_binary(what: &str) -> Option<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary = repo.join("target/x86_64-unknown-linux-gnu/release/apparmor-loader");
+    let found = match modified(&binary) {
+        None => Err(format!("{} is missing", binary.display())),
+        Some(built) if built < newest_source(repo) => {
+            Err(format!("{} is older than the sources", binary.display()))
+        }
+        Some(_) => Ok(binary),
+    };
+    let found = found.map_err(|e| format!("{e}: run `cargo build --release --locked` first"));
+    prereq::require(&format!("{what} (release build)"), found)
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of Cargo.toml, Cargo.lock and the files under src/.
+fn newest_source(repo: &Path) -> std::time::SystemTime {
+    let mut dirs = vec![repo.join("src")];
+    let mut newest = [repo.join("Cargo.toml"), repo.join("Cargo.lock")]
+        .iter()
+        .filter_map(|p| modified(p))
+        .max()
+        .unwrap_or(std::time::UNIX_EPOCH);
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else if let Some(t) = modified(&entry.path()) {
+                newest = newest.max(t);
+            }
         }
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("apparmor_parser is missing; CI must install the Debian package `apparmor`");
-    }
-    eprintln!("skipping: apparmor_parser not installed (apt-get install apparmor)");
-    None
+    newest
 }
 
 /// A directory laid out like a ConfigMap volume: `key -> ..data/key`, `..data -> ..<ts>`.
@@ -130,13 +170,14 @@ impl FakeKernel {
         fs::write(dir.path().join("enabled"), "Y\n").unwrap();
         let script = format!(
             r#"#!/bin/sh
-# Fake apparmor_parser: compile checks go to the real parser, kernel writes to a file.
+# Fake apparmor_parser: compile checks go to the real parser, kernel writes to a file. Names
+# and modes come from the real parser the way the loader reads them: `--names` one per line,
+# modes from the `Name:`/`Mode:` pairs of the `--debug` dump (empty mode = enforce).
 real={real}
 profiles={profiles}
 log={log}
 echo "$*" >> "$log"
 mode=check
-files=""
 for a in "$@"; do
   case "$a" in
     --replace) mode=replace ;;
@@ -147,13 +188,23 @@ done
 if [ "$mode" = check ]; then exec "$real" "$@"; fi
 skip=""
 [ -f {skipfile} ] && skip=$(cat {skipfile})
-# Collect file arguments (anything that is an existing regular file).
-for a in "$@"; do [ -f "$a" ] && files="$files $a"; done
-for f in $files; do
-  for name in $("$real" --names "$f"); do
-    grep -v "^$name (" "$profiles" > "$profiles.new"; mv "$profiles.new" "$profiles"
+tab=$(printf '\t')
+# File arguments: anything that is an existing regular file.
+for f in "$@"; do
+  [ -f "$f" ] || continue
+  modes=$("$real" --debug --skip-kernel-load --skip-cache "$f" 2>&1 | awk '
+    /^Name:\t\t/ {{ name = substr($0, 8); next }}
+    /^Mode:( |$)/ && name != "" {{
+      m = substr($0, 6); sub(/,.*/, "", m); gsub(/^[ \t]+|[ \t]+$/, "", m)
+      if (!(name in seen)) {{ seen[name] = 1; print name "\t" (m == "" ? "enforce" : m) }}
+      name = ""
+    }}')
+  "$real" --names "$f" | while IFS= read -r name; do
+    awk -v p="$name (" 'index($0, p) != 1' "$profiles" > "$profiles.new"; mv "$profiles.new" "$profiles"
     if [ "$mode" = replace ] && [ "$name" != "$skip" ]; then
-      if grep -q complain "$f"; then echo "$name (complain)" >> "$profiles"; else echo "$name (enforce)" >> "$profiles"; fi
+      asked=$(printf '%s\n' "$modes" | awk -F"$tab" -v n="$name" '$1 == n {{ print $2; exit }}')
+      # The enforce case is spelled out: load_enforce_as_complain() rewrites it.
+      if [ "${{asked:-enforce}}" = enforce ]; then echo "$name (enforce)"; else echo "$name ($asked)"; fi >> "$profiles"
     fi
   done
 done
@@ -189,6 +240,17 @@ exit 0
         p.push_str(line);
         p.push('\n');
         fs::write(self.securityfs().join("apparmor/profiles"), p).unwrap();
+    }
+    /// Makes the fake kernel load every profile that asks for enforce in complain mode, as if
+    /// someone flipped it by hand.
+    pub fn load_enforce_as_complain(&self) {
+        let script = fs::read_to_string(self.parser()).unwrap();
+        let flipped = script.replace("echo \"$name (enforce)\"", "echo \"$name (complain)\"");
+        assert_ne!(
+            script, flipped,
+            "the fake parser has no enforce case to flip"
+        );
+        fs::write(self.parser(), flipped).unwrap();
     }
     /// Makes the fake parser skip one profile silently, as the real one does for
     /// `disable/<file>`.

@@ -102,6 +102,12 @@ def containers(pod: dict) -> dict[str, dict]:
     return {c["name"]: c for c in pod.get("initContainers", []) + pod["containers"]}
 
 
+def seconds(duration: str) -> int:
+    """A `--timeout` value as the loader reads it: a number with an optional s, m or h."""
+    unit = {"s": 1, "m": 60, "h": 3600}.get(duration[-1:], None)
+    return int(duration[:-1]) * unit if unit else int(duration)
+
+
 def test_rendered_kinds_and_namespaces(rendered):
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in rendered)
     assert kinds == sorted(
@@ -142,7 +148,11 @@ def test_token_only_in_untaint(pod):
     assert token_volumes == {"token"}
     token = next(v for v in pod["volumes"] if v["name"] == "token")["projected"]["sources"]
     sat = next(s["serviceAccountToken"] for s in token if "serviceAccountToken" in s)
-    assert 600 <= sat["expirationSeconds"] <= 3600 and sat["expirationSeconds"] != 3607
+    # Short-lived on purpose (see the comment in daemonset.yaml): the API's minimum, 600 s, never
+    # the kubelet's 3607 (extended to a year), and longer than untaint's whole --timeout.
+    assert sat["expirationSeconds"] == 600, sat
+    untaint_env = {e["name"]: e.get("value") for e in containers(pod)["untaint"].get("env", [])}
+    assert seconds(untaint_env.get("APPARMOR_LOADER_TIMEOUT", "5m")) < sat["expirationSeconds"]
     assert "audience" not in sat  # the API server's own audience
     assert any(s.get("configMap", {}).get("name") == "kube-root-ca.crt" for s in token)
     assert any("downwardAPI" in s for s in token)

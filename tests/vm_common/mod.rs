@@ -8,6 +8,13 @@
 
 #![allow(dead_code)]
 
+#[path = "../prereq/mod.rs"]
+mod prereq;
+/// The shared rule for a missing prerequisite (fail under CI, skip loudly elsewhere), for checks
+/// of kernel_e2e's own (e.g. a host-side test that needs only `apparmor_parser`).
+#[allow(unused_imports)]
+pub use prereq::{require, skip_or_fail, strict};
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,10 +41,6 @@ pub struct Prereqs {
     pub repo: PathBuf,
 }
 
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-}
-
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -56,7 +59,7 @@ fn default_kernel() -> PathBuf {
 }
 
 /// The prerequisites, or `None` (after printing how to install them) when some are missing outside CI.
-/// Under CI (env `CI` set) a missing prerequisite panics: the suite must not pass by skipping.
+/// Under CI ([`strict`]) a missing prerequisite panics: the suite must not pass by skipping.
 pub fn prerequisites(loader: Option<&'static str>) -> Option<Prereqs> {
     static PREREQS: OnceLock<Result<Prereqs, Vec<String>>> = OnceLock::new();
     let found = PREREQS.get_or_init(|| {
@@ -108,20 +111,13 @@ pub fn prerequisites(loader: Option<&'static str>) -> Option<Prereqs> {
             Err(missing)
         }
     });
-    match found {
-        Ok(p) => Some(p.clone()),
-        Err(missing) if in_ci() => panic!(
-            "CI is set but the real-kernel test harness is incomplete; missing:\n  {}\n{INSTALL_HINT}",
-            missing.join("\n  ")
-        ),
-        Err(missing) => {
-            eprintln!(
-                "SKIPPING real-kernel tests; missing:\n  {}\n{INSTALL_HINT}",
-                missing.join("\n  ")
-            );
-            None
-        }
-    }
+    let found = found
+        .clone()
+        .map_err(|missing| format!("missing: {}\n{INSTALL_HINT}", missing.join("; ")));
+    prereq::require(
+        "real-kernel tests (QEMU harness, tests/kernel_e2e.rs)",
+        found,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+//! Objects as the tests send them: the manifests rendered like `kubectl apply` would, applied
+//! with strict field validation, and JSON Patches.
+
+use std::path::{Path, PathBuf};
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use serde_json::Value;
+
+use super::{FIELD_MANAGER, Harness};
+
+/// A JSON Patch from its JSON form, e.g. `json_patch(json!([{"op": "remove", "path": …}]))`.
+pub fn json_patch<P: serde::Serialize>(ops: Value) -> Patch<P> {
+    Patch::Json(serde_json::from_value(ops).expect("a JSON Patch"))
+}
+
+/// YAML files of manifests/ (recursively), kustomization files excluded.
+pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if p.is_dir() {
+            out.extend(manifest_files(&p));
+        } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
+            && !name.starts_with("kustomization.")
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Objects of a kustomization directory (built by kustomize's library, as `kubectl kustomize`)
+/// or of a YAML file, via the harness' `render`.
+pub fn render(h: &Harness, path: &Path) -> Vec<Value> {
+    let out = h
+        .tool(&["render", &path.to_string_lossy()], "")
+        .unwrap_or_else(|e| panic!("render {}: {e}", path.display()));
+    match serde_json::from_str(&out) {
+        Ok(Value::Array(objs)) => objs,
+        other => panic!("render {}: not a JSON array: {other:?}", path.display()),
+    }
+}
+
+/// `Kind/namespace/name` (or `Kind/name`) of an object, for messages.
+pub fn object_ref(obj: &Value) -> String {
+    let m = &obj["metadata"];
+    match m["namespace"].as_str() {
+        Some(ns) => format!("{}/{ns}/{}", obj["kind"].as_str().unwrap_or("?"), m["name"]),
+        None => format!("{}/{}", obj["kind"].as_str().unwrap_or("?"), m["name"]),
+    }
+    .replace('"', "")
+}
+
+/// The group, version and kind an object states.
+pub fn gvk_of(obj: &Value) -> GroupVersionKind {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    GroupVersionKind::gvk(group, version, obj["kind"].as_str().unwrap_or_default())
+}
+
+/// Whether the server serves this kind per namespace (discovery).
+pub async fn is_namespaced(client: &kube::Client, obj: &Value) -> bool {
+    kube::discovery::pinned_kind(client, &gvk_of(obj))
+        .await
+        .map(|(_, caps)| caps.scope == Scope::Namespaced)
+        .unwrap_or(false)
+}
+
+/// Server-side apply with fieldValidation=Strict (unknown or duplicate fields are errors).
+pub async fn apply(client: &kube::Client, obj: &Value) -> Result<DynamicObject, String> {
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk_of(obj))
+        .await
+        .map_err(|e| format!("discovery: {e}"))?;
+    let name = obj["metadata"]["name"].as_str().ok_or("no metadata.name")?;
+    let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .ok_or("namespaced object without metadata.namespace")?;
+        Api::namespaced_with(client.clone(), ns, &ar)
+    } else {
+        Api::all_with(client.clone(), &ar)
+    };
+    let pp = PatchParams::apply(FIELD_MANAGER)
+        .force()
+        .validation_strict();
+    api.patch(name, &pp, &Patch::Apply(obj))
+        .await
+        .map_err(|e| e.to_string())
+}
