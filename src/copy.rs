@@ -135,7 +135,7 @@ impl ExitStatus for CopyError {
 pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError> {
     let lock = lock::acquire(&opts.dest, "copy", &opts.lock)?;
     lock.remove_stale_temps(&opts.dest)?;
-    tracing::info!("compiling for {}", parser.features.describe());
+    tracing::info!("compiling for {}", parser.features.explain());
     if let NodeParser::V3 { os } = &opts.node_parser {
         tracing::info!(
             "the node runs {os} (AppArmor 3): new files must also compile with {}",
@@ -362,12 +362,7 @@ fn refuse_foreign(
     if let Some(dir) = &opts.cache_dir {
         ours.extend(Inventory::load(dir, LOADED_PROFILES)?.profile_names());
     }
-    let foreign: Vec<String> = compiled
-        .iter()
-        .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
-        .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
-        .map(|(name, key)| format!("{name:?} (our file {key:?}; already loaded, not by us)"))
-        .collect();
+    let foreign = profile_check::loaded_by_someone_else(compiled, &loaded, &ours);
     if foreign.is_empty() {
         Ok(())
     } else {

@@ -115,7 +115,7 @@ impl Features {
     }
 
     /// One line for the logs: what the policy is compiled for, and why.
-    pub fn describe(&self) -> String {
+    pub fn explain(&self) -> String {
         match self {
             Features::ParserDefault => {
                 "the parser's default feature set (no node configuration or kernel features \

@@ -122,7 +122,7 @@ impl ExitStatus for LoadError {
 pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError> {
     let lock = lock::acquire(&opts.dest, "load", &opts.lock)?;
     lock.remove_stale_temps(&opts.cache_dir)?;
-    tracing::info!("compiling for {}", parser.features.describe());
+    tracing::info!("compiling for {}", parser.features.explain());
     let started = Instant::now();
     opts.kernel.ensure_enabled()?;
     if !Inventory::exists(&opts.dest, OWNED_FILES) {
@@ -250,12 +250,7 @@ fn refuse_foreign(
     let loaded = opts.kernel.loaded_profiles()?;
     let mut ours = previous.profile_names();
     ours.extend(owned.profile_names());
-    let foreign: Vec<String> = compiled
-        .iter()
-        .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
-        .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
-        .map(|(name, key)| format!("{name:?} (our file {key:?}; loaded, but not by us)"))
-        .collect();
+    let foreign = profile_check::loaded_by_someone_else(compiled, &loaded, &ours);
     if foreign.is_empty() {
         Ok(())
     } else {

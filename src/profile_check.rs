@@ -98,7 +98,7 @@ pub fn check(
     let described = pool::map(parser.jobs, inputs, |input| {
         match known.describes(&input.key, &input.sha256) {
             Some(entry) => Ok((entry.profiles.clone(), entry.modes.clone())),
-            None => describe(parser, input),
+            None => names_and_modes(parser, input),
         }
     });
     let mut compiled = Vec::with_capacity(inputs.len());
@@ -124,7 +124,7 @@ pub fn check(
 }
 
 /// Names (`--names`) and modes (the debug dump) of one file that is known to compile.
-fn describe(
+fn names_and_modes(
     parser: &Parser,
     input: &ProfileInput,
 ) -> Result<(Vec<String>, BTreeMap<String, String>), CheckError> {
@@ -173,6 +173,21 @@ fn refusals(p: &CompiledProfile) -> Vec<String> {
         out.push(format!("key {key:?}: {reason}"));
     }
     out
+}
+
+/// The profile names our files define that the kernel has loaded although none of our records
+/// (`ours`) lists them: someone else's. One line per name, naming the file that defines it.
+pub fn loaded_by_someone_else(
+    compiled: &[CompiledProfile],
+    loaded: &BTreeMap<String, String>,
+    ours: &BTreeSet<String>,
+) -> Vec<String> {
+    compiled
+        .iter()
+        .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
+        .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
+        .map(|(name, key)| format!("{name:?} (our file {key:?}; loaded, but not by us)"))
+        .collect()
 }
 
 /// Refuses a set of files in which two define the same profile name: one would silently

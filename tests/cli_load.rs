@@ -14,33 +14,6 @@ const INVALID: i32 = exit_code::INVALID_PROFILES as i32;
 const UNAVAILABLE: i32 = exit_code::APPARMOR_UNAVAILABLE as i32;
 const NOT_LOADED: i32 = exit_code::NOT_LOADED as i32;
 
-struct Node {
-    kernel: FakeKernel,
-    dest: tempfile::TempDir,
-    cache: tempfile::TempDir,
-    volume: Volume,
-}
-
-impl Node {
-    fn with(files: &[(&str, &str)]) -> Option<Self> {
-        let parser = real_parser()?;
-        Some(Node {
-            kernel: FakeKernel::new(&parser),
-            dest: tempfile::tempdir().unwrap(),
-            cache: tempfile::tempdir().unwrap(),
-            volume: Volume::new(files),
-        })
-    }
-    fn copy(&self) -> assert_cmd::assert::Assert {
-        copy(&self.kernel.parser(), self.volume.path(), self.dest.path()).assert()
-    }
-    fn load(&self) -> assert_cmd::assert::Assert {
-        self.kernel
-            .load(self.dest.path(), self.cache.path())
-            .assert()
-    }
-}
-
 #[test]
 fn fresh_node_loads_and_verifies_every_profile_in_its_mode() {
     let complain = "abi <abi/3.0>,\nprofile quiet flags=(complain) {\n  /tmp/** rw,\n}\n";

@@ -16,66 +16,15 @@ use predicates::prelude::*;
 
 const INVALID: i32 = INVALID_PROFILES as i32;
 
-/// A node: fake kernel (with a feature file, so the parser's cache works without AppArmor on
-/// this machine), host profile directory, cache directory, and ConfigMap volume.
-struct Node {
-    kernel: FakeKernel,
-    dest: tempfile::TempDir,
-    cache: tempfile::TempDir,
-    volume: Volume,
-}
-
-impl Node {
-    fn with(files: &[(&str, &str)]) -> Option<Self> {
-        let parser = real_parser()?;
-        let kernel = FakeKernel::new(&parser);
-        fs::copy(
-            "/usr/share/apparmor-features/features",
-            kernel.securityfs().join("apparmor/features"),
-        )
-        .expect("Debian's apparmor package ships /usr/share/apparmor-features/features");
-        Some(Node {
-            kernel,
-            dest: tempfile::tempdir().unwrap(),
-            cache: tempfile::tempdir().unwrap(),
-            volume: Volume::new(files),
-        })
+/// Every compiled-policy cache file of a node with its inode and mtime.
+fn cache_entries(node: &Node) -> Vec<(PathBuf, u64, i64)> {
+    let mut out = Vec::new();
+    for file in walk(&node.cache.path().join("policy")) {
+        let meta = fs::metadata(&file).unwrap();
+        out.push((file, meta.ino(), meta.mtime_nsec()));
     }
-
-    /// `copy` as the DaemonSet runs it: with the node's kernel (read-only) and the cache.
-    fn copy(&self) -> assert_cmd::Command {
-        let mut cmd = copy(&self.kernel.parser(), self.volume.path(), self.dest.path());
-        cmd.arg("--securityfs")
-            .arg(self.kernel.securityfs())
-            .arg("--enabled-file")
-            .arg(self.kernel.enabled_file())
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .arg("--node-root")
-            .arg(self.cache.path().join("no-node-root"));
-        cmd
-    }
-
-    fn load(&self) -> assert_cmd::Command {
-        let mut cmd = self.kernel.load(self.dest.path(), self.cache.path());
-        cmd.arg("--node-root")
-            .arg(self.cache.path().join("no-node-root"));
-        cmd
-    }
-
-    /// Every compiled-policy cache file with its inode and mtime.
-    fn cache_entries(&self) -> Vec<(PathBuf, u64, i64)> {
-        let mut out = Vec::new();
-        let policy = self.cache.path().join("policy");
-        for dir in walk(&policy) {
-            let meta = fs::metadata(&dir).unwrap();
-            if meta.is_file() {
-                out.push((dir, meta.ino(), meta.mtime_nsec()));
-            }
-        }
-        out.sort();
-        out
-    }
+    out.sort();
+    out
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -108,25 +57,25 @@ fn a_name_someone_else_loaded_is_refused_by_copy_even_when_the_host_file_is_unre
     .unwrap();
     node.kernel.load_by_hand("firefox (unconfined)");
     let before = snapshot(node.dest.path());
-    node.copy()
+    node.copy_cmd()
         .assert()
         .code(INVALID)
         .stderr(predicate::str::contains(
-            "\"firefox\" (our file \"ff\"; already loaded, not by us)",
+            "\"firefox\" (our file \"ff\"; loaded, but not by us)",
         ))
         .stderr(predicate::str::contains("--adopt-loaded"));
     assert_eq!(snapshot(node.dest.path()), before, "nothing written");
     assert!(node.kernel.profiles().contains("firefox (unconfined)"));
 
     // Taking it over is an explicit, one-time decision; from then on it is ours.
-    node.copy()
+    node.copy_cmd()
         .env("APPARMOR_LOADER_ADOPT_LOADED", "true")
         .assert()
         .success();
-    node.load().assert().success();
+    node.load().success();
     assert!(node.kernel.profiles().contains("firefox (enforce)"));
-    node.copy().assert().success();
-    node.load().assert().success();
+    node.copy().success();
+    node.load().success();
 }
 
 #[test]
@@ -134,13 +83,13 @@ fn load_refuses_a_loaded_name_that_no_record_lists() {
     let Some(node) = Node::with(&[("mine", &profile("mine"))]) else {
         return;
     };
-    node.copy().assert().success();
-    node.load().assert().success();
+    node.copy().success();
+    node.load().success();
     // Our file is edited behind copy's back to define a name someone else has loaded.
     fs::write(node.dest.path().join("mine"), profile("sshd")).unwrap();
     node.kernel.load_by_hand("sshd (complain)");
     let before = node.kernel.profiles();
-    node.load()
+    node.load_cmd()
         .assert()
         .code(INVALID)
         .stderr(predicate::str::contains(
@@ -154,11 +103,11 @@ fn a_profile_the_host_loaded_from_our_file_after_a_reboot_is_ours() {
     let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
         return;
     };
-    node.copy().assert().success();
+    node.copy().success();
     // Reboot between copy and load: the host's boot loaded our top-level file.
     node.kernel.load_by_hand("alpha (enforce)");
-    node.copy().assert().success();
-    node.load().assert().success();
+    node.copy().success();
+    node.load().success();
 }
 
 // === 2. Children ===
@@ -172,16 +121,16 @@ fn hats_and_children_that_leave_the_configmap_are_unloaded() {
         return;
     };
     node.kernel.load_by_hand("other//x (enforce)");
-    node.copy().assert().success();
-    node.load().assert().success();
+    node.copy().success();
+    node.load().success();
     let profiles = node.kernel.profiles();
     assert!(
         profiles.contains("p//wide (") && profiles.contains("p//kid ("),
         "{profiles}"
     );
     node.volume.update(&[("p", PARENT_ALONE)]);
-    node.copy().assert().success();
-    node.load()
+    node.copy().success();
+    node.load_cmd()
         .assert()
         .success()
         .stderr(predicate::str::contains("removed 2"));
@@ -202,8 +151,8 @@ fn a_child_that_cannot_be_unloaded_fails_verification_with_exit_5() {
     let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
         return;
     };
-    node.copy().assert().success();
-    node.load().assert().success();
+    node.copy().success();
+    node.load().success();
     // The fake parser's remove does nothing: the kernel keeps the children.
     let fake = node.kernel.parser();
     let script = fs::read_to_string(&fake).unwrap();
@@ -216,8 +165,8 @@ fn a_child_that_cannot_be_unloaded_fails_verification_with_exit_5() {
     )
     .unwrap();
     node.volume.update(&[("p", PARENT_ALONE)]);
-    node.copy().assert().success();
-    node.load()
+    node.copy().success();
+    node.load_cmd()
         .assert()
         .code(NOT_LOADED as i32)
         .stderr(predicate::str::contains("p//kid"))
@@ -274,12 +223,12 @@ fn a_configmap_of_comment_only_files_is_refused_and_nothing_is_unloaded() {
     let Some(mut node) = Node::with(&[("alpha", &profile("alpha"))]) else {
         return;
     };
-    node.copy().assert().success();
-    node.load().assert().success();
+    node.copy().success();
+    node.load().success();
     node.volume
         .update(&[("alpha", "# profiles moved elsewhere\n")]);
     let before = snapshot(node.dest.path());
-    node.copy()
+    node.copy_cmd()
         .assert()
         .code(INVALID)
         .stderr(predicate::str::contains("defines no profile"));
@@ -329,8 +278,8 @@ fn a_fresh_node_compiles_once_copy_fills_the_cache_load_only_reads_it() {
     let Some(node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))]) else {
         return;
     };
-    node.copy().assert().success();
-    let after_copy = node.cache_entries();
+    node.copy().success();
+    let after_copy = cache_entries(&node);
     assert_eq!(
         after_copy
             .iter()
@@ -339,9 +288,9 @@ fn a_fresh_node_compiles_once_copy_fills_the_cache_load_only_reads_it() {
         2,
         "{after_copy:?}"
     );
-    node.load().assert().success();
+    node.load().success();
     // No entry rewritten: every compile of load was a cache hit.
-    assert_eq!(node.cache_entries(), after_copy);
+    assert_eq!(cache_entries(&node), after_copy);
     // The parser was told the node's feature set in every compile.
     let calls = node.kernel.parser_calls();
     assert!(
@@ -355,23 +304,22 @@ fn a_copy_that_fails_after_compiling_leaves_no_stale_policy_in_the_cache() {
     let Some(mut node) = Node::with(&[("alpha", &profile("alpha"))]) else {
         return;
     };
-    node.copy().assert().success();
-    node.load().assert().success();
-    let cached = node.cache_entries();
+    node.copy().success();
+    node.load().success();
+    let cached = cache_entries(&node);
     let bytes: Vec<Vec<u8>> = cached.iter().map(|(p, ..)| fs::read(p).unwrap()).collect();
     // alpha changes (compiles fine), but a new key clashes with a host file: copy fails.
     fs::write(node.dest.path().join("usr.bin.x"), "# host\n").unwrap();
     let changed = profile("alpha").replace("/tmp/** rw", "/var/tmp/** rw");
     node.volume
         .update(&[("alpha", &changed), ("usr.bin.x", &profile("x"))]);
-    node.copy().assert().code(INVALID);
-    let after: Vec<Vec<u8>> = node
-        .cache_entries()
+    node.copy().code(INVALID);
+    let after: Vec<Vec<u8>> = cache_entries(&node)
         .iter()
         .map(|(p, ..)| fs::read(p).unwrap())
         .collect();
     assert_eq!(after, bytes, "the refused content never reached the cache");
-    node.load()
+    node.load_cmd()
         .assert()
         .success()
         .stderr(predicate::str::contains("loaded 0, unchanged 1"));
@@ -395,17 +343,17 @@ fn a_changed_include_with_an_old_mtime_is_compiled_again() {
         .status()
         .unwrap();
     assert!(status.success());
-    node.copy()
+    node.copy_cmd()
         .arg("--base")
         .arg(base.path())
         .assert()
         .success();
-    node.load()
+    node.load_cmd()
         .arg("--base")
         .arg(base.path())
         .assert()
         .success();
-    let first = node.cache_entries();
+    let first = cache_entries(&node);
     let include = base.path().join("abstractions/base");
     let mut text = fs::read_to_string(&include).unwrap();
     text.push_str("  /etc/aapl-new-include-rule r,\n");
@@ -416,12 +364,12 @@ fn a_changed_include_with_an_old_mtime_is_compiled_again() {
         .unwrap()
         .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
         .unwrap();
-    node.load()
+    node.load_cmd()
         .arg("--base")
         .arg(base.path())
         .assert()
         .success();
-    let second = node.cache_entries();
+    let second = cache_entries(&node);
     assert!(
         second
             .iter()

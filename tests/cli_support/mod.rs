@@ -281,3 +281,60 @@ exit 0
         cmd
     }
 }
+
+/// A node for `copy` and `load`: fake kernel (with a feature file, so the parser's cache works
+/// without AppArmor on this machine), host profile directory, cache directory, ConfigMap volume.
+/// `copy_cmd`/`load_cmd` run the steps as the DaemonSet does: `copy` sees the node's kernel
+/// (read-only) and fills the cache `load` reads.
+pub struct Node {
+    pub kernel: FakeKernel,
+    pub dest: tempfile::TempDir,
+    pub cache: tempfile::TempDir,
+    pub volume: Volume,
+}
+
+impl Node {
+    pub fn with(files: &[(&str, &str)]) -> Option<Self> {
+        let parser = real_parser()?;
+        let kernel = FakeKernel::new(&parser);
+        fs::copy(
+            "/usr/share/apparmor-features/features",
+            kernel.securityfs().join("apparmor/features"),
+        )
+        .expect("Debian's apparmor package ships /usr/share/apparmor-features/features");
+        Some(Node {
+            kernel,
+            dest: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+            volume: Volume::new(files),
+        })
+    }
+
+    pub fn copy_cmd(&self) -> Command {
+        let mut cmd = copy(&self.kernel.parser(), self.volume.path(), self.dest.path());
+        cmd.arg("--securityfs")
+            .arg(self.kernel.securityfs())
+            .arg("--enabled-file")
+            .arg(self.kernel.enabled_file())
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .arg("--node-root")
+            .arg(self.cache.path().join("no-node-root"));
+        cmd
+    }
+
+    pub fn load_cmd(&self) -> Command {
+        let mut cmd = self.kernel.load(self.dest.path(), self.cache.path());
+        cmd.arg("--node-root")
+            .arg(self.cache.path().join("no-node-root"));
+        cmd
+    }
+
+    pub fn copy(&self) -> assert_cmd::assert::Assert {
+        self.copy_cmd().assert()
+    }
+
+    pub fn load(&self) -> assert_cmd::assert::Assert {
+        self.load_cmd().assert()
+    }
+}
