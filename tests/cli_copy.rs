@@ -203,13 +203,7 @@ fn bad_inputs_are_refused_with_the_key_and_reason_and_leave_dest_untouched() {
         );
 
         // validate says the same about the same directory.
-        let out = loader()
-            .arg("validate")
-            .arg(source.path())
-            .arg("--parser")
-            .arg(&parser)
-            .output()
-            .unwrap();
+        let out = validate(&parser, source.path()).output().unwrap();
         assert_eq!(out.status.code(), Some(INVALID), "validate, {what}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(expected),
@@ -226,11 +220,7 @@ fn every_broken_file_is_reported_not_just_the_last() {
         ("b-good", &profile("b")),
         ("c-broken", "profile c {\n  nonsense here\n}\n"),
     ]);
-    loader()
-        .arg("validate")
-        .arg(volume.path())
-        .arg("--parser")
-        .arg(&parser)
+    validate(&parser, volume.path())
         .assert()
         .code(INVALID)
         .stderr(predicate::str::contains(
@@ -282,16 +272,7 @@ fn configmap_update_between_runs_is_read_as_one_generation() {
         .success()
         .stderr(predicate::str::contains("wrote [gamma]"))
         .stderr(predicate::str::contains("1 unchanged"));
-    let state: serde_json::Value = serde_json::from_slice(
-        &fs::read(dest.path().join(".apparmor-profile-loader.json")).unwrap(),
-    )
-    .unwrap();
-    let owned: Vec<_> = state["files"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
+    let owned = owned_keys(dest.path());
     assert_eq!(owned, ["alpha", "gamma"]);
 }
 

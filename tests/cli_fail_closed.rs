@@ -145,13 +145,7 @@ fn the_longest_key_validate_accepts_is_one_copy_writes() {
     assert_eq!((longest.len(), too_long.len()), (253, 254));
 
     let volume = Volume::new(&[(longest.as_str(), &profile("long"))]);
-    loader()
-        .arg("validate")
-        .arg(volume.path())
-        .arg("--parser")
-        .arg(&parser)
-        .assert()
-        .success();
+    validate(&parser, volume.path()).assert().success();
     let dest = tempfile::tempdir().unwrap();
     copy(&parser, volume.path(), dest.path()).assert().success();
     assert_eq!(
@@ -160,11 +154,7 @@ fn the_longest_key_validate_accepts_is_one_copy_writes() {
     );
 
     let volume = Volume::new(&[(too_long.as_str(), &profile("long"))]);
-    loader()
-        .arg("validate")
-        .arg(volume.path())
-        .arg("--parser")
-        .arg(&parser)
+    validate(&parser, volume.path())
         .assert()
         .code(3)
         .stderr(predicate::str::contains("longer than 253 bytes"));

@@ -96,24 +96,21 @@ fn copy_waits_for_the_holder_names_it_and_times_out_with_exit_1_touching_nothing
 
 #[test]
 fn load_waits_for_the_same_lock() {
-    let Some(parser) = real_parser() else { return };
-    let volume = Volume::new(&[("alpha", &profile("alpha"))]);
-    let dest = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    copy(&parser, volume.path(), dest.path()).assert().success();
-    let kernel = FakeKernel::new(&parser);
-    let held = hold_lock(dest.path());
-    kernel
-        .load(dest.path(), cache.path())
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().success();
+    let held = hold_lock(node.dest.path());
+    node.load_cmd()
         .arg("--lock-timeout")
         .arg("300ms")
         .assert()
         .code(1)
         .stderr(predicates::str::contains("still holds the lock"));
-    assert_eq!(kernel.profiles(), "");
+    assert_eq!(node.kernel.profiles(), "");
     drop(held);
-    kernel.load(dest.path(), cache.path()).assert().success();
-    assert_eq!(kernel.profiles(), "alpha (enforce)\n");
+    node.load().success();
+    assert_eq!(node.kernel.profiles(), "alpha (enforce)\n");
 }
 
 #[test]
@@ -136,16 +133,7 @@ fn two_overlapping_copies_both_succeed_and_every_file_on_disk_is_owned() {
     assert_eq!(a_code, Some(0), "{a_first}{a_rest}");
     assert_eq!(b_code, Some(0), "{b_first}{b_rest}");
 
-    let record: serde_json::Value = serde_json::from_slice(
-        &fs::read(dest.path().join(".apparmor-profile-loader.json")).unwrap(),
-    )
-    .unwrap();
-    let owned: Vec<String> = record["files"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
+    let owned = owned_keys(dest.path());
     let on_disk: Vec<String> = snapshot(dest.path())
         .into_keys()
         .filter(|k| !k.starts_with('.'))

@@ -154,6 +154,26 @@ pub fn copy(parser: &Path, source: &Path, dest: &Path) -> Command {
     cmd
 }
 
+/// `apparmor-loader validate PATH` with the real parser.
+pub fn validate(parser: &Path, path: &Path) -> Command {
+    let mut cmd = loader();
+    cmd.arg("validate").arg(path).arg("--parser").arg(parser);
+    cmd
+}
+
+/// The file names `copy`'s ownership record lists, in order.
+pub fn owned_keys(dest: &Path) -> Vec<String> {
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(dest.join(".apparmor-profile-loader.json")).unwrap())
+            .unwrap();
+    record["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
 /// A fake kernel: `enabled` switch and a securityfs tree whose `profiles` file a fake parser
 /// edits. The fake parser delegates compiling, `--names` and `--debug` to the real parser and
 /// emulates `--replace`/`--remove` by editing the profiles file, so the loader's load, verify
