@@ -137,6 +137,13 @@ fn next_copy_removes_the_temp_files_a_killed_run_left_and_nothing_else() {
     }
 }
 
+/// `apparmor-loader validate DIR` with the real parser.
+fn validate(parser: &std::path::Path, dir: &std::path::Path) -> assert_cmd::Command {
+    let mut cmd = loader();
+    cmd.arg("validate").arg(dir).arg("--parser").arg(parser);
+    cmd
+}
+
 #[test]
 fn the_longest_key_validate_accepts_is_one_copy_writes() {
     let Some(parser) = real_parser() else { return };
@@ -145,13 +152,7 @@ fn the_longest_key_validate_accepts_is_one_copy_writes() {
     assert_eq!((longest.len(), too_long.len()), (253, 254));
 
     let volume = Volume::new(&[(longest.as_str(), &profile("long"))]);
-    loader()
-        .arg("validate")
-        .arg(volume.path())
-        .arg("--parser")
-        .arg(&parser)
-        .assert()
-        .success();
+    validate(&parser, volume.path()).assert().success();
     let dest = tempfile::tempdir().unwrap();
     copy(&parser, volume.path(), dest.path()).assert().success();
     assert_eq!(
@@ -160,11 +161,7 @@ fn the_longest_key_validate_accepts_is_one_copy_writes() {
     );
 
     let volume = Volume::new(&[(too_long.as_str(), &profile("long"))]);
-    loader()
-        .arg("validate")
-        .arg(volume.path())
-        .arg("--parser")
-        .arg(&parser)
+    validate(&parser, volume.path())
         .assert()
         .code(3)
         .stderr(predicate::str::contains("longer than 253 bytes"));
