@@ -146,3 +146,23 @@ fn two_overlapping_copies_both_succeed_and_every_file_on_disk_is_owned() {
     // A third run, with either ConfigMap, finds nothing it does not own.
     copy(&parser, first.path(), dest.path()).assert().success();
 }
+
+#[test]
+fn lock_timeout_is_in_the_help_of_copy_and_load_with_its_env_twin_and_default() {
+    for step in ["copy", "load"] {
+        let out = loader().args([step, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{help}");
+        for want in [
+            "--lock-timeout",
+            "APPARMOR_LOADER_LOCK_TIMEOUT",
+            "[default: 2m]",
+        ] {
+            assert!(help.contains(want), "{step} --help lacks {want}:\n{help}");
+        }
+    }
+    loader()
+        .args(["copy", "--lock-timeout", "25h"])
+        .assert()
+        .code(2);
+}
