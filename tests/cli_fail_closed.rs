@@ -137,13 +137,6 @@ fn next_copy_removes_the_temp_files_a_killed_run_left_and_nothing_else() {
     }
 }
 
-/// `apparmor-loader validate DIR` with the real parser.
-fn validate(parser: &std::path::Path, dir: &std::path::Path) -> assert_cmd::Command {
-    let mut cmd = loader();
-    cmd.arg("validate").arg(dir).arg("--parser").arg(parser);
-    cmd
-}
-
 #[test]
 fn the_longest_key_validate_accepts_is_one_copy_writes() {
     let Some(parser) = real_parser() else { return };
