@@ -52,7 +52,7 @@ impl Default for LockOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot open {dir} to lock it against concurrent runs: {source}")]
+    #[error("cannot open the profile directory {dir} to lock it against concurrent runs: {source}")]
     Open {
         dir: PathBuf,
         #[source]
@@ -96,10 +96,16 @@ pub struct RunLock {
 /// Takes the lock on `dir` for `step`, waiting up to `opts.timeout` for another run to finish,
 /// then records this run as the holder.
 pub fn acquire(dir: &Path, step: &str, opts: &LockOptions) -> Result<RunLock, LockError> {
-    let handle = File::open(dir).map_err(|source| LockError::Open {
+    let open_error = |source| LockError::Open {
         dir: dir.to_path_buf(),
         source,
-    })?;
+    };
+    let handle = File::open(dir).map_err(open_error)?;
+    if !handle.metadata().map_err(open_error)?.is_dir() {
+        return Err(open_error(std::io::Error::from(
+            std::io::ErrorKind::NotADirectory,
+        )));
+    }
     let started = Instant::now();
     let mut last_report: Option<(Instant, String)> = None;
     loop {
@@ -264,9 +270,12 @@ mod tests {
     }
 
     #[test]
-    fn missing_directory_is_an_open_error() {
+    fn missing_directory_or_a_file_is_an_open_error() {
         let dir = tempfile::tempdir().unwrap();
         let err = acquire(&dir.path().join("nope"), "copy", &LockOptions::default()).unwrap_err();
         assert!(matches!(err, LockError::Open { .. }), "{err}");
+        fs::write(dir.path().join("file"), "").unwrap();
+        let err = acquire(&dir.path().join("file"), "copy", &LockOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
     }
 }
