@@ -131,24 +131,43 @@ fn remove_unversioned_cache(cache_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Hex digest of the parser binary and the content of every file of its include tree.
+/// Sub-directories of the include tree that hold no includes (compiled policy, the parser's
+/// disable and force-complain links).
+const NOT_INCLUDES: &[&str] = &["cache", "disable", "force-complain"];
+
+/// Hex digest of the parser binary and the content of every include file it can read: the
+/// sub-directories of its base (`abi/`, `abstractions/`, `tunables/`, `local/`, …) and every
+/// `--Include` directory. Top-level files of the base are profiles, not includes: the base may
+/// be the profile directory itself, whose files change with every ConfigMap update.
 fn fingerprint(parser: &Parser) -> io::Result<String> {
     let mut hash = Sha256::new();
     hash.update(fs::read(&parser.binary)?);
-    for root in std::iter::once(&parser.base).chain(&parser.includes) {
+    let mut add_tree = |root: &Path, min_depth: usize| -> io::Result<()> {
         hash.update(root.as_os_str().as_encoded_bytes());
         hash.update([0]);
-        for entry in walkdir::WalkDir::new(root)
+        let walk = walkdir::WalkDir::new(root)
             .follow_links(true)
+            .min_depth(min_depth)
             .sort_by_file_name()
-        {
+            .into_iter()
+            .filter_entry(|e| {
+                e.depth() != 1
+                    || !e.file_type().is_dir()
+                    || !NOT_INCLUDES.iter().any(|n| e.file_name() == *n)
+            });
+        for entry in walk {
             let entry = entry.map_err(io::Error::other)?;
-            if entry.file_type().is_file() {
+            if entry.file_type().is_file() && (min_depth == 0 || entry.depth() > 1) {
                 hash.update(entry.path().as_os_str().as_encoded_bytes());
                 hash.update([0]);
                 hash.update(fs::read(entry.path())?);
             }
         }
+        Ok(())
+    };
+    add_tree(&parser.base, 1)?;
+    for dir in &parser.includes {
+        add_tree(dir, 0)?;
     }
     Ok(hash
         .finalize()
@@ -199,6 +218,11 @@ mod tests {
         let changed = CompileCache::open(&cache_dir, &p).unwrap();
         assert_ne!(changed.dir, first.dir);
         assert!(!first.dir.exists(), "the old fingerprint is pruned");
+
+        // A profile at the top of the base (the base may be the profile directory) is not an
+        // include: adding or changing one keeps the cache.
+        fs::write(d.path().join("base/some-profile"), "profile p {}\n").unwrap();
+        assert_eq!(CompileCache::open(&cache_dir, &p).unwrap().dir, changed.dir);
 
         fs::write(d.path().join("parser"), "binary v2").unwrap();
         assert_ne!(CompileCache::open(&cache_dir, &p).unwrap().dir, changed.dir);
