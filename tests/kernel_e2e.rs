@@ -1,9 +1,11 @@
 //! Real-kernel end-to-end tests: `copy`, `load` and `pause` against a real AppArmor kernel under QEMU.
 //!
-//! One boot (AppArmor on) runs scenarios 1, 2, 3, 5, 4, 6, 8 in that order (5 shrinks the ConfigMap from 44
-//! files to 5, so 4 and 6 do not compile 40 profiles again under TCG), shared by their tests through a `OnceLock`;
-//! a second boot with `apparmor=0` runs scenario 7. The guest (`tests/vm/guest/init`) observes and reports;
-//! each `#[test]` asserts its own scenario, so a failure names itself and shows that scenario's transcript.
+//! One boot (AppArmor on) runs scenarios 1, 2, 3, 5, 4, 6, 9, 8 in that order (5 shrinks the ConfigMap from 44
+//! files to 5, so 4, 6 and 9 do not compile 40 profiles again under TCG), shared by their tests through a
+//! `OnceLock`; a second boot with `apparmor=0` runs scenario 7. The guest's parser is the image's (Debian trixie's
+//! AppArmor 4.1, laid out by `tests/deploy/parser-rootfs.sh`), with no `policy-features` pin. The guest
+//! (`tests/vm/guest/init`) observes and reports; each `#[test]` asserts its own scenario, so a failure names
+//! itself and shows that scenario's transcript.
 //!
 //! Prerequisites: `apt-get install apparmor qemu-system-x86 busybox-static cpio` and `tests/vm/prepare.sh`.
 //! Without them the tests print how to install and pass, unless env `CI` is set: then they fail.
@@ -141,6 +143,65 @@ fn broken_profile() -> String {
     p.to_string()
 }
 
+/// Scenario 9: a file in AppArmor 3.0 syntax whose profile denies writing one file under /tmp.
+fn abi3_profile() -> String {
+    "# Scenario 9: AppArmor 3.0 syntax.\n\
+     abi <abi/3.0>,\n\
+     \n\
+     #include <tunables/global>\n\
+     \n\
+     profile aapl-abi3 flags=(attach_disconnected) {\n\
+     \x20 #include <abstractions/base>\n\
+     \x20 file,\n\
+     \x20 deny /tmp/aapl-abi3-denied w,\n\
+     }\n"
+    .to_string()
+}
+
+/// Scenario 9: AppArmor 4.0 syntax (`abi <abi/4.0>`, `include` without `#`, a `userns,` rule), enforcing: it
+/// denies writing one file under /tmp.
+fn abi4_profile() -> String {
+    "# Scenario 9: AppArmor 4.0 syntax.\n\
+     abi <abi/4.0>,\n\
+     \n\
+     include <tunables/global>\n\
+     \n\
+     profile aapl-abi4 flags=(attach_disconnected) {\n\
+     \x20 include <abstractions/base>\n\
+     \x20 userns,\n\
+     \x20 file,\n\
+     \x20 deny /tmp/aapl-abi4-denied w,\n\
+     }\n"
+    .to_string()
+}
+
+/// Scenario 9: the `flags=(unconfined)` profile as Ubuntu 24.04 writes them (e.g. its `/etc/apparmor.d/chrome`).
+fn abi4_unconfined_profile() -> String {
+    "# Scenario 9: AppArmor 4.0, as Ubuntu 24.04 writes its unconfined profiles.\n\
+     abi <abi/4.0>,\n\
+     include <tunables/global>\n\
+     \n\
+     profile aapl-abi4-unconfined /usr/bin/aapl-abi4-unconfined flags=(unconfined) {\n\
+     \x20 userns,\n\
+     \n\
+     \x20 # Site-specific additions and overrides. See local/README for details.\n\
+     \x20 include if exists <local/aapl-abi4-unconfined>\n\
+     }\n"
+    .to_string()
+}
+
+/// Scenario 9: AppArmor 4.1's `all,` rule (everything allowed), in an enforcing profile.
+fn abi4_all_profile() -> String {
+    "# Scenario 9: AppArmor 4.1's `all` rule.\n\
+     abi <abi/4.0>,\n\
+     include <tunables/global>\n\
+     \n\
+     profile aapl-abi4-all {\n\
+     \x20 all,\n\
+     }\n"
+    .to_string()
+}
+
 /// Profile names and modes a file defines, read from its `profile NAME ... flags=(...)` lines.
 fn declared_profiles(text: &str) -> Vec<(String, &'static str)> {
     text.lines()
@@ -148,8 +209,11 @@ fn declared_profiles(text: &str) -> Vec<(String, &'static str)> {
         .filter_map(|l| l.strip_prefix("profile "))
         .filter_map(|rest| {
             let name = rest.split_whitespace().next()?.to_string();
-            let mode = if rest.contains("complain") {
+            let flags = rest.split_once("flags=").map_or("", |(_, f)| f);
+            let mode = if flags.contains("complain") {
                 "complain"
+            } else if flags.contains("unconfined") {
+                "unconfined"
             } else {
                 "enforce"
             };
@@ -214,6 +278,8 @@ struct MainPlan {
     v5_files: usize,
     changed_in_v4: usize,
     gone_in_v5: Vec<String>,
+    /// Files scenario 9 adds to v4 (AppArmor 3.0 and 4.0 syntax).
+    syntax_files: usize,
 }
 
 fn main_payload(dir: &Path, repo: &Path) -> MainPlan {
@@ -267,6 +333,26 @@ fn main_payload(dir: &Path, repo: &Path) -> MainPlan {
     );
     write_source(dir, "v6", &v6);
 
+    // 9: AppArmor 3.0 and 4.0 syntax next to each other
+    let syntax: Source = [
+        ("aapl-abi3", abi3_profile()),
+        ("aapl-abi4", abi4_profile()),
+        ("aapl-abi4-unconfined", abi4_unconfined_profile()),
+        ("aapl-abi4-all", abi4_all_profile()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let syntax_dir = dir.join("syntax");
+    std::fs::create_dir_all(&syntax_dir).unwrap();
+    for (k, v) in &syntax {
+        std::fs::write(syntax_dir.join(k), v).unwrap();
+    }
+    let mut v9 = v4.clone();
+    v9.extend(syntax.clone());
+    write_source(dir, "v9", &v9);
+    write_expected(dir, "v9", &syntax);
+
     // 5: not ours
     std::fs::create_dir_all(dir.join("hand")).unwrap();
     std::fs::write(dir.join("hand/aapl-hand"), simple_profile("aapl-hand")).unwrap();
@@ -282,6 +368,7 @@ fn main_payload(dir: &Path, repo: &Path) -> MainPlan {
         v5_files: v5.len(),
         changed_in_v4: 2,
         gone_in_v5: gone,
+        syntax_files: syntax.len(),
     }
 }
 
@@ -534,6 +621,79 @@ fn scenario_7_load_refuses_when_apparmor_is_disabled() {
 fn scenario_8_pause_runs_unprivileged_and_exits_0_on_sigterm() {
     let Some(b) = main_boot() else { return };
     b.boot.assert_scenario("8");
+}
+
+#[test]
+fn scenario_9_abi_3_0_and_4_0_profiles_validate_load_and_enforce() {
+    let Some(b) = main_boot() else { return };
+    b.boot.assert_scenario("9");
+    let copy = summary(&b.boot, "9", "copy", "copy complete");
+    assert_eq!(
+        count(&copy, "written"),
+        b.plan.syntax_files as u64,
+        "copy summary: {copy}"
+    );
+    let load = summary(&b.boot, "9", "load", "load complete");
+    assert_eq!(
+        count(&load, "loaded"),
+        b.plan.syntax_files as u64,
+        "load summary: {load}"
+    );
+}
+
+/// The gate an operator waits for on a node: `copy` + `load` (scenario 1: fresh node, 40+ profiles; scenario 3:
+/// re-run with nothing changed) against the seed's `cp` + one `apparmor_parser -r` per file in the same boot.
+/// Prints `METRIC gate_fresh_ratio` and `METRIC gate_warm_ratio` (seed time / gate time, higher is better) with
+/// the absolute times, profile files and guest CPUs. A benchmark: the ratios are printed, never asserted; the
+/// test fails only when a measurement is missing.
+#[test]
+fn gate_benchmark_copy_plus_load_vs_seed_loop() {
+    let Some(b) = main_boot() else { return };
+    let r = &b.boot.report;
+    let metric = |name: &str| {
+        r.metric(name).unwrap_or_else(|| {
+            panic!(
+                "the guest printed no AAPL-METRIC {name}; console: {}",
+                console_log_path_hint()
+            )
+        })
+    };
+    let cpus = metric("guest_cpus");
+    for (label, scenario, files) in [
+        ("fresh", "1", b.plan.v1_files),
+        ("warm", "3", b.plan.v1_files),
+    ] {
+        assert_eq!(
+            r.exit(scenario, "copy"),
+            Some(0),
+            "scenario {scenario}: copy failed"
+        );
+        assert_eq!(
+            r.exit(scenario, "load"),
+            Some(0),
+            "scenario {scenario}: load failed"
+        );
+        let copy = metric(&format!("s{scenario}_copy_ms"));
+        let load = metric(&format!("s{scenario}_load_ms"));
+        let seed = metric(&format!("s{scenario}_shell_ms"));
+        let gate = copy + load;
+        // 10 ms is the guest clock's resolution: a 0 ms gate counts as 10 ms
+        let ratio = seed / gate.max(10.0);
+        println!(
+            "GATE {label} ({accel}, {cpus} vCPUs, {files} profile files): copy {copy:.0} ms + load {load:.0} ms = \
+             {gate:.0} ms; seed cp + apparmor_parser -r loop {seed:.0} ms",
+            accel = b.boot.accel
+        );
+        println!("METRIC gate_{label}_ms {gate:.0}");
+        println!("METRIC gate_{label}_seed_ms {seed:.0}");
+        println!("METRIC gate_{label}_ratio {ratio:.2}");
+    }
+    println!("METRIC gate_profile_files {}", b.plan.v1_files);
+    println!("METRIC gate_guest_cpus {cpus:.0}");
+}
+
+fn console_log_path_hint() -> &'static str {
+    "target/x86_64-unknown-linux-gnu/tmp/kernel_e2e-main.console.log"
 }
 
 #[test]

@@ -1,55 +1,222 @@
 #!/bin/sh
-# parser-rootfs.sh DESTDIR
+# parser-rootfs.sh [--vm] DESTDIR
 #
-# Copies what the image needs from the installed Debian `apparmor` package into DESTDIR,
-# laid out as the image's root filesystem:
-#   /usr/sbin/apparmor_parser and exactly the shared libraries `ldd` names for it (on
-#   bookworm: libc.so.6 and the dynamic loader), as real files at the paths ldd prints;
-#   /etc/apparmor.d/{abi,abstractions,tunables}: only the files the package ships
-#   (dpkg -L), so `#include <abstractions/...>` resolves against the same package version
-#   as the parser; /etc/apparmor/parser.conf and the feature set it pins
-#   (Debian's parser.conf says policy-features=/usr/share/apparmor-features/features);
-#   the package and libc copyright files, and the parser's package version.
-# Used by the Containerfile's `parser` stage (debian:bookworm-slim) and by .ci/check-deploy
-# on a bookworm host (no registry in CI), so both builds get the same tree.
+# Lays out in DESTDIR, as the image's root filesystem, the AppArmor parsers the loader runs:
+#
+#   /usr/sbin/apparmor_parser                     Debian trixie's apparmor 4.1.x (reads 3.0 and 4.0 syntax)
+#   /usr/lib/x86_64-linux-gnu/{libc.so.6,ld-linux-x86-64.so.2}, /usr/lib64/ld-linux-x86-64.so.2 -> ...,
+#   /lib -> usr/lib, /lib64 -> usr/lib64          trixie's libc6 (glibc >= 2.38, which 4.1 needs): the
+#                                                 rootfs's only libc; exactly the libraries the parser needs
+#   /etc/apparmor.d/{abi,abstractions,tunables}   trixie's include tree, same package as the parser
+#   /etc/apparmor/parser.conf                     comments only: NO policy-features pin. Debian's file pins
+#                                                 /usr/share/apparmor-features/features; `load` decides the
+#                                                 feature set per node instead (README "Parser and include tree")
+#   /usr/lib/apparmor-profile-loader/apparmor_parser-3
+#   /usr/lib/apparmor-profile-loader/apparmor.d-3/{abi,abstractions,tunables}
+#                                                 bookworm's apparmor 3.0.x parser and its own include tree,
+#                                                 for checking what an AppArmor 3.x node (AKS Ubuntu 22.04)
+#                                                 accepts at boot; it runs on trixie's libc
+#   /usr/share/doc/apparmor-profile-loader/       copyright files and `parser-packages` (package versions)
+#
+# --vm additionally puts bookworm's AppArmor 3.0 feature file at /usr/share/apparmor-features/features (where
+# Debian's parser.conf pin points), for the VM's pinned-node scenarios. The image does not ship it.
+#
+# Nothing is installed on the machine and its apt sources are not changed: apt runs with its own source list
+# (the machine's Debian archive, suites trixie and bookworm), its own lists and cache directories, and
+# `apt-get download` fetches the .debs, which are checked against the signed lists and unpacked with
+# `dpkg-deb -x`. The .debs are kept, keyed by version, in ${AAPL_CI_CACHE:-/var/cache/aapl-ci}/trixie/debs;
+# the lists are refreshed at most once a day (APT_LISTS_MAX_AGE_MIN, minutes), and if the archive is
+# unreachable the lists already there are used. Pin versions with APPARMOR4_VERSION, APPARMOR3_VERSION,
+# LIBC6_VERSION (default: the newest in trixie, bookworm, trixie respectively); DEBIAN_MIRROR overrides the
+# archive URI.
+#
+# Used by the Containerfile's `parser` stage (debian:trixie-slim), by .ci/check-deploy (no registry in CI)
+# and by tests/vm/build-initramfs.sh, so the image and the VM get the same tree.
+# Needs: apt-get, apt-cache, dpkg-deb, and root (apt-get update into its own directories).
 set -eu
 
-dest=${1:?usage: parser-rootfs.sh DESTDIR}
-pkg=apparmor
+die() { echo "parser-rootfs.sh: $*" >&2; exit 1; }
 
-dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || {
-	echo "parser-rootfs.sh: Debian package '$pkg' is not installed" >&2
-	exit 1
+vm=0
+if [ "${1:-}" = --vm ]; then
+	vm=1
+	shift
+fi
+[ $# -eq 1 ] || die "usage: parser-rootfs.sh [--vm] DESTDIR"
+dest=$1
+for cmd in apt-get apt-cache dpkg-deb; do
+	command -v "$cmd" >/dev/null 2>&1 || die "missing command $cmd (a Debian system is needed)"
+done
+
+cache=${AAPL_CI_CACHE:-/var/cache/aapl-ci}/trixie
+max_age=${APT_LISTS_MAX_AGE_MIN:-1440}
+mkdir -p "$cache/debs" "$cache/lists/partial" "$cache/apt-cache/archives/partial"
+
+# ===  apt with its own sources, lists and cache  ===
+
+# The archive the machine already uses (deb822 or one-line format), and the key it trusts it with.
+sources=/etc/apt/sources.list.d/debian.sources
+if [ -n "${DEBIAN_MIRROR:-}" ]; then
+	uri=$DEBIAN_MIRROR
+elif [ -f "$sources" ]; then
+	uri=$(awk '/^URIs:/ { print $2; exit }' "$sources")
+else
+	uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
+		/etc/apt/sources.list 2>/dev/null || true)
+fi
+[ -n "$uri" ] || die "cannot find the machine's Debian archive in $sources or /etc/apt/sources.list; set DEBIAN_MIRROR"
+signed_by=""
+[ -f "$sources" ] && signed_by=$(awk '/^Signed-By:/ { print $2; exit }' "$sources")
+{
+	printf 'Types: deb\nURIs: %s\nSuites: trixie bookworm\nComponents: main\n' "$uri"
+	[ -z "$signed_by" ] || printf 'Signed-By: %s\n' "$signed_by"
+} >"$cache/sources.tmp.$$"
+
+apt_opts() {
+	echo "-q -o Dir::Etc::sourcelist=$cache/trixie.sources -o Dir::Etc::sourceparts=- \
+-o Dir::State::Lists=$cache/lists -o Dir::Cache=$cache/apt-cache -o APT::Sandbox::User=root"
 }
 
-parser=$(dpkg -L "$pkg" | grep -E '/s?bin/apparmor_parser$' | head -n 1)
-[ -n "$parser" ] || { echo "parser-rootfs.sh: $pkg ships no apparmor_parser" >&2; exit 1; }
-mkdir -p "$dest"
-install -D -m 0755 "$parser" "$dest/usr/sbin/apparmor_parser"
+# One apt run at a time on the shared cache (several worktrees may build at once).
+if command -v flock >/dev/null 2>&1; then
+	exec 9>"$cache/.lock"
+	flock 9
+fi
+mv "$cache/sources.tmp.$$" "$cache/trixie.sources"
 
-# Shared libraries: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and
-# "/lib64/ld-linux-x86-64.so.2 (0x...)"; linux-vdso has no file.
-ldd "$parser" | sed -n -e 's|.*=> \(/[^ ]*\) (.*|\1|p' -e 's|^[[:space:]]*\(/[^ ]*\) (.*|\1|p' |
-	while read -r lib; do
-		install -D -m 0755 "$(readlink -f "$lib")" "$dest$lib"
-	done
+# refresh the lists when missing or older than $max_age minutes; keep old ones if the archive is unreachable
+stamp=$cache/lists/.updated
+if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +"$max_age" 2>/dev/null)" ]; then
+	# shellcheck disable=SC2046 # word splitting of the options is intended
+	if apt-get $(apt_opts) update >"$cache/update.log" 2>&1; then
+		touch "$stamp"
+	elif [ -f "$stamp" ]; then
+		echo "parser-rootfs.sh: apt-get update failed (see $cache/update.log); using the lists from $(date -r "$stamp")" >&2
+	else
+		cat "$cache/update.log" >&2
+		die "apt-get update for trixie/bookworm from $uri failed and no lists are cached"
+	fi
+fi
 
-dpkg -L "$pkg" |
-	grep -E '^(/etc/apparmor\.d/(abi|abstractions|tunables)|/usr/share/apparmor-features)(/|$)' |
-	while read -r path; do
-		if [ -L "$path" ]; then
-			mkdir -p "$dest$(dirname "$path")"
-			cp -P "$path" "$dest$path"
-		elif [ -d "$path" ]; then
-			mkdir -p "$dest$path"
-		elif [ -f "$path" ]; then
-			install -D -m 0644 "$path" "$dest$path"
-		fi
+# The newest versions of apparmor and libc6 per suite ("pkg suite version" lines), resolved once per lists
+# refresh (apt-cache parses all lists, which takes seconds).
+versions=$cache/lists/.versions
+if [ ! -s "$versions" ] || [ "$versions" -ot "$stamp" ]; then
+	# shellcheck disable=SC2046
+	apt-cache $(apt_opts) madison apparmor libc6 |
+		awk -F'|' '{ gsub(/ /, "", $1); gsub(/ /, "", $2); split($3, a, " "); split(a[2], s, "/");
+			if (!seen[$1 " " s[1]]++) print $1, s[1], $2 }' >"$versions.tmp"
+	mv "$versions.tmp" "$versions"
+fi
+newest() { awk -v p="$1" -v s="$2" '$1 == p && $2 == s { print $3; exit }' "$versions"; }
+
+# fetch PACKAGE VERSION: path of the cached .deb, downloading it once
+fetch() {
+	pkg=$1 ver=$2
+	file=$cache/debs/${pkg}_$(echo "$ver" | sed 's/:/%3a/')_amd64.deb
+	if [ ! -s "$file" ]; then
+		tmp=$(mktemp -d "$cache/debs/.dl.XXXXXX")
+		# shellcheck disable=SC2046
+		(cd "$tmp" && apt-get $(apt_opts) download "$pkg=$ver" >&2) ||
+			{ rm -rf "$tmp"; die "apt-get download $pkg=$ver failed (is $ver still in the archive? pin another with the *_VERSION variables)"; }
+		set -- "$tmp"/"${pkg}"_*.deb
+		[ -f "$1" ] || { rm -rf "$tmp"; die "apt-get download $pkg=$ver produced no .deb"; }
+		mv "$1" "$file"
+		rm -rf "$tmp"
+	fi
+	echo "$file"
+}
+
+aa4_ver=${APPARMOR4_VERSION:-$(newest apparmor trixie)}
+aa3_ver=${APPARMOR3_VERSION:-$(newest apparmor bookworm)}
+libc_ver=${LIBC6_VERSION:-$(newest libc6 trixie)}
+[ -n "$aa4_ver" ] && [ -n "$aa3_ver" ] && [ -n "$libc_ver" ] ||
+	die "cannot resolve versions (apparmor trixie '$aa4_ver', apparmor bookworm '$aa3_ver', libc6 trixie '$libc_ver')"
+aa4_deb=$(fetch apparmor "$aa4_ver")
+aa3_deb=$(fetch apparmor "$aa3_ver")
+libc_deb=$(fetch libc6 "$libc_ver")
+[ "$(command -v flock)" = "" ] || flock -u 9
+
+# ===  the tree  ===
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/parser-rootfs.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+dpkg-deb -x "$aa4_deb" "$work/aa4"
+dpkg-deb -x "$aa3_deb" "$work/aa3"
+dpkg-deb -x "$libc_deb" "$work/libc"
+# the parser's path differs between releases (/sbin in bookworm, /usr/sbin in trixie)
+parser_in() {
+	for p in "$1/usr/sbin/apparmor_parser" "$1/sbin/apparmor_parser"; do
+		[ -f "$p" ] && { echo "$p"; return 0; }
 	done
-install -D -m 0644 /etc/apparmor/parser.conf "$dest/etc/apparmor/parser.conf"
+	die "no apparmor_parser in $2"
+}
+aa4_parser=$(parser_in "$work/aa4" "${aa4_deb##*/}")
+aa3_parser=$(parser_in "$work/aa3" "${aa3_deb##*/}")
+libdir=$work/libc/usr/lib/x86_64-linux-gnu
+ldso=$libdir/ld-linux-x86-64.so.2
+[ -f "$libdir/libc.so.6" ] && [ -f "$ldso" ] || die "${libc_deb##*/} has no usr/lib/x86_64-linux-gnu/{libc.so.6,ld-linux-x86-64.so.2}"
+
+mkdir -p "$dest/usr/sbin" "$dest/usr/lib/x86_64-linux-gnu" "$dest/usr/lib64" "$dest/etc/apparmor.d" \
+	"$dest/usr/lib/apparmor-profile-loader/apparmor.d-3"
+[ -e "$dest/lib" ] || ln -s usr/lib "$dest/lib"
+[ -e "$dest/lib64" ] || ln -s usr/lib64 "$dest/lib64"
+install -m 0755 "$aa4_parser" "$dest/usr/sbin/apparmor_parser"
+install -m 0755 "$aa3_parser" "$dest/usr/lib/apparmor-profile-loader/apparmor_parser-3"
+
+# Libraries: exactly what trixie's loader resolves for each parser ("name => path (addr)" lines; the loader
+# itself and the vDSO have no "=>"). Anything it cannot find in trixie's libc6 fails the build.
+for p in "$aa4_parser" "$aa3_parser"; do
+	"$ldso" --library-path "$libdir" --list "$p" >"$work/ldd" 2>&1 || { cat "$work/ldd" >&2; die "cannot list the libraries of $p"; }
+	! grep -q 'not found' "$work/ldd" || { cat "$work/ldd" >&2; die "${p##*/} needs a library trixie's libc6 does not ship"; }
+	sed -n 's|.*=> \(/[^ ]*\) (.*|\1|p' "$work/ldd" | while read -r lib; do
+		case $lib in
+		"$libdir"/*) install -m 0755 "$lib" "$dest/usr/lib/x86_64-linux-gnu/${lib##*/}" ;;
+		*) die "${p##*/} resolves $lib outside trixie's libc6" ;;
+		esac
+	done
+done
+install -m 0755 "$ldso" "$dest/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+ln -sfn ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$dest/usr/lib64/ld-linux-x86-64.so.2"
+
+# include trees: the whole abi/, abstractions/ and tunables/ of each package
+for d in abi abstractions tunables; do
+	[ -d "$work/aa4/etc/apparmor.d/$d" ] || die "${aa4_deb##*/} has no /etc/apparmor.d/$d"
+	[ -d "$work/aa3/etc/apparmor.d/$d" ] || die "${aa3_deb##*/} has no /etc/apparmor.d/$d"
+	rm -rf "${dest:?}/etc/apparmor.d/$d" "$dest/usr/lib/apparmor-profile-loader/apparmor.d-3/$d"
+	cp -a "$work/aa4/etc/apparmor.d/$d" "$dest/etc/apparmor.d/$d"
+	cp -a "$work/aa3/etc/apparmor.d/$d" "$dest/usr/lib/apparmor-profile-loader/apparmor.d-3/$d"
+done
+
+mkdir -p "$dest/etc/apparmor"
+cat >"$dest/etc/apparmor/parser.conf" <<'EOF'
+# apparmor-profile-loader: deliberately no `policy-features=` line (Debian's parser.conf pins one).
+# `load` compiles for the node it runs on: the node's own parser.conf pin when it has one, otherwise the
+# running kernel's features. See the README, "Parser and include tree".
+EOF
+
+if [ "$vm" = 1 ]; then
+	f=$work/aa3/usr/share/apparmor-features/features
+	[ -f "$f" ] || die "${aa3_deb##*/} has no /usr/share/apparmor-features/features"
+	install -D -m 0644 "$f" "$dest/usr/share/apparmor-features/features"
+fi
 
 doc=$dest/usr/share/doc/apparmor-profile-loader
 mkdir -p "$doc"
-cp /usr/share/doc/apparmor/copyright "$doc/apparmor.copyright"
-cp /usr/share/doc/libc6/copyright "$doc/libc6.copyright"
-dpkg-query -W -f='${Package} ${Version}\n' "$pkg" libc6 > "$doc/parser-packages"
+cp "$work/aa4/usr/share/doc/apparmor/copyright" "$doc/apparmor.copyright"
+cp "$work/aa3/usr/share/doc/apparmor/copyright" "$doc/apparmor-3.copyright"
+cp "$work/libc/usr/share/doc/libc6/copyright" "$doc/libc6.copyright"
+printf 'apparmor %s /usr/sbin/apparmor_parser\napparmor %s /usr/lib/apparmor-profile-loader/apparmor_parser-3\nlibc6 %s\n' \
+	"$aa4_ver" "$aa3_ver" "$libc_ver" >"$doc/parser-packages"
+
+# ===  self-check: both parsers run with the tree's own loader and libc  ===
+
+# one libc only
+n=$(find "$dest" -name 'libc.so.6' | wc -l)
+[ "$n" -eq 1 ] || die "$dest holds $n copies of libc.so.6, expected exactly one"
+lib=$dest/usr/lib/x86_64-linux-gnu
+v4=$("$lib/ld-linux-x86-64.so.2" --library-path "$lib" "$dest/usr/sbin/apparmor_parser" --version | head -n 1)
+v3=$("$lib/ld-linux-x86-64.so.2" --library-path "$lib" "$dest/usr/lib/apparmor-profile-loader/apparmor_parser-3" --version | head -n 1)
+case $v4 in *" version 4."*) ;; *) die "/usr/sbin/apparmor_parser reports '$v4', expected 4.x" ;; esac
+case $v3 in *" version 3."*) ;; *) die "apparmor_parser-3 reports '$v3', expected 3.x" ;; esac
+echo "parser-rootfs.sh: $dest: $v4 (apparmor $aa4_ver), $v3 (apparmor $aa3_ver), libc6 $libc_ver" >&2

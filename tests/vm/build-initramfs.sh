@@ -3,10 +3,14 @@
 #
 #   tests/vm/build-initramfs.sh OUT.cpio.gz LOADER_BIN PAYLOAD_DIR [INIT]
 #
-# Contents: busybox-static (+ one symlink per applet), /usr/sbin/apparmor_parser and the libraries ldd lists,
-# the host's AppArmor include tree (/etc/apparmor.d/{abi,abstractions,tunables}, /etc/apparmor/parser.conf and the
-# features file it names), our static loader at /usr/local/bin/apparmor-loader (+ busybox-style links),
+# Contents: busybox-static (+ one symlink per applet); the image's parser tree, laid out by
+# tests/deploy/parser-rootfs.sh --vm exactly as in the image (Debian trixie's apparmor 4.1 parser at
+# /usr/sbin/apparmor_parser with trixie's libc and include tree /etc/apparmor.d/{abi,abstractions,tunables}, a
+# non-pinning /etc/apparmor/parser.conf, bookworm's 3.0 parser at /usr/lib/apparmor-profile-loader/apparmor_parser-3
+# with its include tree) plus bookworm's AppArmor 3.0 feature file at /usr/share/apparmor-features/features for
+# pinned-node scenarios; our static loader at /usr/local/bin/apparmor-loader (+ busybox-style links);
 # PAYLOAD_DIR at /aapl, and INIT (default: tests/vm/guest/init) at /init.
+# PARSER_ROOTFS=DIR takes that tree from DIR (made by `parser-rootfs.sh --vm DIR`) instead of building it.
 set -eu
 
 die() { echo "build-initramfs.sh: $*" >&2; exit 1; }
@@ -16,8 +20,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 init=${4:-$here/guest/init}
 
 busybox=${BUSYBOX:-/bin/busybox}
-parser=${APPARMOR_PARSER:-/usr/sbin/apparmor_parser}
-for f in "$busybox" "$parser" "$loader" "$init" /etc/apparmor/parser.conf /etc/apparmor.d/abi; do
+for f in "$busybox" "$loader" "$init"; do
     [ -e "$f" ] || die "missing $f"
 done
 "$busybox" --list >/dev/null 2>&1 || die "$busybox is not a busybox binary (install busybox-static)"
@@ -38,21 +41,14 @@ for applet in $("$busybox" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
 done
 
-# apparmor_parser and its shared libraries (ldd: "name => /path (addr)" or "/path (addr)")
-copy_with_parents() { mkdir -p "$root$(dirname "$1")" && cp -L "$1" "$root$1"; }
-copy_with_parents "$parser"
-for lib in $(ldd "$parser" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
-    copy_with_parents "$lib"
-done
-
-# the AppArmor include tree and parser configuration
-cp -a /etc/apparmor.d/abi /etc/apparmor.d/abstractions /etc/apparmor.d/tunables "$root/etc/apparmor.d/"
-cp /etc/apparmor/parser.conf "$root/etc/apparmor/parser.conf"
-features=$(sed -n 's/^[[:space:]]*policy-features[[:space:]]*=[[:space:]]*//p' /etc/apparmor/parser.conf | tail -n 1)
-if [ -n "$features" ]; then
-    [ -e "$features" ] || die "parser.conf names policy-features=$features, which does not exist"
-    copy_with_parents "$features"
+# the image's parsers, libc and include trees (+ bookworm's feature file), as the image has them
+if [ -n "${PARSER_ROOTFS:-}" ]; then
+    [ -x "$PARSER_ROOTFS/usr/sbin/apparmor_parser" ] || die "PARSER_ROOTFS=$PARSER_ROOTFS has no usr/sbin/apparmor_parser"
+    cp -a "$PARSER_ROOTFS"/. "$root/"
+else
+    sh "$here/../deploy/parser-rootfs.sh" --vm "$root" || die "tests/deploy/parser-rootfs.sh --vm failed"
 fi
+[ -f "$root/usr/share/apparmor-features/features" ] || die "the parser tree lacks usr/share/apparmor-features/features (use --vm)"
 
 # our loader: static, stripped of debug info to keep the initramfs small
 cp "$loader" "$root/usr/local/bin/apparmor-loader"
@@ -60,12 +56,11 @@ if command -v objcopy >/dev/null 2>&1; then
     objcopy --strip-debug "$root/usr/local/bin/apparmor-loader" 2>/dev/null || cp "$loader" "$root/usr/local/bin/apparmor-loader"
 fi
 chmod 0755 "$root/usr/local/bin/apparmor-loader"
-# the contract says static; should it ever be dynamic, bring its libraries along rather than fail obscurely
-if ldd "$loader" >/dev/null 2>&1; then
-    for lib in $(ldd "$loader" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
-        [ -e "$root$lib" ] || copy_with_parents "$lib"
-    done
-fi
+# the contract says static (the guest's only libc is trixie's, for the parser; the host's must not leak in)
+case $(LC_ALL=C ldd "$loader" 2>&1 || true) in
+*"not a dynamic executable"*|*"statically linked"*) ;;
+*) die "$loader is not statically linked (see .cargo/config.toml)" ;;
+esac
 for link in copy load untaint pause validate; do
     ln -s apparmor-loader "$root/usr/local/bin/$link"
 done
