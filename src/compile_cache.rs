@@ -135,13 +135,15 @@ fn remove_unversioned_cache(cache_dir: &Path) -> io::Result<()> {
 /// disable and force-complain links).
 const NOT_INCLUDES: &[&str] = &["cache", "disable", "force-complain"];
 
-/// Hex digest of the parser binary and the content of every include file it can read: the
+/// Hex digest of the parser binary, the pinned policy features (which the parser's own cache
+/// ignores), and the content of every include file it can read: the
 /// sub-directories of its base (`abi/`, `abstractions/`, `tunables/`, `local/`, …) and every
 /// `--Include` directory. Top-level files of the base are profiles, not includes: the base may
 /// be the profile directory itself, whose files change with every ConfigMap update.
 fn fingerprint(parser: &Parser) -> io::Result<String> {
     let mut hash = Sha256::new();
     hash.update(fs::read(&parser.binary)?);
+    hash.update(parser.features.cache_key());
     let mut add_tree = |root: &Path, min_depth: usize| -> io::Result<()> {
         hash.update(root.as_os_str().as_encoded_bytes());
         hash.update([0]);
@@ -223,6 +225,22 @@ mod tests {
         // include: adding or changing one keeps the cache.
         fs::write(d.path().join("base/some-profile"), "profile p {}\n").unwrap();
         assert_eq!(CompileCache::open(&cache_dir, &p).unwrap().dir, changed.dir);
+
+        // Another pinned policy feature set: the parser's cache would serve the old policy.
+        fs::write(d.path().join("pin"), "policy {}\n").unwrap();
+        let mut pinned = p.clone();
+        pinned.features = Features::Pinned {
+            file: d.path().join("pin"),
+            kernel: None,
+            pin: "/pin".into(),
+        };
+        let pinned_dir = CompileCache::open(&cache_dir, &pinned).unwrap().dir;
+        assert_ne!(pinned_dir, changed.dir);
+        fs::write(d.path().join("pin"), "policy { file {} }\n").unwrap();
+        assert_ne!(
+            CompileCache::open(&cache_dir, &pinned).unwrap().dir,
+            pinned_dir
+        );
 
         fs::write(d.path().join("parser"), "binary v2").unwrap();
         assert_ne!(CompileCache::open(&cache_dir, &p).unwrap().dir, changed.dir);

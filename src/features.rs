@@ -3,8 +3,9 @@
 //! Our files sit in the node's top-level `/etc/apparmor.d`, so after a reboot the node's
 //! `apparmor.service` compiles and loads them itself. What we load must be what it would load.
 //! The node's parser compiles for the feature file its `/etc/apparmor/parser.conf` pins
-//! (`policy-features=…`, as Debian does), or, without a pin, for the running kernel's features
-//! (securityfs `apparmor/features`, as Ubuntu does). We do the same, reading the node's
+//! (`policy-features=…`, as Debian does), or, without a pin, for the running kernel (securityfs
+//! `apparmor/features`) with the parser's built-in default policy features for profiles without
+//! an `abi` rule (as Ubuntu does). We do the same, reading the node's
 //! `parser.conf` and the pinned file through read-only host mounts; the image's own
 //! `parser.conf` never decides it.
 
@@ -101,8 +102,10 @@ impl Features {
     pub fn add_args(&self, cmd: &mut Command) {
         match self {
             Features::ParserDefault => {}
+            // No pin: the node's parser compiles a profile without an abi rule for its built-in
+            // default policy features, not for the kernel's; only the kernel's features are
+            // named (so copy, which may not see the default securityfs path, agrees with load).
             Features::Kernel { dir } => {
-                cmd.arg("--policy-features").arg(dir);
                 cmd.arg("--kernel-features").arg(dir);
             }
             Features::Pinned { file, kernel, .. } => {
@@ -110,6 +113,22 @@ impl Features {
                 if let Some(k) = kernel {
                     cmd.arg("--kernel-features").arg(k);
                 }
+            }
+        }
+    }
+
+    /// What the parser's cache does not key on but the compiled policy depends on: the pinned
+    /// policy features (the parser keys its cache on the kernel's features only).
+    pub fn cache_key(&self) -> Vec<u8> {
+        match self {
+            Features::ParserDefault => b"default".to_vec(),
+            Features::Kernel { .. } => b"kernel".to_vec(),
+            Features::Pinned { file, .. } => {
+                let mut key = b"pinned:".to_vec();
+                key.extend(file.as_os_str().as_encoded_bytes());
+                key.push(0);
+                key.extend(std::fs::read(file).unwrap_or_default());
+                key
             }
         }
     }
@@ -123,8 +142,8 @@ impl Features {
                     .into()
             }
             Features::Kernel { dir } => format!(
-                "the running kernel's features ({}), as the node's own boot does: its \
-                 parser.conf pins none",
+                "the running kernel's features ({}) and the parser's default policy features, \
+                 as the node's own boot does: its parser.conf pins none",
                 dir.display()
             ),
             Features::Pinned { pin, .. } => format!(
@@ -229,6 +248,15 @@ mod tests {
                 dir: d.path().join("security/apparmor/features")
             }
         );
+        let mut cmd = Command::new("x");
+        f.add_args(&mut cmd);
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        // Unpinned: the parser's default policy features, as the node's own parser uses.
+        assert!(!args.iter().any(|a| a == "--policy-features"), "{args:?}");
+        assert!(args.iter().any(|a| a == "--kernel-features"), "{args:?}");
 
         let d = node(None, None, false);
         let f = Features::for_node(&d.path().join("host"), &d.path().join("security")).unwrap();

@@ -294,7 +294,7 @@ fn a_fresh_node_compiles_once_copy_fills_the_cache_load_only_reads_it() {
     // The parser was told the node's feature set in every compile.
     let calls = node.kernel.parser_calls();
     assert!(
-        calls.lines().all(|l| l.contains("--policy-features")),
+        calls.lines().all(|l| l.contains("--kernel-features")),
         "{calls}"
     );
 }

@@ -53,6 +53,13 @@ fn payload(dir: &Path) {
     );
     write("src/f2a/fc-p", &parent(true));
     write("src/f2b/fc-p", &parent(false));
+    // No abi rule: the node's policy-features pin decides what it is compiled for.
+    write("src/f4/fc-p", &parent(false));
+    write(
+        "src/f4/fc-q",
+        "#include <tunables/global>\nprofile aapl-fc-q {\n  #include <abstractions/base>\n  \
+         network inet stream,\n  signal (send) peer=aapl-fc-p,\n  /tmp/** rw,\n}\n",
+    );
     write(
         "src/f3/ns",
         "abi <abi/3.0>,\nprofile :ns1:aapl-ns {\n  /tmp/** r,\n}\n",

@@ -56,10 +56,13 @@ scenario_F3() {
 sha1_of() { cat "$SFS"/apparmor/policy/profiles/"$1".*/sha1 2>/dev/null | head -n 1; }
 
 # F4: what load put in the kernel is what the node's own boot-style load of the same file puts there, for an
-# unpinned node (kernel features) and for a pinned one (parser.conf policy-features=…).
+# unpinned node (kernel features) and for a pinned one (parser.conf policy-features=…). The profile has no abi
+# rule, so the pin decides what it is compiled for (an abi rule would override the pin).
 scenario_F4() {
     echo "AAPL-BEGIN F4"
-    cm_set /aapl/src/f2b
+    cm_set /aapl/src/f4
+    run F4 copy $COPY
+    check F4 "copy exits 0 (got $RC)" [ "$RC" -eq 0 ]
     for config in unpinned pinned; do
         if [ "$config" = pinned ]; then
             printf 'policy-features=/usr/share/apparmor-features/features\n' >/etc/apparmor/parser.conf
@@ -69,15 +72,16 @@ scenario_F4() {
         # the node's own configuration, as the DaemonSet mounts it under --node-root
         run F4 "load-$config" env APPARMOR_LOADER_NODE_ROOT=/ $LOAD_RO
         check F4 "$config: load exits 0 (got $RC)" [ "$RC" -eq 0 ]
-        ours=$(sha1_of aapl-fc-p)
-        run F4 "host-$config" "$PARSER" --replace "$DEST/fc-p"
-        host=$(sha1_of aapl-fc-p)
+        ours=$(sha1_of aapl-fc-q)
+        run F4 "host-$config" "$PARSER" --replace "$DEST/fc-q"
+        host=$(sha1_of aapl-fc-q)
         info F4 "$config: load's policy sha1 $ours, the host-style load's $host"
         check F4 "$config: the kernel hashes of load's and the host's policy are equal and present" \
             [ -n "$ours" -a "$ours" = "$host" ]
         eval "hash_$config=\$ours"
     done
-    info F4 "pinned and unpinned hashes: $hash_pinned $hash_unpinned"
+    check F4 "the pin changed the compiled policy ($hash_pinned vs $hash_unpinned), so it was honoured" \
+        [ "$hash_pinned" != "$hash_unpinned" ]
     printf '# no pin\n' >/etc/apparmor/parser.conf
     echo "AAPL-DONE F4"
 }
