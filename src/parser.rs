@@ -6,7 +6,6 @@
 //! interpret profile syntax ourselves: whether a file compiles, which profile names it defines
 //! (`--names`) and which mode each asks for (the debug dump) all come from the parser.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -263,11 +262,13 @@ impl Parser {
         }))
     }
 
-    /// The profile names a file defines (`--names`; children as `parent//child`).
-    pub fn names<F: ParserInput>(&self, file: &F) -> Result<Vec<String>, ParserError> {
+    /// The profile names the files define (`--names`; children as `parent//child`), in file
+    /// order: one process, one job, so the output follows the arguments.
+    pub fn names<F: ParserInput>(&self, files: &[F]) -> Result<Vec<String>, ParserError> {
         let mut cmd = self.command();
-        cmd.arg("--names").arg(file.path());
-        let out = self.execute(cmd, "listing profile names", file.key(), false)?;
+        cmd.arg("--names").arg("--jobs").arg("1");
+        cmd.args(files.iter().map(|f| f.path()));
+        let out = self.execute(cmd, "listing profile names", &keys(files), false)?;
         if !out.status.success() {
             return Err(failed("listing profile names", &out));
         }
@@ -280,17 +281,19 @@ impl Parser {
             .collect())
     }
 
-    /// The mode each profile of a file asks for, from the parser's debug dump (`enforce`
-    /// unless its flags say otherwise).
-    pub fn modes<F: ParserInput>(&self, file: &F) -> Result<BTreeMap<String, String>, ParserError> {
+    /// The mode each profile of the files asks for, from the parser's debug dump (`enforce`
+    /// unless its flags say otherwise), as `(name, mode)` in file order (one process, one job).
+    pub fn modes<F: ParserInput>(&self, files: &[F]) -> Result<Vec<(String, String)>, ParserError> {
         let mut cmd = self.command();
         cmd.arg("--debug")
             .arg("--skip-kernel-load")
             .arg("--skip-cache")
-            .arg(file.path());
+            .arg("--jobs")
+            .arg("1");
+        cmd.args(files.iter().map(|f| f.path()));
         // The dump prints a profile's `Name:` on stdout and its `Mode:` on stderr, so only the
         // merged stream pairs them.
-        let out = self.execute(cmd, "reading profile modes", file.key(), true)?;
+        let out = self.execute(cmd, "reading profile modes", &keys(files), true)?;
         if !out.status.success() {
             return Err(failed("reading profile modes", &out));
         }
@@ -577,8 +580,8 @@ fn error_message(stderr: &str) -> String {
 /// hats print `Mode: , Hat`; child profiles print `Local To:` before their mode. A name that
 /// is not followed by one of those lines spans several lines (it contains a newline) and is
 /// left out, so its caller sees a name it cannot account for.
-fn parse_debug_modes(dump: &str) -> BTreeMap<String, String> {
-    let mut modes = BTreeMap::new();
+fn parse_debug_modes(dump: &str) -> Vec<(String, String)> {
+    let mut modes = Vec::new();
     let mut name: Option<String> = None;
     for line in dump.lines() {
         if let Some(n) = line.strip_prefix("Name:\t\t") {
@@ -587,7 +590,7 @@ fn parse_debug_modes(dump: &str) -> BTreeMap<String, String> {
             if let Some(n) = name.take() {
                 let mode = m.split(',').next().unwrap_or("").trim();
                 let mode = if mode.is_empty() { "enforce" } else { mode };
-                modes.entry(n).or_insert_with(|| mode.to_string());
+                modes.push((n, mode.to_string()));
             }
         } else if !line.starts_with("Local To:") {
             name = None;
@@ -599,6 +602,7 @@ fn parse_debug_modes(dump: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     struct File(PathBuf);
     impl ParserInput for File {
@@ -643,14 +647,14 @@ mod tests {
         let dump = "----- Debugging built structures -----\nName:\t\tp\nMode: \n\
                     Mode:\trwa:rwa\tName:\t(/dev/full)\nName:\t\tq\nMode: complain\n\
                     Name:\t\that\nMode: , Hat\n";
-        let modes = parse_debug_modes(dump);
+        let modes: BTreeMap<_, _> = parse_debug_modes(dump).into_iter().collect();
         assert_eq!(modes["p"], "enforce");
         assert_eq!(modes["q"], "complain");
         assert_eq!(modes["hat"], "enforce");
         assert_eq!(modes.len(), 3);
         // A child profile says where it belongs first; a name with a newline spans lines.
         let dump = "Name:\t\tkid\nLocal To:\tp\nMode: \nName:\t\ta\nb\nMode: \n";
-        let modes = parse_debug_modes(dump);
+        let modes: BTreeMap<_, _> = parse_debug_modes(dump).into_iter().collect();
         assert_eq!(modes["kid"], "enforce");
         assert!(
             !modes.contains_key("a") && !modes.contains_key("b"),
@@ -674,7 +678,7 @@ mod tests {
             Duration::from_secs(30),
         );
         let err = p
-            .modes(&File(dir.path().join("x")))
+            .modes(&[File(dir.path().join("x"))])
             .unwrap_err()
             .to_string();
         assert!(
@@ -737,7 +741,7 @@ mod tests {
         let mut p = script_parser(dir.path(), "exit 0", Duration::from_secs(5));
         p.binary = dir.path().join("gone");
         let msg = p
-            .names(&File(dir.path().join("x")))
+            .names(&[File(dir.path().join("x"))])
             .unwrap_err()
             .to_string();
         assert!(msg.contains("gone does not exist"), "{msg}");
@@ -749,7 +753,7 @@ mod tests {
         std::fs::set_permissions(&orphan, std::fs::Permissions::from_mode(0o755)).unwrap();
         p.binary = orphan;
         let msg = p
-            .names(&File(dir.path().join("x")))
+            .names(&[File(dir.path().join("x"))])
             .unwrap_err()
             .to_string();
         assert!(msg.contains("a file it needs to start is missing"), "{msg}");

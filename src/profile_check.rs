@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use crate::exit_code::{self, ExitStatus};
-use crate::parser::{Cache, Parser, ParserError};
+use crate::parser::{Cache, Parser, ParserError, ParserInput};
 use crate::pool;
 use crate::profile_files::{ProfileInput, Rejection, Source};
 use crate::profile_names::{check_name_set, check_profile_name};
@@ -95,15 +95,17 @@ pub fn check(
         .filter(|i| known.describes(&i.key, &i.sha256).is_none())
         .collect();
     parser.compile(&fresh, cache)?;
-    let described = pool::map(parser.jobs, inputs, |input| {
-        match known.describes(&input.key, &input.sha256) {
-            Some(entry) => Ok((entry.profiles.clone(), entry.modes.clone())),
-            None => names_and_modes(parser, input),
-        }
-    });
+    let mut described: BTreeMap<&str, Described> = fresh
+        .iter()
+        .map(|i| i.key.as_str())
+        .zip(describe_all(parser, &fresh)?)
+        .collect();
     let mut compiled = Vec::with_capacity(inputs.len());
-    for (input, described) in inputs.iter().zip(described) {
-        let (names, modes) = described?;
+    for input in inputs {
+        let (names, modes) = match known.describes(&input.key, &input.sha256) {
+            Some(entry) => (entry.profiles.clone(), entry.modes.clone()),
+            None => described.remove(input.key.as_str()).unwrap_or_default(),
+        };
         compiled.push(CompiledProfile {
             key: input.key.clone(),
             path: input.path.clone(),
@@ -123,20 +125,113 @@ pub fn check(
     Ok(compiled)
 }
 
-/// Names (`--names`) and modes (the debug dump) of one file that is known to compile.
-fn names_and_modes(
-    parser: &Parser,
-    input: &ProfileInput,
-) -> Result<(Vec<String>, BTreeMap<String, String>), CheckError> {
-    let names = parser.names(input)?;
-    let dumped = parser.modes(input)?;
-    // Top-level names the dump cannot account for stay without a mode and are refused.
+/// What one file defines: its profile names and the mode of each top-level one.
+type Described = (Vec<String>, BTreeMap<String, String>);
+
+/// A file for the parser: one of ours, or a marker between them.
+struct Item {
+    key: String,
+    path: PathBuf,
+}
+
+impl ParserInput for Item {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// Names (`--names`) and modes (the debug dump) of files known to compile, in two parser
+/// processes for all of them rather than two per file (process start-up dominates on a small
+/// node). Marker profiles between the files split the parser's output per file; should the
+/// markers not come back in order, each file is asked about alone.
+fn describe_all(parser: &Parser, files: &[&ProfileInput]) -> Result<Vec<Described>, CheckError> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = tempfile::tempdir().map_err(|source| ParserError::Output {
+        binary: parser.binary.clone(),
+        source,
+    })?;
+    let nonce = format!("{}-{}", std::process::id(), dir.path().display()).replace('/', "_");
+    let marker = |i: usize| format!("apparmor-profile-loader-marker-{i}-{nonce}");
+    let mut sequence = Vec::with_capacity(files.len() * 2 + 1);
+    for i in 0..=files.len() {
+        let path = dir.path().join(format!("marker-{i}"));
+        std::fs::write(&path, format!("profile \"{}\" {{\n}}\n", marker(i))).map_err(|source| {
+            ParserError::Output {
+                binary: parser.binary.clone(),
+                source,
+            }
+        })?;
+        sequence.push(Item {
+            key: format!("(marker {i})"),
+            path,
+        });
+        if let Some(f) = files.get(i) {
+            sequence.push(Item {
+                key: f.key.clone(),
+                path: f.path.clone(),
+            });
+        }
+    }
+    let names = split_at_markers(parser.names(&sequence)?, files.len(), &marker, |n| n);
+    let modes = split_at_markers(parser.modes(&sequence)?, files.len(), &marker, |(n, _)| n);
+    match (names, modes) {
+        (Some(names), Some(modes)) => Ok(names
+            .into_iter()
+            .zip(modes)
+            .map(|(names, dumped)| with_modes(names, dumped.into_iter().collect()))
+            .collect()),
+        _ => {
+            tracing::debug!("the parser's output did not split at the markers; asking per file");
+            pool::map(parser.jobs, files, |f| {
+                let names = parser.names(&[*f])?;
+                let dumped = parser.modes(&[*f])?;
+                Ok(with_modes(names, dumped.into_iter().collect()))
+            })
+            .into_iter()
+            .collect()
+        }
+    }
+}
+
+/// Splits an ordered output at the marker names `marker(0)` … `marker(files)`, which must each
+/// come exactly once and in order; `None` otherwise.
+fn split_at_markers<T>(
+    items: Vec<T>,
+    files: usize,
+    marker: &dyn Fn(usize) -> String,
+    name: impl Fn(&T) -> &String,
+) -> Option<Vec<Vec<T>>> {
+    let mut groups: Vec<Vec<T>> = Vec::with_capacity(files);
+    let mut seen = 0;
+    for item in items {
+        if *name(&item) == marker(seen) {
+            seen += 1;
+            if seen <= files {
+                groups.push(Vec::new());
+            }
+        } else if (1..=files).contains(&seen) {
+            groups.last_mut()?.push(item);
+        } else {
+            return None;
+        }
+    }
+    (seen == files + 1).then_some(groups)
+}
+
+/// Top-level names with the mode the dump gives them; a name the dump cannot account for (a
+/// quoted name with a newline) stays without a mode and is refused.
+fn with_modes(names: Vec<String>, dumped: BTreeMap<String, String>) -> Described {
     let modes = names
         .iter()
         .filter(|n| !n.contains("//"))
         .filter_map(|n| dumped.get(n).map(|m| (n.clone(), m.clone())))
         .collect();
-    Ok((names, modes))
+    (names, modes)
 }
 
 /// Why one compiled file is refused: it defines nothing, or a name we could not prove.
@@ -227,6 +322,23 @@ mod tests {
                 .map(|n| (n.to_string(), "enforce".to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn output_splits_at_markers_in_order_or_not_at_all() {
+        let marker = |i: usize| format!("m{i}");
+        let out = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let split = |v: &[&str], n| split_at_markers(out(v), n, &marker, |s| s);
+        assert_eq!(
+            split(&["m0", "a", "a//h", "m1", "m2", "c", "m3"], 3),
+            Some(vec![out(&["a", "a//h"]), out(&[]), out(&["c"])])
+        );
+        assert_eq!(split(&["m0", "a", "m1"], 1), Some(vec![out(&["a"])]));
+        // Missing, out-of-order or surplus markers, or output before the first: no split.
+        assert_eq!(split(&["m0", "a", "m2", "m1"], 2), None);
+        assert_eq!(split(&["m0", "a"], 1), None);
+        assert_eq!(split(&["x", "m0", "a", "m1"], 1), None);
+        assert_eq!(split(&["m0", "a", "m1", "stray"], 1), None);
     }
 
     #[test]
