@@ -29,6 +29,8 @@ const STAGING_DIR: &str = "staging";
 pub struct CompileCache {
     /// `<cache-dir>/policy/<fingerprint>`: pass to the parser as `--cache-loc`.
     pub dir: PathBuf,
+    /// The fingerprint of the parser, include tree and feature set.
+    pub toolchain: String,
     /// `<cache-dir>/staging/<fingerprint>`.
     staging: PathBuf,
 }
@@ -56,7 +58,8 @@ impl CompileCache {
         }
         Ok(Self {
             dir,
-            staging: staging_root.join(id),
+            staging: staging_root.join(&id),
+            toolchain: id,
         })
     }
 
@@ -140,7 +143,7 @@ const NOT_INCLUDES: &[&str] = &["cache", "disable", "force-complain"];
 /// sub-directories of its base (`abi/`, `abstractions/`, `tunables/`, `local/`, …) and every
 /// `--Include` directory. Top-level files of the base are profiles, not includes: the base may
 /// be the profile directory itself, whose files change with every ConfigMap update.
-fn fingerprint(parser: &Parser) -> io::Result<String> {
+pub fn fingerprint(parser: &Parser) -> io::Result<String> {
     let mut hash = Sha256::new();
     hash.update(fs::read(&parser.binary)?);
     hash.update(parser.features.cache_key());

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::atomic_file;
-use crate::compile_cache::CompileCache;
+use crate::compile_cache::{self, CompileCache};
 use crate::exit_code::{self, ExitStatus};
 use crate::kernel::{Kernel, KernelError};
 use crate::lock::{self, LockError, LockOptions};
@@ -166,6 +166,13 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
         ),
         None => None,
     };
+    let toolchain = match &cache {
+        Some(c) => c.toolchain.clone(),
+        None => compile_cache::fingerprint(parser)
+            .map_err(|source| io("fingerprint the parser", &parser.binary, source))?,
+    };
+    // What the record says a file defines holds only for the toolchain that said it.
+    let known = owned.if_compiled_by(&toolchain);
     let staging = match &cache {
         Some(c) => Some(c.staging().map_err(|source| io("create", &c.dir, source))?),
         None => None,
@@ -173,12 +180,12 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
     let checked = profile_check::check(
         &inputs,
         parser,
-        &owned,
+        &known,
         staging.map_or(Cache::Skip, Cache::Refresh),
     )
     .map_err(CopyError::from)
     .and_then(|compiled| {
-        check_reboot_parity(opts, &owned, &inputs)?;
+        check_reboot_parity(opts, &known, &inputs)?;
         refuse_foreign(opts, &owned, &compiled)?;
         Ok(compiled)
     });
@@ -191,7 +198,7 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
             return Err(e);
         }
     };
-    let report = write_destination(opts, &owned, &source.profiles, &compiled, mtime);
+    let report = write_destination(opts, &owned, &source.profiles, &compiled, mtime, toolchain);
     if let Some(c) = &cache {
         match &report {
             Ok(_) => {
@@ -217,6 +224,7 @@ fn write_destination(
     files: &[ProfileFile],
     compiled: &[CompiledProfile],
     mtime: SystemTime,
+    toolchain: String,
 ) -> Result<CopyReport, CopyError> {
     let clashes = foreign_files(&opts.dest, owned, files.iter().map(|p| &p.key));
     if !clashes.is_empty() {
@@ -225,7 +233,10 @@ fn write_destination(
             clashes,
         });
     }
-    let mut wanted = Inventory::default();
+    let mut wanted = Inventory {
+        toolchain,
+        ..Inventory::default()
+    };
     for compiled in compiled {
         wanted.files.insert(
             compiled.key.clone(),
@@ -252,13 +263,18 @@ fn write_destination(
         .filter(|k| !wanted.files.contains_key(*k))
         .cloned()
         .collect();
-    if to_write.is_empty() && report.removed.is_empty() && owned.files == wanted.files {
+    if to_write.is_empty()
+        && report.removed.is_empty()
+        && owned.files == wanted.files
+        && owned.toolchain == wanted.toolchain
+    {
         return Ok(report);
     }
 
     // Own first, then write: the union of old and new ownership covers every file on disk.
     let mut intent = owned.clone();
     intent.files.extend(wanted.files.clone());
+    intent.toolchain.clear();
     intent.save(&opts.dest, OWNED_FILES)?;
 
     for file in to_write {

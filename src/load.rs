@@ -139,22 +139,22 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
 
     // Compile what is on disk now (that is what the host loads at boot), not what a record says.
     let inputs = read_owned_files(opts, &owned)?;
-    // A file that differs from what copy wrote (edited behind our back) may have a cache entry
-    // that matches its mtime but not its bytes: compile it afresh.
-    let changed: Vec<&ProfileInput> = inputs
+    // A file copy wrote, byte for byte, with this toolchain compiled then (copy records only
+    // what compiled), and its policy is in the cache: the load below reads it from there.
+    // Anything else (edited behind copy's back, or recorded by another parser or include tree)
+    // is compiled afresh now, before the kernel is touched.
+    let known = owned.if_compiled_by(&cache.toolchain);
+    let unproven: Vec<&ProfileInput> = inputs
         .iter()
-        .filter(|i| owned.files.get(&i.key).is_none_or(|e| e.sha256 != i.sha256))
+        .filter(|i| known.describes(&i.key, &i.sha256).is_none())
         .collect();
-    for i in &changed {
-        tracing::warn!(file = %i.key, "{} changed since copy wrote it; compiling it afresh", i.key);
+    for i in &unproven {
+        tracing::info!(file = %i.key, "{} was not compiled by copy with this parser; compiling it now", i.key);
     }
     parser
-        .compile(&changed, Cache::Refresh(&cache.dir))
+        .compile(&unproven, Cache::Refresh(&cache.dir))
         .map_err(CheckError::from)?;
-    parser
-        .compile(&inputs, Cache::ReadWrite(&cache.dir))
-        .map_err(CheckError::from)?;
-    let compiled = profile_check::check(&inputs, parser, &owned, Cache::ReadWrite(&cache.dir))?;
+    let compiled = profile_check::check(&inputs, parser, &known, Cache::ReadWrite(&cache.dir))?;
 
     refuse_foreign(opts, &compiled, &previous, &owned)?;
 

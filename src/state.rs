@@ -44,6 +44,10 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     pub version: u32,
+    /// Fingerprint of the parser, include tree and feature set that compiled and described
+    /// the entries (`compile_cache::fingerprint`); entries are reused only under the same one.
+    #[serde(default)]
+    pub toolchain: String,
     pub files: BTreeMap<String, Entry>,
 }
 
@@ -150,6 +154,16 @@ impl Inventory {
                 path: dir.join(name),
                 source,
             })
+    }
+
+    /// This record if the toolchain that wrote it is `toolchain`, else an empty one: what a
+    /// record says a file compiles to and defines holds only for the parser that said it.
+    pub fn if_compiled_by(&self, toolchain: &str) -> Inventory {
+        if self.toolchain == toolchain {
+            self.clone()
+        } else {
+            Inventory::default()
+        }
     }
 
     /// The entry for `key` if it describes exactly the content hashed `sha256`.

@@ -377,3 +377,28 @@ fn a_changed_include_with_an_old_mtime_is_compiled_again() {
         "a new fingerprint directory, the old entries pruned: {first:?} → {second:?}"
     );
 }
+
+#[test]
+fn records_of_another_parser_are_not_trusted_the_files_are_compiled_again() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().success();
+    node.load().success();
+    // The image was upgraded: another parser or include tree wrote this record.
+    let path = node.dest.path().join(".apparmor-profile-loader.json");
+    let mut record: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert!(record["toolchain"].as_str().is_some_and(|t| !t.is_empty()));
+    record["toolchain"] = "written-by-an-older-image".into();
+    fs::write(&path, record.to_string()).unwrap();
+    node.kernel.clear_parser_calls();
+    node.copy().success();
+    let calls = node.kernel.parser_calls();
+    assert!(
+        calls.contains("--skip-kernel-load") && calls.contains("--names"),
+        "copy compiled and described alpha again: {calls}"
+    );
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("loaded 0, unchanged 1"));
+}
