@@ -244,6 +244,7 @@ fn write_destination(
                 sha256: compiled.sha256.clone(),
                 profiles: compiled.names.clone(),
                 modes: compiled.modes.clone(),
+                policy_sha1: Default::default(),
             },
         );
     }

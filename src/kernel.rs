@@ -102,6 +102,20 @@ impl Kernel {
         Ok(())
     }
 
+    /// The kernel's hash of each loaded profile's policy (securityfs
+    /// `apparmor/policy/profiles/<name>.<n>/sha1`, children nested below their parent), by
+    /// profile name; empty when the kernel keeps no hashes (`apparmor.hash_policy=0`).
+    pub fn policy_hashes(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let root = self
+            .securityfs
+            .join("apparmor")
+            .join("policy")
+            .join("profiles");
+        collect_hashes(&root, &mut out);
+        out
+    }
+
     /// The loaded profiles and their modes, e.g. `k8s-nginx` → `enforce`.
     pub fn loaded_profiles(&self) -> Result<BTreeMap<String, String>, KernelError> {
         let path = self.profiles_file();
@@ -110,6 +124,24 @@ impl Kernel {
             source,
         })?;
         Ok(parse_profiles(&text))
+    }
+}
+
+fn collect_hashes(dir: &Path, out: &mut BTreeMap<String, String>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = fs::read_to_string(path.join("name"));
+        let sha1 = fs::read_to_string(path.join("sha1"));
+        if let (Ok(name), Ok(sha1)) = (name, sha1) {
+            let sha1 = sha1.trim();
+            if !sha1.is_empty() {
+                out.insert(name.trim_end_matches('\n').to_string(), sha1.to_string());
+            }
+        }
+        collect_hashes(&path.join("profiles"), out);
     }
 }
 
@@ -129,6 +161,24 @@ pub fn parse_profiles(text: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_hashes_are_read_by_name_children_included() {
+        let (dir, k) = fake(Some("Y"), true);
+        let p = dir.path().join("security/apparmor/policy/profiles/p.1");
+        for (d, name, sha) in [
+            (p.clone(), "p", "aa"),
+            (p.join("profiles/kid.3"), "p//kid", "bb"),
+        ] {
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("name"), format!("{name}\n")).unwrap();
+            fs::write(d.join("sha1"), format!("{sha}\n")).unwrap();
+        }
+        let hashes = k.policy_hashes();
+        assert_eq!(hashes["p"], "aa");
+        assert_eq!(hashes["p//kid"], "bb");
+        assert_eq!(hashes.len(), 2);
+    }
 
     #[test]
     fn profiles_file_is_parsed() {

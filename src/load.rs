@@ -165,7 +165,14 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     intent.files.extend(current.files.clone());
     intent.save(&opts.cache_dir, LOADED_PROFILES)?;
 
-    let parser_failure = if inputs.is_empty() {
+    let hashes_before = opts.kernel.policy_hashes();
+    let parser_failure = if inputs.is_empty()
+        || unchanged_in_kernel(&compiled, &previous, &hashes_before, &cache.toolchain)
+    {
+        tracing::info!(
+            "every profile is in the kernel from exactly these bytes (the kernel's policy hashes \
+             match our record): nothing to load"
+        );
         None
     } else {
         parser
@@ -174,6 +181,16 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
             .map(|e| e.to_string())
     };
     verify(&opts.kernel, &compiled, parser_failure)?;
+    let mut current = current;
+    current.toolchain = cache.toolchain.clone();
+    let hashes = opts.kernel.policy_hashes();
+    for entry in current.files.values_mut() {
+        entry.policy_sha1 = entry
+            .profiles
+            .iter()
+            .filter_map(|n| hashes.get(n).map(|h| (n.clone(), h.clone())))
+            .collect();
+    }
 
     let mut report = LoadReport {
         verified: compiled.iter().map(|c| c.names.len()).sum(),
@@ -256,6 +273,30 @@ fn refuse_foreign(
     } else {
         Err(LoadError::Foreign(foreign))
     }
+}
+
+/// Whether the kernel already holds exactly what we would load: every file is byte for byte
+/// what the last verified load loaded, with the same toolchain, and the kernel's hash of every
+/// profile's policy is still the one recorded then (nobody replaced one since). Without the
+/// kernel's hashes this is never proven, and the files are loaded again.
+fn unchanged_in_kernel(
+    compiled: &[CompiledProfile],
+    previous: &Inventory,
+    hashes: &BTreeMap<String, String>,
+    toolchain: &str,
+) -> bool {
+    previous.toolchain == toolchain
+        && compiled.iter().all(|c| {
+            previous.files.get(&c.key).is_some_and(|e| {
+                e.sha256 == c.sha256
+                    && e.profiles == c.names
+                    && c.names.iter().all(|n| {
+                        e.policy_sha1
+                            .get(n)
+                            .is_some_and(|h| hashes.get(n) == Some(h))
+                    })
+            })
+        })
 }
 
 /// Proves every compiled profile is in the kernel, in the mode its flags ask for.
@@ -386,6 +427,7 @@ fn record(compiled: &[CompiledProfile]) -> Inventory {
                 sha256: p.sha256.clone(),
                 profiles: p.names.clone(),
                 modes: p.modes.clone(),
+                policy_sha1: BTreeMap::new(),
             },
         );
     }
@@ -405,6 +447,7 @@ mod tests {
                     sha256: String::new(),
                     profiles: names.iter().map(|s| s.to_string()).collect(),
                     modes: BTreeMap::new(),
+                    policy_sha1: BTreeMap::new(),
                 },
             );
         }
@@ -444,6 +487,44 @@ mod tests {
             .chain([("p//stray".to_string(), "enforce".to_string())])
             .collect();
         assert_eq!(leftovers(&loaded2, &inv(&[]), &current), ["p//stray"]);
+    }
+
+    #[test]
+    fn a_rerun_skips_loading_only_when_the_kernel_provably_holds_these_bytes() {
+        let compiled = vec![CompiledProfile {
+            key: "k".into(),
+            path: PathBuf::from("k"),
+            sha256: "s1".into(),
+            names: vec!["p".into(), "p//hat".into()],
+            modes: BTreeMap::new(),
+        }];
+        let mut previous = inv(&[("k", &["p", "p//hat"])]);
+        previous.toolchain = "t".into();
+        let entry = previous.files.get_mut("k").unwrap();
+        entry.sha256 = "s1".into();
+        entry.policy_sha1 = [("p", "h1"), ("p//hat", "h2")]
+            .iter()
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .collect();
+        let kernel: BTreeMap<String, String> = [("p", "h1"), ("p//hat", "h2"), ("x", "h9")]
+            .iter()
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .collect();
+        assert!(unchanged_in_kernel(&compiled, &previous, &kernel, "t"));
+        // Another toolchain, other bytes, a profile replaced by hand, or no hashes: load again.
+        assert!(!unchanged_in_kernel(&compiled, &previous, &kernel, "t2"));
+        let mut other = compiled.clone();
+        other[0].sha256 = "s2".into();
+        assert!(!unchanged_in_kernel(&other, &previous, &kernel, "t"));
+        let mut replaced = kernel.clone();
+        replaced.insert("p//hat".into(), "by-hand".into());
+        assert!(!unchanged_in_kernel(&compiled, &previous, &replaced, "t"));
+        assert!(!unchanged_in_kernel(
+            &compiled,
+            &previous,
+            &BTreeMap::new(),
+            "t"
+        ));
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct Entry {
     /// The mode each top-level profile asks for.
     #[serde(default)]
     pub modes: BTreeMap<String, String>,
+    /// `load`'s record only: the kernel's hash (securityfs `sha1`) of each profile's policy as
+    /// loaded and verified, so a re-run can prove nothing changed without loading again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy_sha1: BTreeMap<String, String>,
 }
 
 /// Files by name, as written to disk.
@@ -200,6 +204,7 @@ mod tests {
                 sha256: "ab".into(),
                 profiles: vec!["p".into(), "p//hat".into()],
                 modes: BTreeMap::from([("p".into(), "enforce".into())]),
+                policy_sha1: BTreeMap::new(),
             },
         );
         inv.save(dir.path(), OWNED_FILES).unwrap();
