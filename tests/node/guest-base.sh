@@ -18,7 +18,7 @@ die() { echo "guest-base.sh: $*" >&2; exit 1; }
 # Modules the node loads (tests/node/guest/init): NIC, container filesystem, pod network, kube-proxy's nftables.
 MODULES="virtio_net virtio_pci overlay bridge veth br_netfilter nf_tables nf_conntrack nf_nat nft_ct nft_nat
  nft_masq nft_chain_nat nft_fib_inet nft_fib_ipv4 nft_fib_ipv6 nft_reject_inet nft_reject_ipv4 nft_numgen nft_limit
- nft_compat nf_conntrack_netlink"
+ nft_compat nf_conntrack_netlink nft_reject_ipv6"
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/aapl-node-base.XXXXXX")
 trap 'rm -rf "$root"' EXIT
