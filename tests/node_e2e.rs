@@ -326,6 +326,15 @@ fn register(c: &Cluster, node: &str, taints: &str) -> Result<(usize, Instant), S
         .nodes
         .wait(from, *WAIT, |n| name(n) == node)
         .ok_or_else(|| {
+            let console = c.guest.console_text();
+            if let Some(l) = console.lines().rev().find(|l| l.contains("soft lockup")) {
+                return format!(
+                    "node {node} did not register within {:?}: the guest kernel locked up ({}); \
+                     QEMU TCG under host CPU starvation",
+                    *WAIT,
+                    l.trim()
+                );
+            }
             format!(
                 "node {node} did not register within {:?}; kubelet log:\n{}",
                 *WAIT,
@@ -972,15 +981,16 @@ fn scenario_5(c: &Cluster, f: &mut Findings, pod: &Value) {
         "the token, CA and namespace came from the projected volume at the standard path",
     );
     // the connection itself: pod -> 10.96.0.1:443, DNATed by kube-proxy to 10.0.2.2:<API server port>
-    let ct = c
-        .guest
-        .out("grep 'dst=10.96.0.1 ' /proc/net/nf_conntrack | grep 'dport=443 '");
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    let ct = c.guest.out(&format!(
+        "sort -u /run/ct-service-{node}.log | grep 'dport=443 ' | sed 's/^ipv4 *2 tcp *6 [0-9]* //' | sort -u"
+    ));
     f.check(
         "5",
         ct.lines()
             .any(|l| l.contains("src=10.0.2.2 dst=") && l.contains(&format!("sport={} ", c.cp.port))),
         format!(
-            "the guest's conntrack table has the pod's connection to 10.96.0.1:443 answered by the API server (10.0.2.2:{}): {ct:?}",
+            "the guest's conntrack table had the pod's connection to 10.96.0.1:443 answered by the API server (10.0.2.2:{}): {ct:?}",
             c.cp.port
         ),
     );
