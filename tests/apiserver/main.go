@@ -88,6 +88,8 @@ func main() {
 		err = render(os.Args[2:])
 	case "expire-token":
 		err = expireToken(os.Args[2:])
+	case "issue-cert":
+		err = issueCert(os.Args[2:])
 	case "version":
 		fmt.Println(KubernetesVersion)
 	default:
@@ -100,7 +102,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: apiserver-harness serve --dir DIR [--cleanup] | render PATH... | expire-token --dir DIR [--offset -1h] < TOKEN | version")
+	fmt.Fprintln(os.Stderr, "usage: apiserver-harness serve --dir DIR [--cleanup] | render PATH... | expire-token --dir DIR [--offset -1h] < TOKEN | issue-cert --dir DIR --cn CN [--org O] --out PREFIX | version")
 	os.Exit(2)
 }
 
@@ -184,6 +186,11 @@ func serve(args []string) error {
 	dir := fs.String("dir", "", "directory for state, certificates and the kubeconfig (required)")
 	cleanup := fs.Bool("cleanup", false, "remove --dir when the harness exits")
 	verbosity := fs.String("v", "0", "kube-apiserver log verbosity")
+	// For a kubelet outside this machine's loopback (tests/node_e2e.rs: a QEMU guest behind user
+	// networking reaches this machine's 127.0.0.1 as 10.0.2.2): the address the `kubernetes`
+	// Service's endpoints name and the serving certificate carries. Unset: 127.0.0.1 and no
+	// endpoints (the API server tests need no Service).
+	advertise := fs.String("advertise-address", "", "address published in the kubernetes Service's endpoints (default: none, 127.0.0.1)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -225,7 +232,15 @@ func serve(args []string) error {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
 	}()
 
-	pki, err := writePKI(filepath.Join(d, "pki"))
+	advertiseIP := net.ParseIP("127.0.0.1")
+	reconciler := "none"
+	if *advertise != "" {
+		if advertiseIP = net.ParseIP(*advertise); advertiseIP == nil {
+			return fmt.Errorf("serve: --advertise-address %q is not an IP address", *advertise)
+		}
+		reconciler = "lease"
+	}
+	pki, err := writePKI(filepath.Join(d, "pki"), advertiseIP)
 	if err != nil {
 		return fmt.Errorf("pki: %w", err)
 	}
@@ -244,7 +259,7 @@ func serve(args []string) error {
 	apiArgs := []string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--advertise-address=" + advertiseIP.String(),
 		fmt.Sprintf("--secure-port=%d", port),
 		"--cert-dir=" + filepath.Join(d, "apiserver-certs"),
 		"--tls-cert-file=" + pki.serverCert,
@@ -259,7 +274,9 @@ func serve(args []string) error {
 		"--service-account-key-file=" + pki.saKey,
 		"--service-account-signing-key-file=" + pki.saKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
-		"--endpoint-reconciler-type=none",
+		"--endpoint-reconciler-type=" + reconciler,
+		// Client certificates signed by the harness CA (issue-cert): a kubelet's system:node:<name>.
+		"--client-ca-file=" + pki.caFile,
 		// GA and locked on since 1.32; stated so the dependency is explicit.
 		"--feature-gates=ServiceAccountTokenPodNodeInfo=true",
 		"--profiling=false",
@@ -456,6 +473,7 @@ func startEtcd(ctx context.Context, dir string) (string, func(), error) {
 
 type pkiFiles struct {
 	caPEM      []byte
+	caFile     string
 	serverCert string
 	serverKey  string
 	saKey      string
@@ -463,7 +481,7 @@ type pkiFiles struct {
 	adminToken string
 }
 
-func writePKI(dir string) (*pkiFiles, error) {
+func writePKI(dir string, advertise net.IP) (*pkiFiles, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -495,7 +513,9 @@ func writePKI(dir string) (*pkiFiles, error) {
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		// 10.96.0.1: the kubernetes Service's ClusterIP (first address of --service-cluster-ip-range),
+		// which in-cluster clients dial.
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1"), advertise},
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
 	if err != nil {
@@ -511,6 +531,7 @@ func writePKI(dir string) (*pkiFiles, error) {
 	}
 	p := &pkiFiles{
 		caPEM:      pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		caFile:     filepath.Join(dir, "ca.crt"),
 		serverCert: filepath.Join(dir, "server.crt"),
 		serverKey:  filepath.Join(dir, "server.key"),
 		saKey:      filepath.Join(dir, "sa.key"),
@@ -519,10 +540,13 @@ func writePKI(dir string) (*pkiFiles, error) {
 	}
 	srvKeyDER, _ := x509.MarshalECPrivateKey(srvKey)
 	saKeyDER, _ := x509.MarshalECPrivateKey(saKey)
+	caKeyDER, _ := x509.MarshalECPrivateKey(caKey)
 	files := map[string][]byte{
-		p.serverCert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER}),
-		p.serverKey:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: srvKeyDER}),
-		p.saKey:      pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: saKeyDER}),
+		p.serverCert:                 pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER}),
+		p.serverKey:                  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: srvKeyDER}),
+		p.saKey:                      pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: saKeyDER}),
+		p.caFile:                     pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		filepath.Join(dir, "ca.key"): pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: caKeyDER}),
 		// token,user,uid,"group1,group2"
 		p.tokenFile: []byte(fmt.Sprintf("%s,harness-admin,harness-admin-uid,\"system:masters\"\n", p.adminToken)),
 	}
@@ -607,4 +631,78 @@ func expireToken(args []string) error {
 	}
 	fmt.Println(out)
 	return nil
+}
+
+// ---------------------------------------------------------------------------------------------
+// issue-cert
+
+// issueCert writes PREFIX.crt and PREFIX.key: a client certificate for CN in organisation O
+// (Kubernetes: user CN in group O), signed by the CA of a running `serve --dir DIR`, which the API
+// server accepts through --client-ca-file. A kubelet's identity is CN system:node:<name>, O
+// system:nodes: what the Node authorizer and NodeRestriction key on.
+func issueCert(args []string) error {
+	fs := flag.NewFlagSet("issue-cert", flag.ExitOnError)
+	dir := fs.String("dir", "", "the serve --dir (required)")
+	cn := fs.String("cn", "", "common name: the user (required)")
+	org := fs.String("org", "", "organisation: the group")
+	out := fs.String("out", "", "output prefix: writes PREFIX.crt and PREFIX.key (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dir == "" || *cn == "" || *out == "" {
+		return errors.New("issue-cert: --dir, --cn and --out are required")
+	}
+	caPEM, err := os.ReadFile(filepath.Join(*dir, "pki", "ca.crt"))
+	if err != nil {
+		return err
+	}
+	block, _ := pem.Decode(caPEM)
+	if block == nil {
+		return errors.New("issue-cert: pki/ca.crt holds no PEM block")
+	}
+	caCert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return err
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(*dir, "pki", "ca.key"))
+	if err != nil {
+		return err
+	}
+	caKey, err := keyutil.ParsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return err
+	}
+	subject := pkix.Name{CommonName: *cn}
+	if *org != "" {
+		subject.Organization = []string{*org}
+	}
+	now := time.Now().Add(-time.Hour)
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      subject,
+		NotBefore:    now,
+		NotAfter:     now.Add(10 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(*out+".key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(*out+".crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }

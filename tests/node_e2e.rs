@@ -1,0 +1,1041 @@
+//! The whole gate on a real node (issue 12): the DaemonSet from `manifests/` scheduled by a real control
+//! plane (kube-apiserver + etcd, kube-scheduler, kube-controller-manager on this machine) onto a real kubelet
+//! (containerd, runc, CNI bridge, kube-proxy in nftables mode) in a QEMU guest running the AppArmor kernel,
+//! with a confined workload waiting behind the gate taint. Nothing is mocked.
+//!
+//! One boot serves every scenario (TCG is slow); the guest registers as four nodes in turn:
+//!   aapl-node-a  gate taint                       scenarios 1, 2, 4, 5; node_gate_ms, workload_running_ms
+//!   aapl-node-b  gate taint, broken ConfigMap     scenario 3
+//!   aapl-node-c  autoscaler-prefixed gate taint   scenario 6
+//!   aapl-node-d  no taint                         gate_overhead_ms (the same workload without the gate)
+//! The session records checks per scenario and each `#[test]` asserts its own. Logs of every component stay
+//! in `target/x86_64-unknown-linux-gnu/tmp/node_e2e/`. Run: `cargo test --test node_e2e -- --nocapture`.
+
+mod node_common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use node_common::{ControlPlane, Guest, Prereqs, Watch};
+use serde_json::Value;
+
+const GATE: &str = "WaitingForAppArmorProfiles";
+const AUTOSCALER_GATE: &str =
+    "startup-taint.cluster-autoscaler.kubernetes.io/WaitingForAppArmorProfiles";
+const WORKLOAD_NS: &str = "aapl-workload";
+const PROFILE: &str = "k8s-deny-write";
+/// Bound of one wait for the cluster (a kubelet's first start under TCG is the slowest step); env
+/// `AAPL_NODE_WAIT` (seconds) overrides it.
+static WAIT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+    Duration::from_secs(
+        std::env::var("AAPL_NODE_WAIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(600),
+    )
+});
+
+/// What the session saw: checks per scenario ("1".."6"), metrics, and why it stopped early (if it did).
+#[derive(Default, Debug)]
+struct Findings {
+    checks: BTreeMap<String, Vec<(bool, String)>>,
+    metrics: Vec<(String, f64)>,
+    aborted: Option<String>,
+    wall: Duration,
+}
+
+impl Findings {
+    fn check(&mut self, scenario: &str, ok: bool, detail: impl Into<String>) -> bool {
+        let detail = detail.into();
+        eprintln!(
+            "[scenario {scenario}] {} {detail}",
+            if ok { "PASS" } else { "FAIL" }
+        );
+        self.checks
+            .entry(scenario.into())
+            .or_default()
+            .push((ok, detail));
+        ok
+    }
+
+    fn metric(&mut self, name: &str, value: f64) {
+        println!("METRIC {name} {value:.0}");
+        self.metrics.push((name.into(), value));
+    }
+}
+
+fn session() -> Option<&'static Findings> {
+    static S: OnceLock<Option<Findings>> = OnceLock::new();
+    S.get_or_init(|| {
+        let p = node_common::prerequisites(option_env!("CARGO_BIN_EXE_apparmor-loader"))?;
+        let started = Instant::now();
+        let mut f = Findings::default();
+        if let Err(e) = run(&p, &mut f) {
+            eprintln!("node_e2e session stopped: {e}");
+            f.aborted = Some(e);
+        }
+        f.wall = started.elapsed();
+        println!(
+            "METRIC node_e2e_wall_s {:.0} (whole session: control plane, images, boot, 4 registrations)",
+            f.wall.as_secs_f64()
+        );
+        Some(f)
+    })
+    .as_ref()
+}
+
+fn assert_scenario(scenario: &str) {
+    let Some(f) = session() else { return };
+    let checks = f.checks.get(scenario).cloned().unwrap_or_default();
+    let failed: Vec<&String> = checks
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, d)| d)
+        .collect();
+    if !checks.is_empty() && failed.is_empty() && f.aborted.is_none() {
+        eprintln!("scenario {scenario}: {} checks passed", checks.len());
+        return;
+    }
+    if !checks.is_empty() && failed.is_empty() {
+        // the session stopped later than this scenario: its own checks stand
+        eprintln!(
+            "scenario {scenario}: {} checks passed (the session stopped later: {})",
+            checks.len(),
+            f.aborted.as_deref().unwrap_or("")
+        );
+        return;
+    }
+    panic!(
+        "scenario {scenario} failed\nfailed checks:\n  {}\n{}all checks:\n  {}",
+        failed
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n  "),
+        f.aborted
+            .as_ref()
+            .map(|a| format!("the session stopped: {a}\n"))
+            .unwrap_or_default(),
+        checks
+            .iter()
+            .map(|(ok, d)| format!("{} {d}", if *ok { "PASS" } else { "FAIL" }))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+}
+
+// === the session =================================================================================
+
+fn out_dir() -> PathBuf {
+    let base = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let d = base.join("node_e2e");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create the node_e2e log dir");
+    d
+}
+
+struct Cluster<'a> {
+    cp: &'a ControlPlane,
+    nodes: &'a Watch,
+    pods: &'a Watch,
+    guest: &'a Guest,
+}
+
+fn taint_keys(node: &Value) -> Vec<String> {
+    node["spec"]["taints"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["key"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn name(o: &Value) -> &str {
+    o["metadata"]["name"].as_str().unwrap_or("")
+}
+
+fn is_workload(pod: &Value) -> bool {
+    pod["metadata"]["namespace"] == WORKLOAD_NS
+}
+
+fn is_loader(pod: &Value) -> bool {
+    pod["metadata"]["namespace"] == "kube-system"
+        && pod["metadata"]["labels"]["app.kubernetes.io/name"] == "apparmor-profile-loader"
+}
+
+fn on_node(pod: &Value, node: &str) -> bool {
+    pod["spec"]["nodeName"] == node && pod["metadata"]["deletionTimestamp"].is_null()
+}
+
+fn running(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+}
+
+/// The container ID (without `containerd://`) of container `c` in the pod's (init) container statuses.
+fn container_id(pod: &Value, list: &str, c: &str) -> Option<String> {
+    pod["status"][list].as_array()?.iter().find_map(|s| {
+        (s["name"] == c)
+            .then(|| s["containerID"].as_str())
+            .flatten()
+            .map(|id| id.trim_start_matches("containerd://").to_string())
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn run(p: &Prereqs, f: &mut Findings) -> Result<(), String> {
+    let dir = out_dir();
+    eprintln!("node_e2e: logs in {}", dir.display());
+    let t = Instant::now();
+    let cp = ControlPlane::start(p, &dir)?;
+    eprintln!(
+        "control plane up at {} in {:.1}s",
+        cp.server_url,
+        t.elapsed().as_secs_f64()
+    );
+    let nodes = Watch::start(&cp, "nodes")?;
+    let pods = Watch::start(&cp, "pods")?;
+
+    // what an operator applies: the kustomization (profiles ConfigMap, RBAC, DaemonSet, admission policy)
+    let rendered = cp.render(&node_common::repo().join("manifests"))?;
+    let items = rendered.as_array().cloned().unwrap_or_default();
+    apply_retrying(&cp, &items)?;
+
+    // the guest: the cached base tree + this run's payload
+    let initrd = build_initrd(p, &cp, &dir)?;
+    let boot = Instant::now();
+    let guest = Guest::boot(p, &initrd, &dir, 3072, Duration::from_secs(45 * 60))?;
+    eprintln!(
+        "guest ready in {:.1}s:\n  {}",
+        boot.elapsed().as_secs_f64(),
+        guest.events().join("\n  ")
+    );
+    let c = Cluster {
+        cp: &cp,
+        nodes: &nodes,
+        pods: &pods,
+        guest: &guest,
+    };
+    let result = scenarios(&c, f);
+    if result.is_err() {
+        let _ = std::fs::write(dir.join("guest-logs.txt"), guest.out(GUEST_DIAG));
+        eprintln!("guest logs in {}", dir.join("guest-logs.txt").display());
+    }
+    let _ = std::fs::write(
+        dir.join("cluster-state.json"),
+        cp.kubectl(&["get", "nodes,pods,events", "-A", "-o", "json"], None)
+            .unwrap_or_default(),
+    );
+    result
+}
+
+/// kubectl apply, again while the API server is still creating its defaults (namespaces, priority classes).
+fn apply_retrying(cp: &ControlPlane, items: &[Value]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match cp.apply(items) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// What the guest shows about itself when something went wrong.
+const GUEST_DIAG: &str = "for f in /var/log/*.log; do echo \"== $f\"; tail -n 60 $f; done; \
+    for f in /var/log/pods/*/*/*.log; do echo \"== $f\"; tail -n 20 $f; done; \
+    echo '== nft'; nft list ruleset | head -n 120; echo '== conntrack'; head -n 40 /proc/net/nf_conntrack; \
+    echo '== routes'; ip route; ip -o addr";
+
+fn build_initrd(p: &Prereqs, cp: &ControlPlane, dir: &Path) -> Result<PathBuf, String> {
+    let root = dir.join("payload");
+    let aapl = root.join("aapl");
+    let sh = |script: &str| -> Result<(), String> {
+        let st = Command::new("bash")
+            .args(["-c", script])
+            .status()
+            .map_err(|e| e.to_string())?;
+        st.success()
+            .then_some(())
+            .ok_or_else(|| format!("`{script}` failed ({st})"))
+    };
+    let repo = node_common::repo();
+    std::fs::create_dir_all(aapl.join("etc/kubernetes")).map_err(|e| e.to_string())?;
+    sh(&format!(
+        "cp -a {g}/etc/. {a}/etc/ && cp {g}/init {r}/init && chmod 0755 {r}/init",
+        g = repo.join("tests/node/guest").display(),
+        a = aapl.display(),
+        r = root.display()
+    ))?;
+    let t = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo.join("tests/node/build-images.sh"))
+        .arg(aapl.join("images"))
+        .arg(&p.loader)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "tests/node/build-images.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    eprintln!("images built in {:.1}s", t.elapsed().as_secs_f64());
+    let k = aapl.join("etc/kubernetes");
+    std::fs::copy(&cp.ca, k.join("ca.crt")).map_err(|e| e.to_string())?;
+    for node in ["aapl-node-a", "aapl-node-b", "aapl-node-c", "aapl-node-d"] {
+        let kc = cp.guest_kubeconfig(&format!("system:node:{node}"), "system:nodes")?;
+        std::fs::write(k.join(format!("kubelet-{node}.kubeconfig")), kc)
+            .map_err(|e| e.to_string())?;
+    }
+    // the built-in ClusterRoleBinding system:node-proxier binds this user
+    let kc = cp.guest_kubeconfig("system:kube-proxy", "")?;
+    std::fs::write(k.join("kube-proxy.kubeconfig"), kc).map_err(|e| e.to_string())?;
+    let initrd = dir.join("initrd.gz");
+    sh(&format!(
+        "cd {r} && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1 > {d}/payload.cpio.gz && \
+         cat {base} {d}/payload.cpio.gz > {i}",
+        r = root.display(),
+        d = dir.display(),
+        base = p.guest_base.display(),
+        i = initrd.display()
+    ))?;
+    Ok(initrd)
+}
+
+/// Registers the guest as `node` with `taints`: returns the index of the node's first watch event and when it
+/// arrived (the node is registered).
+fn register(c: &Cluster, node: &str, taints: &str) -> Result<(usize, Instant), String> {
+    let from = c.nodes.len();
+    let (rc, out) = c.guest.sh(
+        &format!("node_up {node} '{taints}'"),
+        Duration::from_secs(60),
+    )?;
+    if rc != 0 {
+        return Err(format!("node_up {node}: {out}"));
+    }
+    eprintln!("{out}");
+    let (i, at, _) = c
+        .nodes
+        .wait(from, *WAIT, |n| name(n) == node)
+        .ok_or_else(|| {
+            let console = c.guest.console_text();
+            if let Some(l) = console.lines().rev().find(|l| l.contains("soft lockup")) {
+                return format!(
+                    "node {node} did not register within {:?}: the guest kernel locked up ({}); \
+                     QEMU TCG under host CPU starvation",
+                    *WAIT,
+                    l.trim()
+                );
+            }
+            format!(
+                "node {node} did not register within {:?}; kubelet log:\n{}",
+                *WAIT,
+                c.guest
+                    .out(&format!("tail -n 40 /var/log/kubelet-{node}.log"))
+            )
+        })?;
+    Ok((i, at))
+}
+
+/// Takes the current node out: kubelet and kube-proxy stopped, containers gone, Node and its pods deleted.
+fn unregister(c: &Cluster, node: &str) -> Result<(), String> {
+    let (_, out) = c.guest.sh("node_down", Duration::from_secs(120))?;
+    eprintln!("{out}");
+    c.cp.kubectl(&["delete", "node", node, "--wait=false"], None)?;
+    c.cp.kubectl(
+        &[
+            "delete",
+            "pods",
+            "-A",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+            "--force",
+            "--grace-period=0",
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+/// Saves what the guest shows about itself (logs, nftables, conntrack) as `guest-<label>.txt`.
+fn save_guest_diag(c: &Cluster, label: &str) {
+    let path = c.cp.dir.join(format!("guest-{label}.txt"));
+    let _ = std::fs::write(&path, c.guest.out(GUEST_DIAG));
+    eprintln!("guest state saved in {}", path.display());
+}
+
+fn gate_released(node: &str, key: &'static str) -> impl Fn(&Value) -> bool {
+    let node = node.to_string();
+    move |n| name(n) == node && !taint_keys(n).iter().any(|k| k == key)
+}
+
+fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
+    // --- node A: the gate (scenarios 1, 2, 4, 5) -----------------------------------------------------
+    let a = "aapl-node-a";
+    let pods_before = c.pods.len();
+    let (ni, registered) = register(c, a, &format!("{GATE}=true:NoSchedule"))?;
+    // the workload arrives once the node is there (and tainted): the scheduler then says why it waits (it
+    // would not retry a pod that was pending before, since the new node's taint does not help it)
+    let workload =
+        c.cp.render(&node_common::repo().join("tests/node/workload.yaml"))?;
+    apply_retrying(c.cp, workload.as_array().map(Vec::as_slice).unwrap_or(&[]))?;
+    let first = &c.nodes.between(ni, ni + 1)[0];
+    f.check(
+        "1",
+        taint_keys(first).iter().any(|k| k == GATE),
+        format!(
+            "{a} registered with the gate taint (taints: {:?})",
+            taint_keys(first)
+        ),
+    );
+    let released = c.nodes.wait(ni, *WAIT, gate_released(a, GATE));
+    let Some((_, released_at, _)) = released else {
+        return Err(format!(
+            "the gate taint was never removed from {a}; loader pod: {}",
+            loader_pod_summary(c, a)
+        ));
+    };
+    let gate = released_at - registered;
+    f.metric("node_gate_ms", ms(gate));
+    // scenario 5 right away: its conntrack evidence lasts as long as TIME_WAIT (120 s)
+    let untainted = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p)
+            && on_node(p, a)
+            && init_summary(p)
+                .iter()
+                .any(|(n, code, _)| n == "untaint" && *code == Some(0))
+    });
+    match &untainted {
+        Some((_, _, p)) => scenario_5(c, f, p),
+        None => {
+            f.check("5", false, "the untaint container never exited 0");
+        }
+    }
+    let wl = c.pods.wait(pods_before, *WAIT, |p| {
+        is_workload(p) && on_node(p, a) && running(p)
+    });
+    let Some((_, wl_at, wl_pod)) = wl else {
+        return Err(format!("the workload never ran on {a}"));
+    };
+    f.metric("workload_running_ms", ms(wl_at - registered));
+    let early: Vec<String> = c
+        .pods
+        .between(pods_before, c.pods.len())
+        .iter()
+        .zip(pods_before..)
+        .filter(|(p, _)| is_workload(p) && !p["spec"]["nodeName"].is_null())
+        .filter(|(_, i)| c.pods_event_time(*i) < released_at)
+        .map(|(p, _)| format!("{} on {}", name(p), p["spec"]["nodeName"]))
+        .collect();
+    f.check(
+        "1",
+        early.is_empty(),
+        format!("no workload pod was bound while the taint was there (bound early: {early:?})"),
+    );
+    // The scheduler's message counts untolerated taints without naming them; the node's taints while it
+    // waited name the one that held it: after the kubelet's not-ready taint went, only the gate was left.
+    let reasons = scheduler_reasons(c);
+    f.check(
+        "1",
+        reasons.iter().any(|r| r.contains("untolerated taint")),
+        format!("the scheduler said why the workload waited: {reasons:?}"),
+    );
+    let held: Vec<Vec<String>> = c
+        .nodes
+        .between(ni, c.nodes.len())
+        .iter()
+        .zip(ni..)
+        .filter(|(n, i)| name(n) == a && c.nodes_event_time(*i) < released_at)
+        .map(|(n, _)| taint_keys(n))
+        .collect();
+    f.check(
+        "1",
+        held.last().is_some_and(|t| t == &[GATE.to_string()]),
+        format!("just before the gate lifted, the gate was the node's only taint (taints seen: {held:?})"),
+    );
+    let loader = c
+        .pods
+        .wait(pods_before, *WAIT, |p| {
+            is_loader(p) && on_node(p, a) && running(p)
+        })
+        .map(|(_, _, p)| p);
+    match &loader {
+        Some(p) => {
+            let inits = init_summary(p);
+            f.check(
+                "1",
+                inits.len() == 3 && inits.iter().all(|(_, code, _)| *code == Some(0)),
+                format!("the DaemonSet pod ran copy -> load -> untaint, each exit 0: {inits:?}"),
+            );
+        }
+        None => {
+            f.check("1", false, "no Running loader pod on the node".to_string());
+        }
+    }
+    f.check(
+        "1",
+        running(&wl_pod),
+        format!(
+            "the workload pod {} became Running on {a} after the gate lifted",
+            name(&wl_pod)
+        ),
+    );
+
+    scenario_2(c, f, &wl_pod);
+    if let Some(p) = &loader {
+        scenario_4(c, f, p);
+    }
+
+    // --- node B: a broken ConfigMap keeps the gate shut (scenario 3) ---------------------------------
+    unregister(c, a)?;
+    let b = "aapl-node-b";
+    let good = configmap(c)?;
+    let mut broken = good.clone();
+    broken["data"]["aapl-broken"] = Value::String(
+        "abi <abi/3.0>,\n#include <tunables/global>\nprofile aapl-broken {\n  /etc/** rw\n  this is not a rule,\n}\n"
+            .into(),
+    );
+    strip_meta(&mut broken);
+    c.cp.apply(&[broken])?;
+    let pods_before = c.pods.len();
+    let (ni, _) = register(c, b, &format!("{GATE}=true:NoSchedule"))?;
+    // copy fails; the kubelet restarts it with back-off: wait for the second failure
+    let failed = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p) && on_node(p, b) && copy_failures(p) >= 2
+    });
+    let Some((_, _, lp)) = failed else {
+        return Err(format!(
+            "the loader pod on {b} never failed twice; {}",
+            loader_pod_summary(c, b)
+        ));
+    };
+    let node = c.cp.get_json(&["node", b])?;
+    f.check(
+        "3",
+        taint_keys(&node).iter().any(|k| k == GATE),
+        format!(
+            "{b} keeps the gate taint while the ConfigMap is broken (taints {:?})",
+            taint_keys(&node)
+        ),
+    );
+    let wl = c.cp.get_json(&["pods", "-n", WORKLOAD_NS])?;
+    let wl_items = wl["items"].as_array().cloned().unwrap_or_default();
+    f.check(
+        "3",
+        !wl_items.is_empty()
+            && wl_items
+                .iter()
+                .all(|p| p["status"]["phase"] == "Pending" && p["spec"]["nodeName"].is_null()),
+        format!(
+            "the workload stays Pending and unbound: {:?}",
+            wl_items
+                .iter()
+                .map(|p| format!(
+                    "{} {} {}",
+                    name(p),
+                    p["status"]["phase"],
+                    p["spec"]["nodeName"]
+                ))
+                .collect::<Vec<_>>()
+        ),
+    );
+    let msg = copy_message(&lp);
+    f.check(
+        "3",
+        msg.contains("aapl-broken"),
+        format!("the loader pod's status names the broken key without kubectl logs: {msg:?}"),
+    );
+    let describe =
+        c.cp.kubectl(&["describe", "pod", "-n", "kube-system", name(&lp)], None)
+            .unwrap_or_default();
+    f.check(
+        "3",
+        describe.contains("aapl-broken"),
+        "`kubectl describe pod` shows the reason",
+    );
+    // the operator fixes the ConfigMap and restarts the pod
+    let mut fixed = good;
+    strip_meta(&mut fixed);
+    c.cp.kubectl(&["replace", "-f", "-"], Some(&fixed.to_string()))?;
+    c.cp.kubectl(
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "kube-system",
+            name(&lp),
+            "--wait=false",
+        ],
+        None,
+    )?;
+    let released = c.nodes.wait(ni, *WAIT, gate_released(b, GATE));
+    if released.is_none() {
+        save_guest_diag(c, b);
+    }
+    f.check(
+        "3",
+        released.is_some(),
+        format!("fixing the ConfigMap and restarting the pod released {b}"),
+    );
+    let wl = c.pods.wait(pods_before, *WAIT, |p| {
+        is_workload(p) && on_node(p, b) && running(p)
+    });
+    f.check(
+        "3",
+        wl.is_some(),
+        format!("the workload then became Running on {b}"),
+    );
+
+    // --- node C: the autoscaler-prefixed gate taint (scenario 6) -------------------------------------
+    unregister(c, b)?;
+    let cn = "aapl-node-c";
+    let pods_before = c.pods.len();
+    let (ni, reg) = register(c, cn, &format!("{AUTOSCALER_GATE}=true:NoSchedule"))?;
+    let first = &c.nodes.between(ni, ni + 1)[0];
+    f.check(
+        "6",
+        taint_keys(first).iter().any(|k| k == AUTOSCALER_GATE),
+        format!(
+            "{cn} registered with {AUTOSCALER_GATE} (taints {:?})",
+            taint_keys(first)
+        ),
+    );
+    let released = c.nodes.wait(ni, *WAIT, gate_released(cn, AUTOSCALER_GATE));
+    if released.is_none() {
+        save_guest_diag(c, cn);
+    }
+    f.check(
+        "6",
+        released.is_some(),
+        format!(
+            "the prefixed gate taint was removed from {cn}{}",
+            released
+                .as_ref()
+                .map(|(_, at, _)| format!(" after {:.1}s", (*at - reg).as_secs_f64()))
+                .unwrap_or_default()
+        ),
+    );
+    let wl = c.pods.wait(pods_before, *WAIT, |p| {
+        is_workload(p) && on_node(p, cn) && running(p)
+    });
+    f.check(
+        "6",
+        wl.is_some(),
+        format!("the workload became Running on {cn}"),
+    );
+    if let (Some((_, rel_at, _)), Some((_, _, _))) = (&released, &wl) {
+        let early = c
+            .pods
+            .between(pods_before, c.pods.len())
+            .iter()
+            .zip(pods_before..)
+            .any(|(p, i)| {
+                is_workload(p) && p["spec"]["nodeName"] == cn && c.pods_event_time(i) < *rel_at
+            });
+        f.check(
+            "6",
+            !early,
+            "no workload pod was bound to the node while the prefixed taint was there",
+        );
+    }
+
+    // --- node D: no gate: the price of the gate -------------------------------------------------------
+    unregister(c, cn)?;
+    let d = "aapl-node-d";
+    let pods_before = c.pods.len();
+    let (_, reg) = register(c, d, "")?;
+    let wl = c.pods.wait(pods_before, *WAIT, |p| {
+        is_workload(p) && on_node(p, d) && running(p)
+    });
+    if let Some((_, at, _)) = wl {
+        let nogate = at - reg;
+        f.metric("workload_running_nogate_ms", ms(nogate));
+        f.metric("gate_overhead_ms", ms(gate_total(f)) - ms(nogate));
+    } else {
+        return Err(format!("the workload never ran on the ungated node {d}"));
+    }
+    Ok(())
+}
+
+/// workload_running_ms recorded for node A.
+fn gate_total(f: &Findings) -> Duration {
+    f.metrics
+        .iter()
+        .find(|(n, _)| n == "workload_running_ms")
+        .map(|(_, v)| Duration::from_secs_f64(v / 1000.0))
+        .unwrap_or_default()
+}
+
+impl Cluster<'_> {
+    fn pods_event_time(&self, i: usize) -> Instant {
+        self.pods.events.0.lock().unwrap()[i].0
+    }
+
+    fn nodes_event_time(&self, i: usize) -> Instant {
+        self.nodes.events.0.lock().unwrap()[i].0
+    }
+}
+
+fn scheduler_reasons(c: &Cluster) -> Vec<String> {
+    c.cp.get_json(&["events", "-n", WORKLOAD_NS])
+        .ok()
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["reason"] == "FailedScheduling")
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect()
+}
+
+/// (name, exit code, message) of each init container's last termination.
+fn init_summary(pod: &Value) -> Vec<(String, Option<i64>, String)> {
+    pod["status"]["initContainerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            let t = &s["state"]["terminated"];
+            (
+                s["name"].as_str().unwrap_or("").to_string(),
+                t["exitCode"].as_i64(),
+                t["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn copy_status(pod: &Value) -> Value {
+    pod["status"]["initContainerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "copy").cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn copy_failures(pod: &Value) -> i64 {
+    let s = copy_status(pod);
+    let failed_now = s["state"]["terminated"]["exitCode"]
+        .as_i64()
+        .is_some_and(|c| c != 0) as i64;
+    s["restartCount"].as_i64().unwrap_or(0) + failed_now
+}
+
+fn copy_message(pod: &Value) -> String {
+    let s = copy_status(pod);
+    for t in [&s["state"]["terminated"], &s["lastState"]["terminated"]] {
+        if let Some(m) = t["message"].as_str() {
+            return m.to_string();
+        }
+    }
+    String::new()
+}
+
+fn loader_pod_summary(c: &Cluster, node: &str) -> String {
+    let pods =
+        c.cp.get_json(&["pods", "-n", "kube-system"])
+            .unwrap_or_default();
+    let mut s = String::new();
+    for p in pods["items"].as_array().cloned().unwrap_or_default() {
+        if p["spec"]["nodeName"] == node {
+            s.push_str(&format!("{}: {}\n", name(&p), p["status"]));
+        }
+    }
+    s.push_str(&c.guest.out(&format!(
+        "tail -n 30 /var/log/kubelet-{node}.log; tail -n 10 /var/log/containerd.log"
+    )));
+    s
+}
+
+fn configmap(c: &Cluster) -> Result<Value, String> {
+    c.cp.get_json(&["configmap", "-n", "kube-system", "apparmor-profiles"])
+}
+
+fn strip_meta(o: &mut Value) {
+    if let Some(m) = o["metadata"].as_object_mut() {
+        for k in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "managedFields",
+            "annotations",
+        ] {
+            m.remove(k);
+        }
+    }
+}
+
+// === scenario 2: the workload is confined =========================================================
+
+fn scenario_2(c: &Cluster, f: &mut Findings, pod: &Value) {
+    let Some(id) = container_id(pod, "containerStatuses", "app") else {
+        f.check("2", false, "the workload pod has no container ID");
+        return;
+    };
+    let attr = c.guest.out(&format!(
+        "pid=$(task_pid {id}); cat /proc/$pid/attr/apparmor/current 2>/dev/null || cat /proc/$pid/attr/current"
+    ));
+    f.check(
+        "2",
+        attr.trim() == format!("{PROFILE} (enforce)"),
+        format!("the kernel says the workload process runs under {PROFILE} (enforce): {attr:?}"),
+    );
+    let exec = |n: u32, path: &str| {
+        c.guest.sh(
+            &format!("ctr -n k8s.io tasks exec --exec-id probe{n} {id} /bin/touch {path}"),
+            Duration::from_secs(60),
+        )
+    };
+    match exec(1, "/data/denied") {
+        Ok((rc, out)) => f.check(
+            "2",
+            rc != 0 && out.contains("Permission denied"),
+            format!("a write the profile denies (/data, a writable emptyDir) fails with EACCES: exit {rc}, {out:?}"),
+        ),
+        Err(e) => f.check("2", false, e),
+    };
+    match exec(2, "/tmp/allowed") {
+        Ok((rc, out)) => f.check(
+            "2",
+            rc == 0,
+            format!("control: a write the profile allows (/tmp) succeeds: exit {rc} {out:?}"),
+        ),
+        Err(e) => f.check("2", false, e),
+    };
+}
+
+// === scenario 4: after the gate, only pause runs, with nothing =====================================
+
+fn scenario_4(c: &Cluster, f: &mut Findings, pod: &Value) {
+    let running: Vec<String> = pod["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| !s["state"]["running"].is_null())
+        .filter_map(|s| s["name"].as_str().map(String::from))
+        .collect();
+    f.check(
+        "4",
+        running == ["pause"],
+        format!("only the pause container runs in the loader pod: {running:?}"),
+    );
+    let inits_running = init_summary(pod)
+        .iter()
+        .filter(|(_, c, _)| c.is_none())
+        .count();
+    f.check(
+        "4",
+        inits_running == 0,
+        "every init container has terminated",
+    );
+    let Some(id) = container_id(pod, "containerStatuses", "pause") else {
+        f.check("4", false, "no pause container ID");
+        return;
+    };
+    let status = c.guest.out(&format!(
+        "pid=$(task_pid {id}); grep -E '^(Uid|Gid|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/$pid/status"
+    ));
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| {
+                l[k.len()..]
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        f.check(
+            "4",
+            field(cap) == "0000000000000000",
+            format!("pause holds no capability: {cap} {}", field(cap)),
+        );
+    }
+    f.check(
+        "4",
+        field("Uid:") == "65532 65532 65532 65532",
+        format!("pause runs as uid 65532: Uid {}", field("Uid:")),
+    );
+    f.check(
+        "4",
+        field("NoNewPrivs:") == "1",
+        format!(
+            "pause cannot gain privileges: NoNewPrivs {}",
+            field("NoNewPrivs:")
+        ),
+    );
+    let mounts = c
+        .guest
+        .out(&format!("pid=$(task_pid {id}); cat /proc/$pid/mountinfo"));
+    let token = mounts.contains("serviceaccount");
+    f.check(
+        "4",
+        !token && !mounts.is_empty(),
+        format!(
+            "pause has no service-account token mounted (mountinfo has 'serviceaccount': {token})"
+        ),
+    );
+    // mountinfo: id parent major:minor root mountpoint options ... - fstype source superoptions
+    let writable: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let sep = w.iter().position(|x| *x == "-")?;
+            let (mp, opts, fstype) = (w.get(4)?, w.get(5)?, w.get(sep + 1)?);
+            let rw = opts.split(',').any(|o| o == "rw");
+            let host_backed = !matches!(
+                *fstype,
+                "proc" | "sysfs" | "tmpfs" | "devpts" | "mqueue" | "cgroup2" | "overlay"
+            );
+            (rw && host_backed).then(|| format!("{mp} ({fstype})"))
+        })
+        .collect();
+    // /dev/termination-log is the kubelet's per-container file for the termination message
+    let unexpected: Vec<&String> = writable
+        .iter()
+        .filter(|m| !m.starts_with("/dev/termination-log "))
+        .collect();
+    f.check(
+        "4",
+        unexpected.is_empty(),
+        format!("no writable host mount in pause besides its termination-log file: {writable:?}"),
+    );
+    let root_ro = mounts.lines().any(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        w.get(4) == Some(&"/") && w.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+    });
+    f.check("4", root_ro, "pause's root filesystem is read-only");
+}
+
+// === scenario 5: untaint used the in-cluster path ==================================================
+
+fn scenario_5(c: &Cluster, f: &mut Findings, pod: &Value) {
+    let Some(id) = container_id(pod, "initContainerStatuses", "untaint") else {
+        f.check("5", false, "no untaint container ID");
+        return;
+    };
+    let info = c.guest.out(&format!("ctr -n k8s.io containers info {id}"));
+    let spec: Value = serde_json::from_str(&info)
+        .map(|v: Value| v["Spec"].clone())
+        .unwrap_or(Value::Null);
+    let env: Vec<String> = spec["process"]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e.as_str().map(String::from))
+        .collect();
+    let has = |kv: &str| env.iter().any(|e| e == kv);
+    f.check(
+        "5",
+        has("KUBERNETES_SERVICE_HOST=10.96.0.1") && has("KUBERNETES_SERVICE_PORT=443"),
+        format!(
+            "untaint got the kubernetes Service address from the kubelet: {:?}",
+            env.iter()
+                .filter(|e| e.starts_with("KUBERNETES_"))
+                .collect::<Vec<_>>()
+        ),
+    );
+    f.check(
+        "5",
+        !env.iter().any(|e| e.starts_with("KUBECONFIG=")),
+        "no KUBECONFIG in untaint's environment",
+    );
+    let args: Vec<String> = spec["process"]["args"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e.as_str().map(String::from))
+        .collect();
+    f.check(
+        "5",
+        !args.iter().any(|a| a.contains("kubeconfig")),
+        format!("untaint ran without --kubeconfig: {args:?}"),
+    );
+    let token_mount = spec["mounts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .any(|m| {
+            m["destination"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+                && m["source"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("kubernetes.io~projected"))
+        });
+    f.check(
+        "5",
+        token_mount,
+        "the token, CA and namespace came from the projected volume at the standard path",
+    );
+    // the connection itself: pod -> 10.96.0.1:443, DNATed by kube-proxy to 10.0.2.2:<API server port>
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    let ct = c.guest.out(&format!(
+        "sort -u /run/ct-service-{node}.log | grep 'dport=443 ' | sed 's/^ipv4 *2 tcp *6 [0-9]* //' | sort -u"
+    ));
+    f.check(
+        "5",
+        ct.lines()
+            .any(|l| l.contains("src=10.0.2.2 dst=") && l.contains(&format!("sport={} ", c.cp.port))),
+        format!(
+            "the guest's conntrack table had the pod's connection to 10.96.0.1:443 answered by the API server (10.0.2.2:{}): {ct:?}",
+            c.cp.port
+        ),
+    );
+}
+
+// === the tests ====================================================================================
+
+#[test]
+fn scenario_1_workload_waits_behind_the_taint_until_profiles_are_loaded() {
+    assert_scenario("1");
+}
+
+#[test]
+fn scenario_2_workload_runs_confined_by_the_loaded_profile() {
+    assert_scenario("2");
+}
+
+#[test]
+fn scenario_3_broken_configmap_keeps_the_node_gated_and_says_why() {
+    assert_scenario("3");
+}
+
+#[test]
+fn scenario_4_after_the_gate_only_an_unprivileged_pause_runs() {
+    assert_scenario("4");
+}
+
+#[test]
+fn scenario_5_untaint_uses_the_in_cluster_service_path() {
+    assert_scenario("5");
+}
+
+#[test]
+fn scenario_6_autoscaler_prefixed_gate_is_released_the_same_way() {
+    assert_scenario("6");
+}
+
+#[test]
+fn metrics_are_measured_in_one_boot() {
+    let Some(f) = session() else { return };
+    for m in ["node_gate_ms", "workload_running_ms", "gate_overhead_ms"] {
+        assert!(
+            f.metrics.iter().any(|(n, _)| n == m),
+            "METRIC {m} was not measured (session: {:?})",
+            f.aborted
+        );
+    }
+}
