@@ -73,7 +73,17 @@ fn session() -> Option<&'static Findings> {
         let p = node_common::prerequisites(option_env!("CARGO_BIN_EXE_apparmor-loader"))?;
         let started = Instant::now();
         let mut f = Findings::default();
-        if let Err(e) = run(&p, &mut f) {
+        let mut result = run(&p, &mut f);
+        // A guest kernel soft lockup is QEMU TCG starved of host CPU, not the product: one more
+        // session, from scratch, before giving up. Any other failure stands as it is.
+        if let Err(e) = &result
+            && e.contains("the guest kernel locked up")
+        {
+            eprintln!("node_e2e: {e}\nnode_e2e: an emulator fault, not the product's: one more session");
+            f = Findings::default();
+            result = run(&p, &mut f);
+        }
+        if let Err(e) = result {
             eprintln!("node_e2e session stopped: {e}");
             f.aborted = Some(e);
         }
@@ -310,6 +320,28 @@ fn build_initrd(p: &Prereqs, cp: &ControlPlane, dir: &Path) -> Result<PathBuf, S
     Ok(initrd)
 }
 
+/// Checks (for `scenario`) that `node`'s first watch event, at `ni`, carries `key`, then waits
+/// for the taint with that key to go.
+fn registered_with_then_released(
+    c: &Cluster,
+    f: &mut Findings,
+    scenario: &str,
+    ni: usize,
+    node: &str,
+    key: &'static str,
+) -> Option<(usize, Instant, Value)> {
+    let first = &c.nodes.between(ni, ni + 1)[0];
+    f.check(
+        scenario,
+        taint_keys(first).iter().any(|k| k == key),
+        format!(
+            "{node} registered with {key} (taints: {:?})",
+            taint_keys(first)
+        ),
+    );
+    c.nodes.wait(ni, *WAIT, gate_released(node, key))
+}
+
 /// Registers the guest as `node` with `taints`: returns the index of the node's first watch event and when it
 /// arrived (the node is registered).
 fn register(c: &Cluster, node: &str, taints: &str) -> Result<(usize, Instant), String> {
@@ -387,16 +419,7 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     let workload =
         c.cp.render(&node_common::repo().join("tests/node/workload.yaml"))?;
     apply_retrying(c.cp, workload.as_array().map(Vec::as_slice).unwrap_or(&[]))?;
-    let first = &c.nodes.between(ni, ni + 1)[0];
-    f.check(
-        "1",
-        taint_keys(first).iter().any(|k| k == GATE),
-        format!(
-            "{a} registered with the gate taint (taints: {:?})",
-            taint_keys(first)
-        ),
-    );
-    let released = c.nodes.wait(ni, *WAIT, gate_released(a, GATE));
+    let released = registered_with_then_released(c, f, "1", ni, a, GATE);
     let Some((_, released_at, _)) = released else {
         return Err(format!(
             "the gate taint was never removed from {a}; loader pod: {}",
@@ -599,16 +622,7 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     let cn = "aapl-node-c";
     let pods_before = c.pods.len();
     let (ni, reg) = register(c, cn, &format!("{AUTOSCALER_GATE}=true:NoSchedule"))?;
-    let first = &c.nodes.between(ni, ni + 1)[0];
-    f.check(
-        "6",
-        taint_keys(first).iter().any(|k| k == AUTOSCALER_GATE),
-        format!(
-            "{cn} registered with {AUTOSCALER_GATE} (taints {:?})",
-            taint_keys(first)
-        ),
-    );
-    let released = c.nodes.wait(ni, *WAIT, gate_released(cn, AUTOSCALER_GATE));
+    let released = registered_with_then_released(c, f, "6", ni, cn, AUTOSCALER_GATE);
     if released.is_none() {
         save_guest_diag(c, cn);
     }
