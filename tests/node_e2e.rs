@@ -342,6 +342,25 @@ fn registered_with_then_released(
     c.nodes.wait(ni, *WAIT, gate_released(node, key))
 }
 
+/// Checks (for `scenario`) that a workload pod created since `pods_before` runs on `node`.
+fn workload_runs_on(
+    c: &Cluster,
+    f: &mut Findings,
+    scenario: &str,
+    pods_before: usize,
+    node: &str,
+) -> Option<(usize, Instant, Value)> {
+    let wl = c.pods.wait(pods_before, *WAIT, |p| {
+        is_workload(p) && on_node(p, node) && running(p)
+    });
+    f.check(
+        scenario,
+        wl.is_some(),
+        format!("the workload became Running on {node}"),
+    );
+    wl
+}
+
 /// Registers the guest as `node` with `taints`: returns the index of the node's first watch event and when it
 /// arrived (the node is registered).
 fn register(c: &Cluster, node: &str, taints: &str) -> Result<(usize, Instant), String> {
@@ -608,14 +627,7 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
         released.is_some(),
         format!("fixing the ConfigMap and restarting the pod released {b}"),
     );
-    let wl = c.pods.wait(pods_before, *WAIT, |p| {
-        is_workload(p) && on_node(p, b) && running(p)
-    });
-    f.check(
-        "3",
-        wl.is_some(),
-        format!("the workload then became Running on {b}"),
-    );
+    workload_runs_on(c, f, "3", pods_before, b);
 
     // --- node C: the autoscaler-prefixed gate taint (scenario 6) -------------------------------------
     unregister(c, b)?;
@@ -637,14 +649,7 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
                 .unwrap_or_default()
         ),
     );
-    let wl = c.pods.wait(pods_before, *WAIT, |p| {
-        is_workload(p) && on_node(p, cn) && running(p)
-    });
-    f.check(
-        "6",
-        wl.is_some(),
-        format!("the workload became Running on {cn}"),
-    );
+    let wl = workload_runs_on(c, f, "6", pods_before, cn);
     if let (Some((_, rel_at, _)), Some((_, _, _))) = (&released, &wl) {
         let early = c
             .pods
