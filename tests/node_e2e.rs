@@ -361,6 +361,15 @@ fn workload_runs_on(
     wl
 }
 
+/// The strings of a JSON array (empty for anything else).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(String::from))
+        .collect()
+}
+
 /// Registers the guest as `node` with `taints`: returns the index of the node's first watch event and when it
 /// arrived (the node is registered).
 fn register(c: &Cluster, node: &str, taints: &str) -> Result<(usize, Instant), String> {
@@ -948,13 +957,7 @@ fn scenario_5(c: &Cluster, f: &mut Findings, pod: &Value) {
     let spec: Value = serde_json::from_str(&info)
         .map(|v: Value| v["Spec"].clone())
         .unwrap_or(Value::Null);
-    let env: Vec<String> = spec["process"]["env"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| e.as_str().map(String::from))
-        .collect();
+    let env = strings(&spec["process"]["env"]);
     let has = |kv: &str| env.iter().any(|e| e == kv);
     f.check(
         "5",
@@ -971,13 +974,7 @@ fn scenario_5(c: &Cluster, f: &mut Findings, pod: &Value) {
         !env.iter().any(|e| e.starts_with("KUBECONFIG=")),
         "no KUBECONFIG in untaint's environment",
     );
-    let args: Vec<String> = spec["process"]["args"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| e.as_str().map(String::from))
-        .collect();
+    let args = strings(&spec["process"]["args"]);
     f.check(
         "5",
         !args.iter().any(|a| a.contains("kubeconfig")),
