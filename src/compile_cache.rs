@@ -2,10 +2,9 @@
 //!
 //! `apparmor_parser` reuses a cache entry by file name and modification time only: it does
 //! not notice a changed include whose mtime is old (image layers and packages carry old
-//! mtimes), nor a different parser. So the cache lives in a directory named after a
-//! fingerprint of everything that shapes the compiled policy besides the profile itself and
-//! the feature set (which the parser keys on by itself): the parser binary and the content of
-//! its include tree. A new image gets a new, empty directory; the old ones are pruned.
+//! mtimes), nor a different parser. So the cache lives in a directory named after the
+//! [`toolchain`] fingerprint: the parser binary, its pinned features and the content of its
+//! include tree. A new image gets a new, empty directory; the old ones are pruned.
 //!
 //! `copy` compiles into a staging directory and promotes the entries only once the files they
 //! were compiled from are on disk, so the cache never holds policy for content that is not
@@ -15,9 +14,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::parser::Parser;
+use crate::toolchain;
 
 /// Sub-directory of the cache directory that holds one directory per fingerprint.
 const POLICY_DIR: &str = "policy";
@@ -39,9 +37,9 @@ impl CompileCache {
     /// Opens (creating) the cache for this parser under `cache_dir`, pruning the directories of
     /// other fingerprints (older images).
     pub fn open(cache_dir: &Path, parser: &Parser) -> io::Result<Self> {
-        let id = fingerprint(parser)?;
         let root = cache_dir.join(POLICY_DIR);
         fs::create_dir_all(&root)?;
+        let id = toolchain::fingerprint(parser, Some(cache_dir))?;
         for entry in fs::read_dir(&root)? {
             let entry = entry?;
             if entry.file_name() != id.as_str() {
@@ -132,54 +130,6 @@ fn remove_unversioned_cache(cache_dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Sub-directories of the include tree that hold no includes (compiled policy, the parser's
-/// disable and force-complain links).
-const NOT_INCLUDES: &[&str] = &["cache", "disable", "force-complain"];
-
-/// Hex digest of the parser binary, the pinned policy features (which the parser's own cache
-/// ignores), and the content of every include file it can read: the
-/// sub-directories of its base (`abi/`, `abstractions/`, `tunables/`, `local/`, …) and every
-/// `--Include` directory. Top-level files of the base are profiles, not includes: the base may
-/// be the profile directory itself, whose files change with every ConfigMap update.
-pub fn fingerprint(parser: &Parser) -> io::Result<String> {
-    let mut hash = Sha256::new();
-    hash.update(fs::read(&parser.binary)?);
-    hash.update(parser.features.cache_key());
-    let mut add_tree = |root: &Path, min_depth: usize| -> io::Result<()> {
-        hash.update(root.as_os_str().as_encoded_bytes());
-        hash.update([0]);
-        let walk = walkdir::WalkDir::new(root)
-            .follow_links(true)
-            .min_depth(min_depth)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|e| {
-                e.depth() != 1
-                    || !e.file_type().is_dir()
-                    || !NOT_INCLUDES.iter().any(|n| e.file_name() == *n)
-            });
-        for entry in walk {
-            let entry = entry.map_err(io::Error::other)?;
-            if entry.file_type().is_file() && (min_depth == 0 || entry.depth() > 1) {
-                hash.update(entry.path().as_os_str().as_encoded_bytes());
-                hash.update([0]);
-                hash.update(fs::read(entry.path())?);
-            }
-        }
-        Ok(())
-    };
-    add_tree(&parser.base, 1)?;
-    for dir in &parser.includes {
-        add_tree(dir, 0)?;
-    }
-    Ok(hash
-        .finalize()
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 #[cfg(test)]

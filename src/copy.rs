@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::atomic_file;
-use crate::compile_cache::{self, CompileCache};
+use crate::compile_cache::CompileCache;
 use crate::exit_code::{self, ExitStatus};
 use crate::kernel::{Kernel, KernelError};
 use crate::lock::{self, LockError, LockOptions};
@@ -26,6 +26,7 @@ use crate::parser::{Cache, Parser, ParserError};
 use crate::profile_check::{self, CheckError, CompiledProfile};
 use crate::profile_files::{self, ProfileFile, ProfileInput};
 use crate::state::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::toolchain;
 
 /// Profile files are world-readable, like the distribution's own.
 const PROFILE_MODE: u32 = 0o644;
@@ -66,8 +67,6 @@ pub enum CopyError {
     Check(#[from] CheckError),
     #[error("the ConfigMap volume {0} holds no profiles; refusing to remove every profile")]
     Empty(PathBuf),
-    #[error("destination {0} is not a directory")]
-    NoDestination(PathBuf),
     #[error(
         "{} not owned by apparmor-profile-loader already exist in {dest}, nothing was changed: \
          {}. Rename the ConfigMap keys (or remove those host files if you are sure they are \
@@ -146,19 +145,9 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
     if source.profiles.is_empty() && source.rejected.is_empty() {
         return Err(CopyError::Empty(opts.source.clone()));
     }
-    if !opts.dest.is_dir() {
-        return Err(CopyError::NoDestination(opts.dest.clone()));
-    }
     profile_check::accept_keys(&source)?;
     let owned = Inventory::load(&opts.dest, OWNED_FILES)?;
 
-    // Compile a private snapshot: never the volume, which the kubelet may swap meanwhile.
-    let mtime = SystemTime::now();
-    let snapshot = tempfile::Builder::new()
-        .prefix("apparmor-profile-loader-")
-        .tempdir_in(&opts.scratch_dir)
-        .map_err(|source| io("create a snapshot directory in", &opts.scratch_dir, source))?;
-    let inputs = write_snapshot(snapshot.path(), &source.profiles, mtime)?;
     let cache = match &opts.cache_dir {
         Some(dir) => Some(
             CompileCache::open(dir, parser)
@@ -168,11 +157,19 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
     };
     let toolchain = match &cache {
         Some(c) => c.toolchain.clone(),
-        None => compile_cache::fingerprint(parser)
+        None => toolchain::fingerprint(parser, None)
             .map_err(|source| io("fingerprint the parser", &parser.binary, source))?,
     };
     // What the record says a file defines holds only for the toolchain that said it.
     let known = owned.if_compiled_by(&toolchain);
+
+    // Compile a private snapshot: never the volume, which the kubelet may swap meanwhile.
+    let mtime = SystemTime::now();
+    let snapshot = tempfile::Builder::new()
+        .prefix("apparmor-profile-loader-")
+        .tempdir_in(&opts.scratch_dir)
+        .map_err(|source| io("create a snapshot directory in", &opts.scratch_dir, source))?;
+    let inputs = write_snapshot(snapshot.path(), &source.profiles, &known, mtime)?;
     let staging = match &cache {
         Some(c) => Some(c.staging().map_err(|source| io("create", &c.dir, source))?),
         None => None,
@@ -302,23 +299,29 @@ fn write_destination(
     Ok(report)
 }
 
-/// Writes the profiles into the snapshot directory under their keys (the parser's cache
-/// names entries after the file name), all with one modification time.
+/// The profiles as inputs for the parser, each at its path in the snapshot directory under its
+/// key (the parser's cache names entries after the file name), all with one modification time.
+///
+/// Only the files `known` does not describe are written: they are the only ones compiled
+/// (and asked about). A file the record vouches for is never read from the snapshot.
 fn write_snapshot(
     dir: &Path,
     files: &[ProfileFile],
+    known: &Inventory,
     mtime: SystemTime,
 ) -> Result<Vec<ProfileInput>, CopyError> {
     files
         .iter()
         .map(|file| {
-            let path = dir.join(&file.key);
-            let written = fs::File::create(&path).and_then(|mut f| {
-                std::io::Write::write_all(&mut f, file.content.as_bytes())?;
-                f.set_modified(mtime)
-            });
-            written.map_err(|source| io("write the snapshot file", &path, source))?;
-            Ok(file.input(path))
+            let input = file.input(dir.join(&file.key));
+            if known.describes(&input.key, &input.sha256).is_none() {
+                let written = fs::File::create(&input.path).and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, file.content.as_bytes())?;
+                    f.set_modified(mtime)
+                });
+                written.map_err(|source| io("write the snapshot file", &input.path, source))?;
+            }
+            Ok(input)
         })
         .collect()
 }

@@ -24,5 +24,6 @@ pub mod profile_files;
 pub mod profile_names;
 pub mod state;
 pub mod taint;
+pub mod toolchain;
 pub mod untaint;
 pub mod validate;

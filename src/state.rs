@@ -49,7 +49,7 @@ pub struct Entry {
 pub struct Inventory {
     pub version: u32,
     /// Fingerprint of the parser, include tree and feature set that compiled and described
-    /// the entries (`compile_cache::fingerprint`); entries are reused only under the same one.
+    /// the entries (`toolchain::fingerprint`); entries are reused only under the same one.
     #[serde(default)]
     pub toolchain: String,
     pub files: BTreeMap<String, Entry>,
