@@ -18,8 +18,6 @@ use std::sync::OnceLock;
 
 use vm_common::{Boot, Prereqs};
 
-const LOADER: Option<&str> = option_env!("CARGO_BIN_EXE_apparmor-loader");
-
 /// Profiles the test generates (besides the repo's examples).
 const GENERATED: usize = 40;
 /// The line of `aapl-broken` that holds its syntax error.
@@ -388,7 +386,7 @@ struct MainBoot {
 type Shared<T> = OnceLock<Option<Result<T, String>>>;
 
 fn prereqs() -> Option<Prereqs> {
-    vm_common::prerequisites(LOADER)
+    vm_common::prerequisites()
 }
 
 /// Lays out a payload in a tempdir and boots it; `None` when skipped outside CI.

@@ -14,8 +14,6 @@ use std::sync::OnceLock;
 
 use vm_common::Boot;
 
-const LOADER: Option<&str> = option_env!("CARGO_BIN_EXE_apparmor-loader");
-
 /// A parent profile with a hat and a child profile, or without them.
 fn parent(with_children: bool) -> String {
     let children = if with_children {
@@ -70,7 +68,7 @@ fn payload(dir: &Path) {
 fn the_boot() -> Option<&'static Boot> {
     static BOOT: OnceLock<Option<Result<Boot, String>>> = OnceLock::new();
     let shared = BOOT.get_or_init(|| {
-        let p = vm_common::prerequisites(LOADER)?;
+        let p = vm_common::prerequisites()?;
         let dir = tempfile::tempdir().expect("tempdir");
         let payload_dir = dir.path().join("payload");
         std::fs::create_dir_all(&payload_dir).unwrap();

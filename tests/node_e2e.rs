@@ -70,7 +70,7 @@ impl Findings {
 fn session() -> Option<&'static Findings> {
     static S: OnceLock<Option<Findings>> = OnceLock::new();
     S.get_or_init(|| {
-        let p = node_common::prerequisites(option_env!("CARGO_BIN_EXE_apparmor-loader"))?;
+        let p = node_common::prerequisites()?;
         let started = Instant::now();
         let mut f = Findings::default();
         let mut result = run(&p, &mut f);

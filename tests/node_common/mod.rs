@@ -8,6 +8,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../release_build/mod.rs"]
+mod release_build;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -62,7 +65,7 @@ pub struct Prereqs {
 
 /// The prerequisites (building the cached ones when needed), or `None` outside CI when some cannot be had.
 /// Under CI (env `CI` set) a missing prerequisite panics: the suite must not pass by skipping.
-pub fn prerequisites(loader: Option<&'static str>) -> Option<Prereqs> {
+pub fn prerequisites() -> Option<Prereqs> {
     let mut missing = Vec::new();
     for tool in [
         "qemu-system-x86_64",
@@ -91,10 +94,9 @@ pub fn prerequisites(loader: Option<&'static str>) -> Option<Prereqs> {
             missing.push(f.to_string());
         }
     }
-    let loader = loader.map(PathBuf::from).filter(|l| l.is_file());
-    if loader.is_none() {
-        missing.push("the apparmor-loader executable (cargo build)".into());
-    }
+    let loader = release_build::loader()
+        .map_err(|e| missing.push(format!("the release apparmor-loader executable: {e}")))
+        .ok();
     let cache = std::env::var_os("AAPL_CI_CACHE")
         .map_or_else(|| PathBuf::from("/var/cache/aapl-ci"), PathBuf::from);
     let kernel = cache.join("kernel/current/vmlinuz");

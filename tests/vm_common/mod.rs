@@ -10,6 +10,8 @@
 
 #[path = "../prereq/mod.rs"]
 mod prereq;
+#[path = "../release_build/mod.rs"]
+mod release_build;
 /// The shared rule for a missing prerequisite (fail under CI, skip loudly elsewhere), for checks
 /// of kernel_e2e's own (e.g. a host-side test that needs only `apparmor_parser`).
 #[allow(unused_imports)]
@@ -60,7 +62,7 @@ fn default_kernel() -> PathBuf {
 
 /// The prerequisites, or `None` (after printing how to install them) when some are missing outside CI.
 /// Under CI ([`strict`]) a missing prerequisite panics: the suite must not pass by skipping.
-pub fn prerequisites(loader: Option<&'static str>) -> Option<Prereqs> {
+pub fn prerequisites() -> Option<Prereqs> {
     static PREREQS: OnceLock<Result<Prereqs, Vec<String>>> = OnceLock::new();
     let found = PREREQS.get_or_init(|| {
         let mut missing = Vec::new();
@@ -94,12 +96,9 @@ pub fn prerequisites(loader: Option<&'static str>) -> Option<Prereqs> {
         if !Path::new("/bin/busybox").is_file() {
             missing.push("/bin/busybox (apt-get install busybox-static)".into());
         }
-        let loader = loader.map(PathBuf::from);
-        match &loader {
-            None => missing.push("the apparmor-loader executable (cargo did not build it)".into()),
-            Some(l) if !l.is_file() => missing.push(format!("{} (cargo build)", l.display())),
-            _ => {}
-        }
+        let loader = release_build::loader()
+            .map_err(|e| missing.push(format!("the release apparmor-loader executable: {e}")))
+            .ok();
         if missing.is_empty() {
             Ok(Prereqs {
                 kernel,
