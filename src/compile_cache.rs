@@ -136,21 +136,8 @@ fn remove_unversioned_cache(cache_dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::features::Features;
+    use crate::toolchain::tests::parser;
     use std::time::Duration;
-
-    fn parser(dir: &Path) -> Parser {
-        fs::create_dir_all(dir.join("base/abstractions")).unwrap();
-        fs::write(dir.join("base/abstractions/base"), "/etc/ld.so.cache r,\n").unwrap();
-        fs::write(dir.join("parser"), "binary v1").unwrap();
-        Parser {
-            binary: dir.join("parser"),
-            base: dir.join("base"),
-            includes: vec![],
-            jobs: 1,
-            features: Features::ParserDefault,
-            timeout: Duration::from_secs(1),
-        }
-    }
 
     #[test]
     fn a_changed_include_or_parser_gets_a_new_cache_and_the_old_one_is_pruned() {

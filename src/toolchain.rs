@@ -190,11 +190,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::features::Features;
 
-    fn parser(dir: &Path) -> Parser {
+    /// A stand-in parser binary and include tree under `dir` (content only, never run).
+    pub(crate) fn parser(dir: &Path) -> Parser {
         fs::create_dir_all(dir.join("base/abstractions")).unwrap();
         fs::write(dir.join("base/abstractions/base"), "/etc/ld.so.cache r,\n").unwrap();
         fs::write(dir.join("parser"), "binary v1").unwrap();
