@@ -94,11 +94,22 @@ pub fn check(
         .iter()
         .filter(|i| known.describes(&i.key, &i.sha256).is_none())
         .collect();
-    parser.compile(&fresh, cache)?;
+    // Names and modes come from parse-only passes that do not need the compile's output, so
+    // they run beside it, on CPU the compile leaves idle (its start, its last file). Should the
+    // compile fail, their answer is dropped and the compile's error is the one reported.
+    let (compiled, described) = std::thread::scope(|s| {
+        let describe = s.spawn(|| describe_all(parser, &fresh));
+        let compiled = parser.compile(&fresh, cache);
+        let described = describe
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (compiled, described)
+    });
+    compiled?;
     let mut described: BTreeMap<&str, Described> = fresh
         .iter()
         .map(|i| i.key.as_str())
-        .zip(describe_all(parser, &fresh)?)
+        .zip(described?)
         .collect();
     let mut compiled = Vec::with_capacity(inputs.len());
     for input in inputs {
@@ -143,9 +154,9 @@ impl ParserInput for Item {
     }
 }
 
-/// Names (`--names`) and modes (the debug dump) of files known to compile, in two parser
+/// Names (`--names`) and modes (the debug dump) of files that compile, in two parser
 /// processes for all of them rather than two per file (process start-up dominates on a small
-/// node). Marker profiles between the files split the parser's output per file; should the
+/// node), running side by side. Marker profiles between the files split the parser's output per file; should the
 /// markers not come back in order, each file is asked about alone.
 fn describe_all(parser: &Parser, files: &[&ProfileInput]) -> Result<Vec<Described>, CheckError> {
     if files.is_empty() {
@@ -177,8 +188,16 @@ fn describe_all(parser: &Parser, files: &[&ProfileInput]) -> Result<Vec<Describe
             });
         }
     }
-    let names = split_at_markers(parser.names(&sequence)?, files.len(), &marker, |n| n);
-    let modes = split_at_markers(parser.modes(&sequence)?, files.len(), &marker, |(n, _)| n);
+    let (names, modes) = std::thread::scope(|s| {
+        let names = s.spawn(|| parser.names(&sequence));
+        let modes = parser.modes(&sequence);
+        let names = names
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (names, modes)
+    });
+    let names = split_at_markers(names?, files.len(), &marker, |n| n);
+    let modes = split_at_markers(modes?, files.len(), &marker, |(n, _)| n);
     match (names, modes) {
         (Some(names), Some(modes)) => Ok(names
             .into_iter()
