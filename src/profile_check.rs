@@ -155,9 +155,9 @@ impl ParserInput for Item {
 }
 
 /// Names (`--names`) and modes (the debug dump) of files that compile, in two parser
-/// processes for all of them rather than two per file (process start-up dominates on a small
-/// node), running side by side. Marker profiles between the files split the parser's output per file; should the
-/// markers not come back in order, each file is asked about alone.
+/// processes side by side for all of them rather than two per file (process start-up
+/// dominates on a small node). Marker profiles between the files split the parser's output
+/// per file; should the markers not come back in order, each file is asked about alone.
 fn describe_all(parser: &Parser, files: &[&ProfileInput]) -> Result<Vec<Described>, CheckError> {
     if files.is_empty() {
         return Ok(Vec::new());
