@@ -110,39 +110,43 @@ fn hashed_files(parser: &Parser) -> io::Result<Vec<Item>> {
     Ok(items)
 }
 
-fn content_hash(items: &[Item]) -> io::Result<String> {
+/// Hash of the items: each root's path, and each file's path followed by what `file` adds.
+fn digest(
+    items: &[Item],
+    mut file: impl FnMut(&mut Sha256, &Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<String> {
     let mut hash = Sha256::new();
     for item in items {
         match item {
             Item::Root(root) => add_path(&mut hash, root),
-            Item::File(path, _) => {
+            Item::File(path, meta) => {
                 add_path(&mut hash, path);
-                hash.update(fs::read(path)?);
+                file(&mut hash, path, meta)?;
             }
         }
     }
     Ok(hex(&hash.finalize()))
 }
 
-fn stat_hash(items: &[Item]) -> String {
-    let mut hash = Sha256::new();
-    for item in items {
-        match item {
-            Item::Root(root) => add_path(&mut hash, root),
-            Item::File(path, m) => {
-                add_path(&mut hash, path);
-                hash.update(m.size().to_le_bytes());
-                for n in [m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()] {
-                    hash.update(n.to_le_bytes());
-                }
-            }
+fn content_hash(items: &[Item]) -> io::Result<String> {
+    digest(items, |hash, path, _| {
+        hash.update(fs::read(path)?);
+        Ok(())
+    })
+}
+
+fn stat_hash(items: &[Item]) -> io::Result<String> {
+    digest(items, |hash, _, m| {
+        hash.update(m.size().to_le_bytes());
+        for n in [m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()] {
+            hash.update(n.to_le_bytes());
         }
-    }
-    hex(&hash.finalize())
+        Ok(())
+    })
 }
 
 fn memoized_content_hash(items: &[Item], dir: &Path, now: SystemTime) -> io::Result<String> {
-    let stat = stat_hash(items);
+    let stat = stat_hash(items)?;
     let remembered = fs::read(dir.join(MEMO))
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Memo>(&bytes).ok());
@@ -281,6 +285,6 @@ pub(crate) mod tests {
             fingerprint(&p, None).unwrap()
         );
         let memo: Memo = serde_json::from_slice(&fs::read(memo_dir.join(MEMO)).unwrap()).unwrap();
-        assert_eq!(memo.stat, stat_hash(&hashed_files(&p).unwrap()));
+        assert_eq!(memo.stat, stat_hash(&hashed_files(&p).unwrap()).unwrap());
     }
 }
