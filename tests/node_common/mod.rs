@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+#[path = "../prereq/mod.rs"]
+mod prereq;
 #[path = "../release_build/mod.rs"]
 mod release_build;
 
@@ -31,10 +33,6 @@ to run the node end-to-end suite:
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
 fn run_script(script: &str, args: &[&str]) -> Result<String, String> {
@@ -64,7 +62,7 @@ pub struct Prereqs {
 }
 
 /// The prerequisites (building the cached ones when needed), or `None` outside CI when some cannot be had.
-/// Under CI (env `CI` set) a missing prerequisite panics: the suite must not pass by skipping.
+/// Under CI a missing prerequisite panics, elsewhere the suite skips loudly: the shared rule of `tests/prereq`.
 pub fn prerequisites() -> Option<Prereqs> {
     let mut missing = Vec::new();
     for tool in [
@@ -133,11 +131,7 @@ pub fn prerequisites() -> Option<Prereqs> {
         });
     }
     let msg = format!("missing:\n  {}\n{HINT}", missing.join("\n  "));
-    if in_ci() {
-        panic!("CI is set but the node end-to-end harness is incomplete; {msg}");
-    }
-    eprintln!("SKIPPING the node end-to-end suite; {msg}");
-    None
+    prereq::require("node end-to-end suite (tests/node_e2e.rs)", Err(msg))
 }
 
 // === processes ==================================================================================

@@ -1,6 +1,6 @@
 //! One rule for a missing test prerequisite (a harness not built, a tool not installed), shared by
-//! every harness module (`vm_common`, `apiserver_common`, `cli_support`): under CI the test fails;
-//! elsewhere it is skipped, loudly.
+//! every harness module (`vm_common`, `apiserver_common`, `node_common`, `cli_support`): under CI
+//! the test fails; elsewhere it is skipped, loudly.
 //!
 //! "Under CI" means env `CI` is set to a non-empty value other than `0` or `false` (any case): CI
 //! systems set `CI=true` or `CI=1`, and `.ci/run` sets `CI=1`; an empty `CI` is a shell's leftover,
