@@ -21,6 +21,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 pub const HINT: &str = "\
@@ -396,7 +398,7 @@ impl ControlPlane {
     /// A kubeconfig for the guest: the API server at 10.0.2.2 (QEMU's user network forwards it to this
     /// machine's 127.0.0.1), authenticating with a client certificate.
     pub fn guest_kubeconfig(&self, cn: &str, org: &str) -> Result<String, String> {
-        use base64_lite::encode;
+        let encode = |data: &str| STANDARD.encode(data);
         let (cert, key) = self.issue_cert(cn, org)?;
         let ca = std::fs::read_to_string(&self.ca).map_err(|e| e.to_string())?;
         Ok(format!(
@@ -405,57 +407,10 @@ impl ControlPlane {
              client-key-data: {}\ncontexts:\n- name: c\n  context:\n    cluster: harness\n    user: u\n\
              current-context: c\n",
             self.port,
-            encode(ca.as_bytes()),
-            encode(cert.as_bytes()),
-            encode(key.as_bytes())
+            encode(&ca),
+            encode(&cert),
+            encode(&key)
         ))
-    }
-}
-
-/// Standard base64 (the kubeconfig's *-data fields), without a dependency.
-pub mod base64_lite {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(data: &[u8]) -> String {
-        let mut out = String::new();
-        for c in data.chunks(3) {
-            let n = (c[0] as u32) << 16
-                | (*c.get(1).unwrap_or(&0) as u32) << 8
-                | *c.get(2).unwrap_or(&0) as u32;
-            for i in 0..4 {
-                if i <= c.len() {
-                    out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
-    pub fn decode(s: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        let (mut acc, mut bits) = (0u32, 0);
-        for b in s.bytes() {
-            let Some(v) = T.iter().position(|&t| t == b) else {
-                continue;
-            };
-            acc = acc << 6 | v as u32;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn round_trip() {
-        for s in ["", "a", "ab", "abc", "abcd", "hello world\n"] {
-            assert_eq!(decode(&encode(s.as_bytes())), s.as_bytes());
-        }
-        assert_eq!(encode(b"ab"), "YWI=");
     }
 }
 
@@ -713,7 +668,7 @@ impl Guest {
         };
         let mut guard = self.ctl.lock().unwrap();
         let ctl = guard.as_mut().ok_or("no command channel")?;
-        let line = format!("{id} {}\n", base64_lite::encode(command.as_bytes()));
+        let line = format!("{id} {}\n", STANDARD.encode(command));
         ctl.get_mut()
             .write_all(line.as_bytes())
             .map_err(|e| format!("command channel: {e}"))?;
@@ -738,7 +693,9 @@ impl Guest {
                 continue;
             }
             let rc = w.next().and_then(|c| c.parse().ok()).unwrap_or(-1);
-            let out = base64_lite::decode(w.next().unwrap_or(""));
+            let out = STANDARD
+                .decode(w.next().unwrap_or(""))
+                .map_err(|e| format!("undecodable answer to `{command}`: {e}"))?;
             return Ok((rc, String::from_utf8_lossy(&out).into_owned()));
         }
     }
