@@ -614,11 +614,32 @@ mod tests {
         }
     }
 
+    /// Writes an executable script through a child `sh`, never through a descriptor of this
+    /// process: another test thread's forked child that has not exec'd yet would hold it open
+    /// and make the script fail to start with ETXTBSY ("Text file busy").
+    fn write_executable(path: &Path, content: &str) {
+        use std::io::Write;
+        let mut sh = Command::new("/bin/sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("cannot start /bin/sh to write a script");
+        sh.stdin
+            .take()
+            .unwrap()
+            .write_all(content.as_bytes())
+            .unwrap();
+        assert!(
+            sh.wait().unwrap().success(),
+            "cannot write {}",
+            path.display()
+        );
+    }
+
     fn script_parser(dir: &Path, body: &str, timeout: Duration) -> Parser {
-        use std::os::unix::fs::PermissionsExt;
         let path = dir.join("fake_parser");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&path, &format!("#!/bin/sh\n{body}\n"));
         Parser {
             binary: path,
             base: dir.to_path_buf(),
@@ -747,10 +768,8 @@ mod tests {
         assert!(msg.contains("gone does not exist"), "{msg}");
 
         // An executable whose interpreter is missing: a script naming a missing shell.
-        use std::os::unix::fs::PermissionsExt;
         let orphan = dir.path().join("orphan");
-        std::fs::write(&orphan, "#!/no/such/shell\n").unwrap();
-        std::fs::set_permissions(&orphan, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&orphan, "#!/no/such/shell\n");
         p.binary = orphan;
         let msg = p
             .names(&[File(dir.path().join("x"))])

@@ -253,9 +253,7 @@ fn validate_with_a_mistyped_path_is_a_usage_error() {
 fn a_compile_that_never_ends_is_killed_and_names_the_files() {
     let dir = tempfile::tempdir().unwrap();
     let parser = dir.path().join("hanging_parser");
-    fs::write(&parser, "#!/bin/sh\nexec sleep 600\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&parser, fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(&parser, "#!/bin/sh\nexec sleep 600\n");
     let volume = Volume::new(&[("slow-one", "profile s {\n}\n")]);
     let dest = tempfile::tempdir().unwrap();
     copy(&parser, volume.path(), dest.path())

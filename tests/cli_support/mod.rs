@@ -24,6 +24,30 @@ pub fn profile(name: &str) -> String {
 pub const BROKEN: &str =
     "abi <abi/3.0>,\nprofile broken {\n  /tmp/** rw,\n  /etc/** rw\n  junk,\n}\n";
 
+/// Writes an executable script. The file is written by a child `sh`, never through a file
+/// descriptor of this process: the test threads spawn processes all the time, and a forked
+/// child that has not yet exec'd holds a copy of every open descriptor, so a script written
+/// here could fail to start with ETXTBSY ("Text file busy") until that child gets to exec.
+pub fn write_executable(path: &Path, content: &str) {
+    use std::io::Write;
+    let mut sh = std::process::Command::new("/bin/sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start /bin/sh to write a script");
+    sh.stdin
+        .take()
+        .unwrap()
+        .write_all(content.as_bytes())
+        .unwrap();
+    assert!(
+        sh.wait().unwrap().success(),
+        "cannot write {}",
+        path.display()
+    );
+}
+
 /// The real parser; when it is missing, a skip, or a test failure under CI (`prereq`).
 pub fn real_parser() -> Option<PathBuf> {
     let found = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]
@@ -236,9 +260,7 @@ exit 0
             skipfile = dir.path().join("skip").display(),
         );
         let fake = dir.path().join("fake_parser");
-        fs::write(&fake, script).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&fake, &script);
         FakeKernel { dir }
     }
 
