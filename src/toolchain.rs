@@ -266,7 +266,9 @@ pub(crate) mod tests {
         let p = parser(d.path());
         let memo_dir = d.path().join("cache");
         fs::create_dir(&memo_dir).unwrap();
-        fingerprint(&p, Some(&memo_dir)).unwrap();
+        // "Now" is the moment the parser was written, however slow this machine is today.
+        let written = fs::metadata(&p.binary).unwrap().modified().unwrap();
+        fingerprint_at(&p, Some(&memo_dir), written).unwrap();
         assert!(
             !memo_dir.join(MEMO).exists(),
             "a file written within {SETTLED:?} may still change within the clock's resolution"
