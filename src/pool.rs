@@ -1,6 +1,7 @@
 //! A tiny scoped thread pool: runs one job per item on up to N threads and keeps the input
-//! order. Used where each job mostly waits on a child process (the parser), so threads are
-//! cheap and a work-stealing runtime would add nothing but a dependency.
+//! order, or two different jobs side by side. Used where each job mostly waits on a child
+//! process (the parser), so threads are cheap and a work-stealing runtime would add nothing
+//! but a dependency.
 
 /// Runs `work` over `items` on up to `threads` threads; results come back in input order.
 pub fn map<T: Sync, R: Send>(threads: usize, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
@@ -15,6 +16,16 @@ pub fn map<T: Sync, R: Send>(threads: usize, items: &[T], work: impl Fn(&T) -> R
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
+    })
+}
+
+/// Runs `a` on a thread of its own while `b` runs on this one; both results, once both ended.
+/// A panic in `a` goes on in the caller.
+pub fn join<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    std::thread::scope(|scope| {
+        let a = scope.spawn(a);
+        let b = b();
+        (a.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), b)
     })
 }
 
@@ -48,5 +59,23 @@ mod tests {
             seen.fetch_add(1, Ordering::SeqCst)
         });
         assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn join_runs_both_at_once_and_returns_both() {
+        use std::sync::Barrier;
+        // Two jobs that can only finish if they run at the same time.
+        let barrier = Barrier::new(2);
+        let (a, b) = join(
+            || {
+                barrier.wait();
+                "a"
+            },
+            || {
+                barrier.wait();
+                2
+            },
+        );
+        assert_eq!((a, b), ("a", 2));
     }
 }

@@ -97,14 +97,10 @@ pub fn check(
     // Names and modes come from parse-only passes that do not need the compile's output, so
     // they run beside it, on CPU the compile leaves idle (its start, its last file). Should the
     // compile fail, their answer is dropped and the compile's error is the one reported.
-    let (compiled, described) = std::thread::scope(|s| {
-        let describe = s.spawn(|| describe_all(parser, &fresh));
-        let compiled = parser.compile(&fresh, cache);
-        let described = describe
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        (compiled, described)
-    });
+    let (described, compiled) = pool::join(
+        || describe_all(parser, &fresh),
+        || parser.compile(&fresh, cache),
+    );
     compiled?;
     let mut described: BTreeMap<&str, Described> = fresh
         .iter()
@@ -188,14 +184,7 @@ fn describe_all(parser: &Parser, files: &[&ProfileInput]) -> Result<Vec<Describe
             });
         }
     }
-    let (names, modes) = std::thread::scope(|s| {
-        let names = s.spawn(|| parser.names(&sequence));
-        let modes = parser.modes(&sequence);
-        let names = names
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        (names, modes)
-    });
+    let (names, modes) = pool::join(|| parser.names(&sequence), || parser.modes(&sequence));
     let names = split_at_markers(names?, files.len(), &marker, |n| n);
     let modes = split_at_markers(modes?, files.len(), &marker, |(n, _)| n);
     match (names, modes) {
