@@ -27,3 +27,7 @@ pub mod taint;
 pub mod toolchain;
 pub mod untaint;
 pub mod validate;
+
+#[cfg(test)]
+#[path = "../tests/executable_script/mod.rs"]
+pub(crate) mod executable_script;

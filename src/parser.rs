@@ -614,32 +614,9 @@ mod tests {
         }
     }
 
-    /// Writes an executable script through a child `sh`, never through a descriptor of this
-    /// process: another test thread's forked child that has not exec'd yet would hold it open
-    /// and make the script fail to start with ETXTBSY ("Text file busy").
-    fn write_executable(path: &Path, content: &str) {
-        use std::io::Write;
-        let mut sh = Command::new("/bin/sh")
-            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
-            .arg(path)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("cannot start /bin/sh to write a script");
-        sh.stdin
-            .take()
-            .unwrap()
-            .write_all(content.as_bytes())
-            .unwrap();
-        assert!(
-            sh.wait().unwrap().success(),
-            "cannot write {}",
-            path.display()
-        );
-    }
-
     fn script_parser(dir: &Path, body: &str, timeout: Duration) -> Parser {
         let path = dir.join("fake_parser");
-        write_executable(&path, &format!("#!/bin/sh\n{body}\n"));
+        crate::executable_script::write(&path, &format!("#!/bin/sh\n{body}\n"));
         Parser {
             binary: path,
             base: dir.to_path_buf(),
@@ -769,7 +746,7 @@ mod tests {
 
         // An executable whose interpreter is missing: a script naming a missing shell.
         let orphan = dir.path().join("orphan");
-        write_executable(&orphan, "#!/no/such/shell\n");
+        crate::executable_script::write(&orphan, "#!/no/such/shell\n");
         p.binary = orphan;
         let msg = p
             .names(&[File(dir.path().join("x"))])

@@ -2,6 +2,8 @@
 //! fake kernel (securityfs tree) and the real `apparmor_parser`.
 #![allow(dead_code)]
 
+#[path = "../executable_script/mod.rs"]
+mod executable_script;
 #[path = "../prereq/mod.rs"]
 mod prereq;
 
@@ -24,29 +26,8 @@ pub fn profile(name: &str) -> String {
 pub const BROKEN: &str =
     "abi <abi/3.0>,\nprofile broken {\n  /tmp/** rw,\n  /etc/** rw\n  junk,\n}\n";
 
-/// Writes an executable script. The file is written by a child `sh`, never through a file
-/// descriptor of this process: the test threads spawn processes all the time, and a forked
-/// child that has not yet exec'd holds a copy of every open descriptor, so a script written
-/// here could fail to start with ETXTBSY ("Text file busy") until that child gets to exec.
-pub fn write_executable(path: &Path, content: &str) {
-    use std::io::Write;
-    let mut sh = std::process::Command::new("/bin/sh")
-        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("cannot start /bin/sh to write a script");
-    sh.stdin
-        .take()
-        .unwrap()
-        .write_all(content.as_bytes())
-        .unwrap();
-    assert!(
-        sh.wait().unwrap().success(),
-        "cannot write {}",
-        path.display()
-    );
-}
+/// Writes an executable script (see `tests/executable_script` for why through a child `sh`).
+pub use executable_script::write as write_executable;
 
 /// The real parser; when it is missing, a skip, or a test failure under CI (`prereq`).
 pub fn real_parser() -> Option<PathBuf> {
