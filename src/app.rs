@@ -132,11 +132,13 @@ fn run_step(cli: Cli) -> Result<()> {
                 adopt_loaded: args.adopt_loaded,
             };
             let r = load::run(&opts, &parser)?;
-            info!(loaded = r.loaded, unchanged = r.unchanged, removed = r.removed.len(),
-                  verified = r.verified, took_ms = r.took_ms as u64,
-                  removed_profiles = %r.removed.join(","),
-                  "load complete: loaded {}, unchanged {}, removed {}, took {} ms",
-                  r.loaded, r.unchanged, r.removed.len(), r.took_ms);
+            info!(loaded = r.loaded, unchanged = r.unchanged, retired = r.retired.len(),
+                  neutralised = r.neutralised.len(), verified = r.verified,
+                  took_ms = r.took_ms as u64,
+                  retired_profiles = %r.retired.join(","),
+                  neutralised_profiles = %r.neutralised.join(","),
+                  "load complete: loaded {}, unchanged {}, retired {}, neutralised {}, took {} ms",
+                  r.loaded, r.unchanged, r.retired.len(), r.neutralised.len(), r.took_ms);
         }
         Command::Untaint(args) => {
             untaint::run_step(cli.node_name, args)?;
@@ -295,7 +297,10 @@ mod tests {
                 .into(),
                 5,
             ),
-            (load::LoadError::NotRemoved(vec![], "x".into()).into(), 5),
+            (
+                load::LoadError::NotNeutralised(vec![], "x".into()).into(),
+                5,
+            ),
             (
                 load::LoadError::Kernel(KernelError::Io {
                     path: p.clone(),

@@ -380,7 +380,7 @@ fn refuse_foreign(
     let loaded = opts.kernel.loaded_profiles()?;
     let mut ours = owned.profile_names();
     if let Some(dir) = &opts.cache_dir {
-        ours.extend(Inventory::load(dir, LOADED_PROFILES)?.profile_names());
+        ours.extend(Inventory::load(dir, LOADED_PROFILES)?.claimed_names());
     }
     let foreign = profile_check::loaded_by_someone_else(compiled, &loaded, &ours);
     if foreign.is_empty() {

@@ -4,8 +4,23 @@
 //! the kernel (any failure stops here, the kernel untouched; on a fresh node every compile is a
 //! cache hit of `copy`'s), refuse to replace a loaded profile our records do not call ours,
 //! load everything in one parser call, read the kernel's own list to prove each profile (and
-//! exactly its children) is in force in the asked-for mode, and only then unload the profiles
-//! a previous run loaded that have left the ConfigMap.
+//! exactly its children) is in force in the asked-for mode, and only then deal with what left
+//! the ConfigMap, without ever unconfining a running process.
+//!
+//! The kernel unconfines every task of a profile (or child profile, or hat) that is unloaded
+//! (`security/apparmor/policy.c`, `__remove_profile()`), and keeps a replaced profile's children
+//! that the new version does not define (`__replace_profile()` hands them to the new parent). So
+//! nothing is ever unloaded:
+//! - a top-level profile that left the ConfigMap is **retired**: it stays in the kernel as last
+//!   loaded until the node reboots (its file is already gone, so the boot does not load it).
+//!   Its tasks stay confined as before and nothing gains a right. Retired names stay in our
+//!   record, are reported on every run and leave the record once the kernel no longer lists
+//!   them.
+//! - a child profile or hat that its parent no longer defines is **neutralised**: replaced by a
+//!   deny-everything profile of the same name. It stays reachable (a hat through change_hat), so
+//!   keeping its old rules would grant them to whoever enters it; the stub is not a hat, so the
+//!   kernel refuses change_hat into it, and a task already inside stays confined, allowed
+//!   nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -15,7 +30,7 @@ use crate::compile_cache::CompileCache;
 use crate::exit_code::{self, ExitStatus};
 use crate::kernel::{Kernel, KernelError};
 use crate::lock::{self, LockError, LockOptions};
-use crate::parser::{Cache, Parser, ParserError};
+use crate::parser::{Cache, Parser, ParserError, ParserInput};
 use crate::profile_check::{self, CheckError, CompiledProfile};
 use crate::profile_files::{ProfileInput, sha256_hex};
 use crate::state::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
@@ -39,8 +54,10 @@ pub struct LoadReport {
     pub loaded: usize,
     /// Files identical to the last recorded load (replaced from the cache).
     pub unchanged: usize,
-    /// Profiles (and children) unloaded because they left the ConfigMap.
-    pub removed: Vec<String>,
+    /// Top-level profiles of ours that left the ConfigMap, kept in the kernel until reboot.
+    pub retired: Vec<String>,
+    /// Children our files no longer define, replaced by a deny-everything profile.
+    pub neutralised: Vec<String>,
     /// Every profile name now verified in the kernel.
     pub verified: usize,
     pub took_ms: u128,
@@ -84,8 +101,11 @@ pub enum LoadError {
         missing: Vec<String>,
         parser: Option<String>,
     },
-    #[error("profiles {0:?} left the ConfigMap but are still loaded: {1}")]
-    NotRemoved(Vec<String>, String),
+    #[error(
+        "children that left the ConfigMap could not be neutralised (replaced by a \
+         deny-everything profile), so their old rules may still be reachable: {0:?}: {1}"
+    )]
+    NotNeutralised(Vec<String>, String),
     #[error("cannot prepare the cache directory {path}: {source}")]
     CacheDir {
         path: PathBuf,
@@ -109,7 +129,7 @@ impl ExitStatus for LoadError {
             LoadError::NotCopied(_) | LoadError::MissingFile(_) | LoadError::Foreign(_) => {
                 exit_code::INVALID_PROFILES
             }
-            LoadError::NotLoaded { .. } | LoadError::NotRemoved(..) => exit_code::NOT_LOADED,
+            LoadError::NotLoaded { .. } | LoadError::NotNeutralised(..) => exit_code::NOT_LOADED,
             LoadError::Read { .. }
             | LoadError::State(_)
             | LoadError::Lock(_)
@@ -203,23 +223,43 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         }
     }
 
-    let gone = leftovers(&opts.kernel.loaded_profiles()?, &previous, &current);
-    let unload = unload(opts, parser, &gone);
-    // Keep the files whose profiles could not be unloaded in the record, so a later run retries.
-    let mut saved = current;
-    if unload.is_err() {
-        for (key, entry) in &previous.files {
-            if entry.profiles.iter().any(|n| gone.contains(n)) {
-                saved
-                    .files
-                    .entry(key.clone())
-                    .or_insert_with(|| entry.clone());
-            }
-        }
+    let loaded = opts.kernel.loaded_profiles()?;
+    let retired = retire(&loaded, &previous, &current);
+    for name in &retired {
+        tracing::warn!(
+            profile = %name,
+            "retired {name:?}: it left the ConfigMap and stays loaded, as last loaded, until the \
+             node reboots (unloading it would unconfine every process running under it); its \
+             file is gone, so the next boot does not load it"
+        );
     }
-    saved.save(&opts.cache_dir, LOADED_PROFILES)?;
-    unload?;
-    report.removed = gone;
+    for name in previous.retired.iter().filter(|n| !loaded.contains_key(*n)) {
+        tracing::info!(
+            profile = %name,
+            "{name:?} was retired and the kernel no longer lists it (the node rebooted): dropped \
+             from the record"
+        );
+    }
+    current.retired = retired.iter().cloned().collect();
+    let stale = stale_children(&loaded, &current);
+    let neutralised = neutralise(opts, parser, &stale, &previous);
+    // Keep what is known to be neutralised in the record even when this run failed half-way.
+    current.neutralised = match &neutralised {
+        Ok(done) => done.clone(),
+        Err((done, _)) => done.clone(),
+    };
+    current.save(&opts.cache_dir, LOADED_PROFILES)?;
+    let neutralised = neutralised.map_err(|(_, e)| e)?;
+    for name in neutralised.keys() {
+        tracing::warn!(
+            profile = %name,
+            "neutralised {name:?}: its parent no longer defines it, so it was replaced by a \
+             deny-everything profile of the same name (processes inside stay confined and are \
+             allowed nothing; nobody can enter it with its old rules)"
+        );
+    }
+    report.retired = retired;
+    report.neutralised = neutralised.into_keys().collect();
     report.took_ms = started.elapsed().as_millis();
     Ok(report)
 }
@@ -265,7 +305,7 @@ fn refuse_foreign(
         return Ok(());
     }
     let loaded = opts.kernel.loaded_profiles()?;
-    let mut ours = previous.profile_names();
+    let mut ours = previous.claimed_names();
     ours.extend(owned.profile_names());
     let foreign = profile_check::loaded_by_someone_else(compiled, &loaded, &ours);
     if foreign.is_empty() {
@@ -340,75 +380,125 @@ fn verify(
     }
 }
 
-/// What is loaded and ours but no longer wanted: top-level profiles a previous run loaded that
-/// left the ConfigMap, and children (hats, child profiles) under our profiles that our files
-/// no longer define (the kernel keeps children across a replace). Children of a profile that
-/// goes are not listed: they go with it.
-fn leftovers(
+/// The top-level profiles of ours that the kernel still has but our files no longer define:
+/// those a previous run loaded or retired. They stay loaded (see the module docs).
+fn retire(
     loaded: &BTreeMap<String, String>,
     previous: &Inventory,
     current: &Inventory,
 ) -> Vec<String> {
     let wanted = current.profile_names();
-    let ours: BTreeSet<String> = previous
+    previous
         .profile_names()
         .into_iter()
-        .chain(wanted.iter().cloned())
-        .filter(|n| !n.contains("//"))
-        .collect();
-    let mut gone: Vec<String> = loaded
+        .chain(previous.retired.iter().cloned())
+        .filter(|n| !n.contains("//") && !wanted.contains(n) && loaded.contains_key(n))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Every child (hat, child profile, at any depth) the kernel has under a profile our files
+/// define, that our files do not define: the kernel kept it across the replace of its parent.
+fn stale_children(loaded: &BTreeMap<String, String>, current: &Inventory) -> Vec<String> {
+    let wanted = current.profile_names();
+    loaded
         .keys()
         .filter(|name| !wanted.contains(*name))
         .filter(|name| {
-            let top = name.split("//").next().unwrap_or(name);
-            ours.contains(top)
+            name.split_once("//")
+                .is_some_and(|(top, _)| wanted.contains(top))
         })
         .cloned()
-        .collect();
-    // Drop names whose parent also goes.
-    let all: BTreeSet<String> = gone.iter().cloned().collect();
-    gone.retain(|name| {
-        !name
-            .match_indices("//")
-            .any(|(i, _)| all.contains(&name[..i]))
-    });
-    gone
+        .collect()
 }
 
-/// Unloads profiles (and children) that are ours and no longer wanted, and proves they are
-/// gone.
-fn unload(opts: &LoadOptions, parser: &Parser, gone: &[String]) -> Result<(), LoadError> {
-    if gone.is_empty() {
-        return Ok(());
+/// Replaces each stale child by a deny-everything profile of the same name, in one parser call,
+/// and proves each is then listed in enforce mode. A child already holding the stub a previous
+/// run loaded (the kernel's hash says so) is left alone. Returns the neutralised names with the
+/// kernel's hash of their stub; on failure, also what is known to be done.
+#[allow(clippy::type_complexity)]
+fn neutralise(
+    opts: &LoadOptions,
+    parser: &Parser,
+    stale: &[String],
+    previous: &Inventory,
+) -> Result<BTreeMap<String, String>, (BTreeMap<String, String>, LoadError)> {
+    let hashes = opts.kernel.policy_hashes();
+    let already = |name: &String| {
+        previous
+            .neutralised
+            .get(name)
+            .is_some_and(|h| !h.is_empty() && hashes.get(name) == Some(h))
+    };
+    let (mut done, todo): (Vec<&String>, Vec<&String>) = stale.iter().partition(|n| already(n));
+    let mut result: BTreeMap<String, String> = done
+        .drain(..)
+        .map(|n| (n.clone(), hashes[n].clone()))
+        .collect();
+    if todo.is_empty() {
+        return Ok(result);
     }
-    // The parser removes by the names a file declares, so a stub declaring just those names
-    // is enough; the original file is already gone from the host.
-    let stub: String = gone
+    let fail = |result: &BTreeMap<String, String>, e: LoadError| (result.clone(), e);
+    let outcome = stub_file(&opts.cache_dir, &todo).and_then(|stub| {
+        parser
+            .replace(&[Stubs(stub.path())], Cache::Skip)
+            .map_err(|e: ParserError| e.to_string())
+    });
+    let after = opts
+        .kernel
+        .loaded_profiles()
+        .map_err(|e| fail(&result, e.into()))?;
+    let hashes = opts.kernel.policy_hashes();
+    let mut left = Vec::new();
+    for name in todo {
+        match (&outcome, after.get(name).map(String::as_str)) {
+            (Ok(()), Some("enforce")) => {
+                result.insert(name.clone(), hashes.get(name).cloned().unwrap_or_default());
+            }
+            _ => left.push(name.clone()),
+        }
+    }
+    match (left.is_empty(), outcome) {
+        (true, _) => Ok(result),
+        (false, Err(e)) => Err(fail(&result, LoadError::NotNeutralised(left, e))),
+        (false, Ok(())) => Err(fail(
+            &result,
+            LoadError::NotNeutralised(
+                left,
+                "the parser reported success, but the kernel does not list them in enforce mode"
+                    .into(),
+            ),
+        )),
+    }
+}
+
+/// A profile file declaring an empty (deny-everything) profile for each name, in a temporary
+/// file of its own (created exclusively, with an unpredictable name) in `dir`.
+fn stub_file(dir: &std::path::Path, names: &[&String]) -> Result<tempfile::NamedTempFile, String> {
+    use std::io::Write;
+    let stub: String = names
         .iter()
         .map(|n| format!("profile {} {{\n}}\n", quote_name(n)))
         .collect();
-    let stub_path = opts.cache_dir.join(".remove-stub");
-    let result = std::fs::write(&stub_path, stub)
-        .map_err(|e| format!("cannot write {}: {e}", stub_path.display()))
-        .and_then(|()| {
-            parser
-                .remove(&stub_path)
-                .map_err(|e: ParserError| e.to_string())
-        });
-    let _ = std::fs::remove_file(&stub_path);
-    let after = opts.kernel.loaded_profiles()?;
-    let left: Vec<String> = gone
-        .iter()
-        .filter(|n| after.contains_key(*n))
-        .cloned()
-        .collect();
-    match (left.is_empty(), result) {
-        (true, _) => Ok(()),
-        (false, Err(e)) => Err(LoadError::NotRemoved(left, e)),
-        (false, Ok(())) => Err(LoadError::NotRemoved(
-            left,
-            "the parser reported success".into(),
-        )),
+    let mut file = tempfile::Builder::new()
+        .prefix(".apparmor-profile-loader.stub-")
+        .tempfile_in(dir)
+        .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
+    file.write_all(stub.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", file.path().display()))?;
+    Ok(file)
+}
+
+/// The stub file, as the parser's input.
+struct Stubs<'a>(&'a std::path::Path);
+
+impl ParserInput for Stubs<'_> {
+    fn key(&self) -> &str {
+        "(deny-everything stubs for children that left the ConfigMap)"
+    }
+    fn path(&self) -> &std::path::Path {
+        self.0
     }
 }
 
@@ -454,39 +544,43 @@ mod tests {
         inv
     }
 
+    fn loaded(names: &[&str]) -> BTreeMap<String, String> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), "enforce".to_string()))
+            .collect()
+    }
+
     #[test]
-    fn leftovers_are_our_gone_profiles_and_our_extra_children_only() {
-        let loaded: BTreeMap<String, String> = [
+    fn retired_are_our_top_level_profiles_still_loaded_that_left_the_configmap() {
+        let kernel = loaded(&["p", "p//kid", "old", "old//hat", "was-retired", "hostprof"]);
+        let mut previous = inv(&[("p", &["p", "p//kid"]), ("o", &["old", "old//hat"])]);
+        previous.retired = ["was-retired", "rebooted-away"].map(String::from).into();
+        let current = inv(&[("p", &["p"])]);
+        // Not the child (neutralised instead), not someone else's, not what the kernel lost.
+        assert_eq!(retire(&kernel, &previous, &current), ["old", "was-retired"]);
+        // A retired name back in the ConfigMap is wanted again.
+        let current = inv(&[("p", &["p"]), ("w", &["was-retired"])]);
+        assert_eq!(retire(&kernel, &previous, &current), ["old"]);
+    }
+
+    #[test]
+    fn stale_children_are_every_undefined_child_under_a_profile_we_define() {
+        let kernel = loaded(&[
             "p",
-            "p//wide",
-            "p//kid",
             "p//keep",
+            "p//kid",
+            "p//kid//grandkid",
+            "p//^hat",
             "old",
             "old//hat",
-            "hostprof",
             "hostprof//x",
-            "other",
-        ]
-        .iter()
-        .map(|n| (n.to_string(), "enforce".to_string()))
-        .collect();
-        let previous = inv(&[
-            ("p", &["p", "p//wide", "p//kid", "p//keep"]),
-            ("o", &["old", "old//hat"]),
         ]);
         let current = inv(&[("p", &["p", "p//keep"])]);
         assert_eq!(
-            leftovers(&loaded, &previous, &current),
-            ["old", "p//kid", "p//wide"]
+            stale_children(&kernel, &current),
+            ["p//^hat", "p//kid", "p//kid//grandkid"]
         );
-        // A child the kernel has under our profile but no record ever listed is ours too.
-        let current = inv(&[("p", &["p", "p//wide", "p//kid", "p//keep"])]);
-        let loaded2: BTreeMap<String, String> = loaded
-            .clone()
-            .into_iter()
-            .chain([("p//stray".to_string(), "enforce".to_string())])
-            .collect();
-        assert_eq!(leftovers(&loaded2, &inv(&[]), &current), ["p//stray"]);
     }
 
     #[test]

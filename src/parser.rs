@@ -272,10 +272,11 @@ impl Parser {
         if !out.status.success() {
             return Err(failed("listing profile names", &out));
         }
+        // Exactly as printed: the kernel keeps every character of a name, spaces included, so
+        // a trimmed name would be another profile than the one loaded.
         Ok(out
             .stdout
-            .lines()
-            .map(str::trim)
+            .split('\n')
             .filter(|l| !l.is_empty())
             .map(String::from)
             .collect())
@@ -316,19 +317,6 @@ impl Parser {
         cmd.args(files.iter().map(|f| f.path()));
         let action = "loading the profiles into the kernel";
         let out = self.execute(cmd, action, &keys(files), false)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(failed(action, &out))
-        }
-    }
-
-    /// Unloads the profiles a file declares (`--remove`): the parser removes by name.
-    pub fn remove(&self, declaring: &Path) -> Result<(), ParserError> {
-        let mut cmd = self.command();
-        cmd.arg("--remove").arg(declaring);
-        let action = "removing profiles from the kernel";
-        let out = self.execute(cmd, action, "the removal list", false)?;
         if out.status.success() {
             Ok(())
         } else {
@@ -585,7 +573,7 @@ fn parse_debug_modes(dump: &str) -> Vec<(String, String)> {
     let mut name: Option<String> = None;
     for line in dump.lines() {
         if let Some(n) = line.strip_prefix("Name:\t\t") {
-            name = Some(n.trim().to_string());
+            name = Some(n.to_string());
         } else if let Some(m) = line.strip_prefix("Mode:") {
             if let Some(n) = name.take() {
                 let mode = m.split(',').next().unwrap_or("").trim();

@@ -13,16 +13,6 @@ use crate::profile_files::{ProfileInput, Rejection, Source};
 use crate::profile_names::{check_name_set, check_profile_name};
 use crate::state::Inventory;
 
-/// Name prefixes of the default profiles container runtimes load themselves (Docker, containerd's
-/// CRI plugin, CRI-O, Podman/Buildah). A file of ours defining one would reconfine every
-/// container on the node, so such names are refused.
-pub const RUNTIME_DEFAULT_PROFILES: &[&str] = &[
-    "docker-default",
-    "cri-containerd.apparmor.d",
-    "crio-default",
-    "containers-default-",
-];
-
 /// A profile file that compiles, with what it defines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledProfile {
@@ -261,14 +251,6 @@ fn refusals(p: &CompiledProfile) -> Vec<String> {
             out.push(format!(
                 "key {key:?}: profile name {name:?} cannot be read back from the parser (does a \
                  quoted name contain a newline or another control character?)"
-            ));
-        } else if let Some(prefix) = RUNTIME_DEFAULT_PROFILES
-            .iter()
-            .find(|r| name.starts_with(*r))
-        {
-            out.push(format!(
-                "key {key:?}: profile {name:?} has the name of a container runtime's default \
-                 profile ({prefix}…); replacing it would reconfine every container on the node"
             ));
         }
     }

@@ -12,13 +12,30 @@ pub const MAX_PROFILE_NAME_LEN: usize = 1024;
 /// Separator between a profile and its child profile or hat in the kernel's names (`p//hat`).
 const CHILD_SEPARATOR: &str = "//";
 
+/// The kernel's own name for "no confinement". A profile of that name would make
+/// `localhostProfile: unconfined` mean something on our nodes that it means nowhere else.
+pub const UNCONFINED: &str = "unconfined";
+
+/// Name prefixes of the default profiles container runtimes load themselves (Docker, containerd's
+/// CRI plugin, CRI-O, Podman/Buildah). Loading, replacing or unloading one would change the
+/// confinement of every container on the node, so such names are never ours.
+pub const RUNTIME_DEFAULT_PROFILES: &[&str] = &[
+    "docker-default",
+    "cri-containerd.apparmor.d",
+    "crio-default",
+    "containers-default-",
+];
+
 /// Why a profile name is one this tool refuses, or `Ok` when it is handled end to end.
 ///
 /// Refused: an empty name; control characters (a newline would split the kernel's profile list
 /// and our logs); a policy namespace prefix (`:ns:name` — loading it works, but it is listed
 /// and removed through the namespace, which this tool does not manage); an empty `//`
-/// segment (`a//`, `//b`, `a////b`), which names no profile; and names longer than
-/// [`MAX_PROFILE_NAME_LEN`] bytes.
+/// segment (`a//`, `//b`, `a////b`), which names no profile; a segment that starts or ends
+/// with whitespace (any Unicode space: the kernel keeps it, so `" k8s-web"` is not `k8s-web`,
+/// and a person reading logs cannot tell them apart); `unconfined` ([`UNCONFINED`]); the
+/// names of container runtimes' own profiles ([`RUNTIME_DEFAULT_PROFILES`]); and names longer
+/// than [`MAX_PROFILE_NAME_LEN`] bytes.
 pub fn check_profile_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("the profile name is empty".into());
@@ -47,6 +64,34 @@ pub fn check_profile_name(name: &str) -> Result<(), String> {
              parent//child"
                 .into(),
         );
+    }
+    if name
+        .split(CHILD_SEPARATOR)
+        .any(|s| s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace))
+    {
+        return Err(
+            "the profile name starts or ends with whitespace; the kernel keeps it as part of \
+             the name, so it would be a different profile from the one it looks like. Remove \
+             the spaces inside the quotes"
+                .into(),
+        );
+    }
+    if name == UNCONFINED {
+        return Err(format!(
+            "{UNCONFINED:?} is the kernel's own name for no confinement; a profile of that name \
+             would make `localhostProfile: {UNCONFINED}` mean something else on these nodes \
+             than anywhere else. Choose another name"
+        ));
+    }
+    if let Some(prefix) = RUNTIME_DEFAULT_PROFILES
+        .iter()
+        .find(|r| name.starts_with(*r))
+    {
+        return Err(format!(
+            "it has the name of a container runtime's default profile ({prefix}…); loading, \
+             replacing or unloading it would change the confinement of every container on the \
+             node"
+        ));
     }
     Ok(())
 }
@@ -97,6 +142,18 @@ mod tests {
             ("//b", Some("empty '//' segment")),
             ("a////b", Some("empty '//' segment")),
             (&too_long, Some("at most 1024")),
+            (" k8s-web", Some("whitespace")),
+            ("k8s-web ", Some("whitespace")),
+            ("k8s-web\u{3000}", Some("whitespace")),
+            ("\u{a0}k8s-web", Some("whitespace")),
+            ("p// hat", Some("whitespace")),
+            ("p//hat ", Some("whitespace")),
+            ("unconfined", Some("no confinement")),
+            ("p//unconfined", None),
+            ("unconfined-ish", None),
+            ("cri-containerd.apparmor.d", Some("container runtime")),
+            ("docker-default", Some("container runtime")),
+            ("containers-default-0.50.1", Some("container runtime")),
         ];
         for (name, want) in cases {
             match (check_profile_name(name), want) {

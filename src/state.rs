@@ -53,6 +53,16 @@ pub struct Inventory {
     #[serde(default)]
     pub toolchain: String,
     pub files: BTreeMap<String, Entry>,
+    /// `load`'s record only: top-level profiles of ours that left the ConfigMap and stay in the
+    /// kernel, as last loaded, until the node reboots (unloading would unconfine every task
+    /// under them). Their files are gone, so the node's next boot does not load them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub retired: BTreeSet<String>,
+    /// `load`'s record only: children (hats, child profiles) that our files no longer define,
+    /// replaced in the kernel by a deny-everything profile of the same name, with the kernel's
+    /// hash of that stub (empty when the kernel keeps none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub neutralised: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +148,22 @@ impl Inventory {
                 )
             })?;
         }
+        let names = |kind: &str, name: &String, child: bool| {
+            profile_names::check_profile_name(name)
+                .map_err(|e| format!("is a name this tool never loads: {e}"))
+                .and_then(|()| match (child, name.contains("//")) {
+                    (true, false) => Err("is not a child profile or hat (parent//child)".into()),
+                    (false, true) => Err("is a child; only top-level profiles are retired".into()),
+                    _ => Ok(()),
+                })
+                .map_err(|reason| (format!("{kind} {name:?}"), reason))
+        };
+        for name in &self.retired {
+            names("retired", name, false)?;
+        }
+        for name in self.neutralised.keys() {
+            names("neutralised", name, true)?;
+        }
         Ok(())
     }
 
@@ -177,7 +203,16 @@ impl Inventory {
             .filter(|e| e.sha256 == sha256 && !e.modes.is_empty())
     }
 
-    /// Every profile name in the inventory.
+    /// Every name this record proves is ours: the profiles of its files, the retired ones and
+    /// the neutralised children. A loaded profile of one of these names is ours to replace.
+    pub fn claimed_names(&self) -> BTreeSet<String> {
+        let mut names = self.profile_names();
+        names.extend(self.retired.iter().cloned());
+        names.extend(self.neutralised.keys().cloned());
+        names
+    }
+
+    /// Every profile name the inventory's files define.
     pub fn profile_names(&self) -> BTreeSet<String> {
         self.files
             .values()
@@ -273,19 +308,57 @@ mod tests {
         }
     }
 
-    /// A record is the proof of ownership (what `load` loaded, what `copy` wrote), so a name
-    /// shaped like one this tool loads is accepted whoever else uses it: `docker-default` is in
-    /// `loaded.json` legitimately after `--adopt-loaded` took it over. What the checks refuse is
-    /// anything a profile file of ours could not have produced.
+    /// A record is the proof of ownership, and `load` unloads, replaces or retires what it
+    /// lists: a container runtime's own profile can never have been loaded from a file of ours
+    /// (`validate` refuses the name, `--adopt-loaded` or not), so a record that lists one is
+    /// corrupt, whoever wrote it.
     #[test]
-    fn a_loadable_name_is_accepted_even_when_it_is_a_runtime_default() {
+    fn a_record_that_lists_a_runtime_default_or_unconfined_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
-        let json = record_json(&[
-            ("never-written", &["docker-default"]),
-            ("p", &["p", "p//hat", "p//hat//inner"]),
-        ]);
-        fs::write(dir.path().join(LOADED_PROFILES), json).unwrap();
-        let inv = Inventory::load(dir.path(), LOADED_PROFILES).unwrap();
-        assert!(inv.profile_names().contains("docker-default"));
+        for name in [
+            "docker-default",
+            "cri-containerd.apparmor.d",
+            "unconfined",
+            " p",
+        ] {
+            let json = record_json(&[("never-written", &[name])]);
+            fs::write(dir.path().join(LOADED_PROFILES), json).unwrap();
+            let err = Inventory::load(dir.path(), LOADED_PROFILES).unwrap_err();
+            assert!(
+                matches!(err, StateError::BadEntry { .. }),
+                "{name:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn retired_and_neutralised_names_pass_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::default();
+        inv.retired.insert("k8s-old".into());
+        inv.neutralised.insert("p//kid".into(), "abc".into());
+        inv.save(dir.path(), LOADED_PROFILES).unwrap();
+        let back = Inventory::load(dir.path(), LOADED_PROFILES).unwrap();
+        assert_eq!(back.retired, inv.retired);
+        assert_eq!(back.neutralised, inv.neutralised);
+        assert!(back.claimed_names().contains("k8s-old"));
+        assert!(back.claimed_names().contains("p//kid"));
+        for (retired, neutralised) in [
+            ("cri-containerd.apparmor.d", "p//kid"),
+            ("k8s-old", "top-level"),
+            ("k8s-old", "docker-default//x"),
+            ("k8s-old//kid", "p//kid"),
+        ] {
+            let json = serde_json::json!({
+                "version": 1, "files": {},
+                "retired": [retired], "neutralised": { neutralised: "abc" },
+            });
+            fs::write(dir.path().join(LOADED_PROFILES), json.to_string()).unwrap();
+            let err = Inventory::load(dir.path(), LOADED_PROFILES).unwrap_err();
+            assert!(
+                matches!(err, StateError::BadEntry { .. }),
+                "{retired:?} {neutralised:?}: {err}"
+            );
+        }
     }
 }

@@ -89,6 +89,12 @@ fn loaded_record_entries_this_tool_never_writes_stop_load_before_the_kernel_is_t
         ("x", entry(&[":ns:docker-default"])),
         ("x", entry(&["docker-default\n"])),
         ("x", entry(&["docker-default//kid"])),
+        // A container runtime's own profile, or the kernel's name for no confinement: never
+        // loaded from a file of ours, so never ours to replace or retire.
+        ("gone", entry(&["docker-default"])),
+        ("gone", entry(&["cri-containerd.apparmor.d"])),
+        ("gone", entry(&["unconfined"])),
+        ("gone", entry(&[" alpha"])),
     ];
     for (key, bad) in cases {
         write_record(

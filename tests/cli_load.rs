@@ -22,7 +22,7 @@ fn fresh_node_loads_and_verifies_every_profile_in_its_mode() {
     };
     node.copy().success();
     node.load().success().stderr(predicate::str::contains(
-        "load complete: loaded 2, unchanged 0, removed 0",
+        "load complete: loaded 2, unchanged 0, retired 0, neutralised 0",
     ));
     let profiles = node.kernel.profiles();
     assert!(profiles.contains("alpha (enforce)"), "{profiles}");
@@ -46,7 +46,7 @@ fn rerun_with_unchanged_profiles_reports_unchanged() {
     node.kernel.clear_parser_calls();
     node.copy().success();
     node.load().success().stderr(predicate::str::contains(
-        "load complete: loaded 0, unchanged 1, removed 0",
+        "load complete: loaded 0, unchanged 1, retired 0, neutralised 0",
     ));
     assert_eq!(node.kernel.profiles(), before);
     // Unchanged files are neither compiled nor described again (copy's record, written by the
@@ -77,7 +77,7 @@ fn changed_file_is_compiled_and_described_again() {
     node.kernel.clear_parser_calls();
     node.copy().success();
     node.load().success().stderr(predicate::str::contains(
-        "load complete: loaded 1, unchanged 1, removed 0",
+        "load complete: loaded 1, unchanged 1, retired 0, neutralised 0",
     ));
     assert!(node.kernel.profiles().contains("beta (complain)"));
     let calls = node.kernel.parser_calls();
@@ -91,8 +91,12 @@ fn changed_file_is_compiled_and_described_again() {
     );
 }
 
+/// The kernel unconfines every task of an unloaded profile, so a profile that left the
+/// ConfigMap is retired, never unloaded: it stays in the kernel until the node reboots, its file
+/// goes at once (the next boot does not load it), and the record keeps it until the kernel no
+/// longer lists it.
 #[test]
-fn removed_key_is_unloaded_and_file_deleted_but_foreign_profiles_stay() {
+fn removed_key_is_retired_not_unloaded_its_file_deleted_and_dropped_after_a_reboot() {
     let Some(mut node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))])
     else {
         return;
@@ -102,14 +106,71 @@ fn removed_key_is_unloaded_and_file_deleted_but_foreign_profiles_stay() {
     node.load().success();
     node.volume.update(&[("alpha", &profile("alpha"))]);
     node.copy().success();
+    node.kernel.clear_parser_calls();
     node.load()
         .success()
-        .stderr(predicate::str::contains("removed 1"));
+        .stderr(predicate::str::contains("retired \"beta\""))
+        .stderr(predicate::str::contains("retired 1, neutralised 0"));
     let profiles = node.kernel.profiles();
-    assert!(!profiles.contains("beta ("), "{profiles}");
+    assert!(profiles.contains("beta (enforce)"), "{profiles}");
     assert!(profiles.contains("alpha (enforce)"), "{profiles}");
     assert!(profiles.contains("hand-loaded (enforce)"), "{profiles}");
     assert!(!node.dest.path().join("beta").exists());
+    assert!(
+        !node.kernel.parser_calls().contains("--remove"),
+        "{}",
+        node.kernel.parser_calls()
+    );
+    assert_eq!(retired(&node), ["beta"]);
+    // A re-run reports it again and keeps it.
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("retired 1, neutralised 0"));
+    assert_eq!(retired(&node), ["beta"]);
+    // The node reboots: its boot loads the top-level files, beta is not among them.
+    node.kernel.reboot(&["alpha (enforce)"]);
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("dropped from the record"))
+        .stderr(predicate::str::contains("retired 0, neutralised 0"));
+    assert!(retired(&node).is_empty());
+    assert!(!node.kernel.profiles().contains("beta ("));
+}
+
+/// A retired name is still ours: the ConfigMap may bring it back without `--adopt-loaded`.
+#[test]
+fn a_retired_profile_can_come_back() {
+    let Some(mut node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))])
+    else {
+        return;
+    };
+    node.copy().success();
+    node.load().success();
+    node.volume.update(&[("alpha", &profile("alpha"))]);
+    node.copy().success();
+    node.load().success();
+    assert_eq!(retired(&node), ["beta"]);
+    node.volume.update(&[
+        ("alpha", &profile("alpha")),
+        ("beta-again", &profile("beta")),
+    ]);
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("retired 0, neutralised 0"));
+    assert!(retired(&node).is_empty());
+}
+
+/// The top-level names `load`'s record keeps as retired.
+fn retired(node: &Node) -> Vec<String> {
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(node.cache.path().join("loaded.json")).unwrap())
+            .unwrap();
+    record["retired"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -124,13 +185,13 @@ fn profile_silently_skipped_by_the_parser_fails_verification() {
         .stderr(predicate::str::contains(
             "\"beta\" from file \"beta\" is not in the kernel",
         ));
-    // alpha did reach the kernel: it is recorded before loading, so it stays ours to unload.
+    // alpha did reach the kernel: it is recorded before loading, so it stays ours.
     let record = fs::read_to_string(node.cache.path().join("loaded.json")).unwrap();
     assert!(record.contains("\"alpha\""), "{record}");
 }
 
 #[test]
-fn profiles_loaded_by_a_failed_run_are_still_unloaded_when_removed() {
+fn profiles_loaded_by_a_failed_run_are_ours_and_retired_when_removed() {
     let Some(mut node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))])
     else {
         return;
@@ -139,13 +200,14 @@ fn profiles_loaded_by_a_failed_run_are_still_unloaded_when_removed() {
     node.copy().success();
     node.load().code(NOT_LOADED);
     assert!(node.kernel.profiles().contains("alpha (enforce)"));
-    // The operator drops both profiles; alpha, loaded by the failed run, must go.
+    // The operator drops both profiles; alpha, loaded by the failed run, is ours: retired.
     node.volume.update(&[("gamma", &profile("gamma"))]);
     node.copy().success();
     node.load().success();
     let profiles = node.kernel.profiles();
-    assert!(!profiles.contains("alpha ("), "{profiles}");
+    assert!(profiles.contains("alpha (enforce)"), "{profiles}");
     assert!(profiles.contains("gamma (enforce)"), "{profiles}");
+    assert_eq!(retired(&node), ["alpha"]);
 }
 
 #[test]
@@ -230,9 +292,9 @@ fn profile_moved_to_another_key_stays_loaded() {
     node.load().success();
     node.volume.update(&[("new-key", &profile("moved"))]);
     node.copy().success();
-    node.load()
-        .success()
-        .stderr(predicate::str::contains("loaded 1, unchanged 0, removed 0"));
+    node.load().success().stderr(predicate::str::contains(
+        "loaded 1, unchanged 0, retired 0, neutralised 0",
+    ));
     assert!(node.kernel.profiles().contains("moved (enforce)"));
     assert!(!node.dest.path().join("old-key").exists());
     assert!(node.dest.path().join("new-key").exists());

@@ -116,7 +116,7 @@ const PARENT_WITH_CHILDREN: &str = "abi <abi/3.0>,\nprofile p {\n  /tmp/** r,\n 
 const PARENT_ALONE: &str = "abi <abi/3.0>,\nprofile p {\n  /tmp/** r,\n}\n";
 
 #[test]
-fn hats_and_children_that_leave_the_configmap_are_unloaded() {
+fn hats_and_children_that_leave_the_configmap_are_neutralised_never_unloaded() {
     let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
         return;
     };
@@ -130,16 +130,27 @@ fn hats_and_children_that_leave_the_configmap_are_unloaded() {
     );
     node.volume.update(&[("p", PARENT_ALONE)]);
     node.copy().success();
+    node.kernel.clear_parser_calls();
     node.load_cmd()
         .assert()
         .success()
-        .stderr(predicate::str::contains("removed 2"));
+        .stderr(predicate::str::contains("neutralised \"p//kid\""))
+        .stderr(predicate::str::contains("neutralised \"p//wide\""))
+        .stderr(predicate::str::contains("retired 0, neutralised 2"));
+    // Unloading would unconfine the tasks inside: both stay, replaced by a stub.
     let profiles = node.kernel.profiles();
     assert!(
-        !profiles.contains("p//wide") && !profiles.contains("p//kid"),
+        profiles.contains("p//wide (enforce)") && profiles.contains("p//kid (enforce)"),
         "{profiles}"
     );
     assert!(profiles.contains("p (enforce)"), "{profiles}");
+    let calls = node.kernel.parser_calls();
+    assert!(!calls.contains("--remove"), "{calls}");
+    let stubs: Vec<_> = calls
+        .lines()
+        .filter(|l| l.contains("--replace") && l.contains(".apparmor-profile-loader.stub-"))
+        .collect();
+    assert_eq!(stubs.len(), 1, "{calls}");
     assert!(
         profiles.contains("other//x (enforce)"),
         "not ours: {profiles}"
@@ -147,20 +158,21 @@ fn hats_and_children_that_leave_the_configmap_are_unloaded() {
 }
 
 #[test]
-fn a_child_that_cannot_be_unloaded_fails_verification_with_exit_5() {
+fn a_child_that_cannot_be_neutralised_fails_with_exit_5() {
     let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
         return;
     };
     node.copy().success();
     node.load().success();
-    // The fake parser's remove does nothing: the kernel keeps the children.
+    // The fake parser refuses the stubs: the kernel keeps the children with their old rules.
     let fake = node.kernel.parser();
     let script = fs::read_to_string(&fake).unwrap();
     fs::write(
         &fake,
         script.replace(
             "if [ \"$mode\" = check ]; then",
-            "[ \"$mode\" = remove ] && exit 0\nif [ \"$mode\" = check ]; then",
+            "case \"$*\" in *.apparmor-profile-loader.stub-*) echo refused >&2; exit 1 ;; esac\n\
+             if [ \"$mode\" = check ]; then",
         ),
     )
     .unwrap();
@@ -170,7 +182,8 @@ fn a_child_that_cannot_be_unloaded_fails_verification_with_exit_5() {
         .assert()
         .code(NOT_LOADED as i32)
         .stderr(predicate::str::contains("p//kid"))
-        .stderr(predicate::str::contains("still loaded"));
+        .stderr(predicate::str::contains("could not be neutralised"))
+        .stderr(predicate::str::contains("refused"));
 }
 
 // === 3. Names validate accepts ≡ names load can prove ===
@@ -196,6 +209,26 @@ fn names_load_could_not_prove_are_refused_by_validate() {
             "runtime",
             "profile cri-containerd.apparmor.d {\n}\n",
             "container runtime",
+        ),
+        (
+            "unconfined",
+            "profile unconfined {\n  /tmp/** r,\n}\n",
+            "kernel's own name for no confinement",
+        ),
+        (
+            "leading-space",
+            "profile \" k8s-web\" {\n}\n",
+            "starts or ends with whitespace",
+        ),
+        (
+            "ideographic-space",
+            "profile \"k8s-web\u{3000}\" {\n}\n",
+            "starts or ends with whitespace",
+        ),
+        (
+            "spaced-hat",
+            "profile k8s-web {\n  ^\"hat \" {\n  }\n}\n",
+            "starts or ends with whitespace",
         ),
         (
             "hostchild",

@@ -264,6 +264,14 @@ exit 0
         p.push('\n');
         fs::write(self.securityfs().join("apparmor/profiles"), p).unwrap();
     }
+    /// The node reboots: the kernel forgets every profile, then the node's boot loads `lines`
+    /// (its top-level files, as `apparmor.service` does).
+    pub fn reboot(&self, lines: &[&str]) {
+        fs::write(self.securityfs().join("apparmor/profiles"), "").unwrap();
+        for line in lines {
+            self.load_by_hand(line);
+        }
+    }
     /// Makes the fake kernel load every profile that asks for enforce in complain mode, as if
     /// someone flipped it by hand.
     pub fn load_enforce_as_complain(&self) {
