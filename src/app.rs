@@ -301,6 +301,25 @@ mod tests {
                 load::LoadError::NotNeutralised(vec![], "x".into()).into(),
                 5,
             ),
+            // A parser killed (OOM) or timed out during the load itself is not "not loaded".
+            (
+                load::LoadError::Parser(crate::parser::ParserError::Killed {
+                    action: "loading",
+                    signal: 9,
+                    hint: "",
+                })
+                .into(),
+                1,
+            ),
+            (
+                load::LoadError::Parser(crate::parser::ParserError::TimedOut {
+                    action: "loading",
+                    timeout: std::time::Duration::from_secs(1),
+                    files: "k".into(),
+                })
+                .into(),
+                3,
+            ),
             (
                 load::LoadError::Kernel(KernelError::Io {
                     path: p.clone(),

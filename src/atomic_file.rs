@@ -1,29 +1,33 @@
 //! Crash-safe file replacement: a reader (the host's `apparmor_parser` at boot, or the next run of
 //! this tool) sees either the old file or the new one, never a torn one.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Prefix of every temporary file this tool creates. A dot-file (`apparmor_parser` skips those,
 /// so a half-written file is never loaded), and of a fixed length whatever the target's name,
 /// so a target name up to the file system's 255 bytes always has a temporary name that fits.
 pub const TEMP_PREFIX: &str = ".apparmor-profile-loader.tmp-";
 
-/// Distinguishes the temporary files of one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Random alphanumeric characters after [`TEMP_PREFIX`]: the name cannot be predicted, so
+/// nothing can be planted there in advance.
+const TEMP_RANDOM_LEN: usize = 16;
 
-/// Writes `content` to `dir/name` through a temporary file in the same directory
-/// (`<TEMP_PREFIX><pid>-<n>`), fsyncs it, sets `mode`, and renames it over the target. Call
-/// [`sync_dir`] after a batch.
+/// Writes `content` to `dir/name` through a temporary file in the same directory, fsyncs it,
+/// sets `mode`, and renames it over the target. Call [`sync_dir`] after a batch.
 pub fn write(dir: &Path, name: &str, content: &[u8], mode: u32) -> std::io::Result<()> {
     write_at(dir, name, content, mode, None)
 }
 
 /// [`write`], giving the new file the modification time `mtime` (the parser's cache matches
 /// entries to files by mtime) before it takes the target's place.
+///
+/// The temporary file is created exclusively (`O_CREAT | O_EXCL`: a symlink or any other file
+/// already at that name is never followed or reused) under an unpredictable name, so a host
+/// directory someone else can write to cannot redirect the write; the rename then puts that
+/// regular file, and only it, in the target's place.
 pub fn write_at(
     dir: &Path,
     name: &str,
@@ -31,46 +35,30 @@ pub fn write_at(
     mode: u32,
     mtime: Option<std::time::SystemTime>,
 ) -> std::io::Result<()> {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(content)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if let Some(t) = mtime {
-            f.set_modified(t)?;
-        }
-        f.sync_all()?;
-        fs::rename(&tmp, dir.join(name))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .rand_bytes(TEMP_RANDOM_LEN)
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    let f = tmp.as_file_mut();
+    f.write_all(content)?;
+    // The umask narrowed the mode at creation; set it exactly.
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    if let Some(t) = mtime {
+        f.set_modified(t)?;
     }
-    result
+    f.sync_all()?;
+    // On failure the temporary file is removed when `tmp` drops.
+    tmp.persist(dir.join(name)).map(drop).map_err(|e| e.error)
 }
 
-/// Whether `name` is one of our temporary files: [`TEMP_PREFIX`] then `<pid>-<n>`, or the
-/// form earlier versions used, `.<name>.tmp-<pid>` (the name a valid ConfigMap key). Nothing
-/// else ever matches, so a cleanup never touches a file that is not ours.
+/// Whether `name` is one of our temporary files: [`TEMP_PREFIX`] then exactly
+/// [`TEMP_RANDOM_LEN`] ASCII letters and digits. Nothing else ever matches, so a cleanup never
+/// touches a file that is not ours.
 pub fn is_temp_name(name: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if let Some(rest) = name.strip_prefix(TEMP_PREFIX) {
-        return rest
-            .split_once('-')
-            .is_some_and(|(pid, n)| digits(pid) && digits(n));
-    }
-    name.strip_prefix('.')
-        .and_then(|rest| rest.rsplit_once(".tmp-"))
-        .is_some_and(|(target, pid)| {
-            // Records (`.apparmor-profile-loader.json`, `loaded.json`) were written the same
-            // way; both names without their dot are valid keys.
-            digits(pid) && crate::profile_files::validate_key(target).is_ok()
-        })
+    name.strip_prefix(TEMP_PREFIX).is_some_and(|rest| {
+        rest.len() == TEMP_RANDOM_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
 }
 
 /// Removes the temporary files a crashed run (`kill -9`, OOM, node power loss) left in `dir`,
@@ -160,12 +148,8 @@ mod tests {
     #[test]
     fn temp_name_pattern_matches_only_our_files() {
         let ours = [
-            ".apparmor-profile-loader.tmp-12-0",
-            ".apparmor-profile-loader.tmp-4194304-18446744073709551615",
-            ".alpha.tmp-123",
-            ".k8s-nginx.tmp-1",
-            ".apparmor-profile-loader.json.tmp-77",
-            ".loaded.json.tmp-77",
+            ".apparmor-profile-loader.tmp-0123456789abcdef",
+            ".apparmor-profile-loader.tmp-ABCDEFGHIJKLMNOP",
         ];
         for name in ours {
             assert!(is_temp_name(name), "{name}");
@@ -175,20 +159,42 @@ mod tests {
             ".apparmor-profile-loader.json",
             ".apparmor-profile-loader.lock",
             ".apparmor-profile-loader.tmp-",
-            ".apparmor-profile-loader.tmp-12",
-            ".apparmor-profile-loader.tmp-12-x",
-            ".apparmor-profile-loader.tmp-a-1",
-            ".alpha.tmp-",
-            ".alpha.tmp-12a",
-            ".alpha.tmp",
-            "alpha.tmp-123",
+            ".apparmor-profile-loader.tmp-12-0",
+            ".apparmor-profile-loader.tmp-0123456789abcde",
+            ".apparmor-profile-loader.tmp-0123456789abcdef0",
+            ".apparmor-profile-loader.tmp-0123456789abcde-",
+            // An editor's or a package manager's temporary files in /etc/apparmor.d.
+            ".usr.bin.man.tmp-1",
+            ".usr.sbin.cupsd.tmp-20240101",
+            ".alpha.tmp-123",
             "..data",
-            ".bad name.tmp-1",
-            "..x.tmp-1",
-            ".tmp-1",
         ];
         for name in theirs {
             assert!(!is_temp_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_symlink_planted_at_a_temp_name_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        // Links at every name a pid-and-counter scheme could pick for this process.
+        for n in 0..64 {
+            let name = format!("{TEMP_PREFIX}{}-{n}", std::process::id());
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        }
+        for i in 0..8 {
+            write(dir.path(), &format!("p{i}"), b"new", 0o644).unwrap();
+        }
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(fs::metadata(&victim).unwrap().mode() & 0o777, 0o600);
+        for i in 0..8 {
+            let target = dir.path().join(format!("p{i}"));
+            assert!(fs::symlink_metadata(&target).unwrap().is_file());
+            assert_eq!(fs::read_to_string(target).unwrap(), "new");
         }
     }
 
@@ -200,36 +206,39 @@ mod tests {
             ".apparmor-profile-loader.json",
             ".hidden",
             "x.tmp-1",
+            ".usr.bin.man.tmp-1",
+            ".usr.sbin.cupsd.tmp-20240101",
         ];
         for name in keep {
             fs::write(dir.path().join(name), "keep").unwrap();
         }
-        for name in [".apparmor-profile-loader.tmp-99-3", ".alpha.tmp-99"] {
-            fs::write(dir.path().join(name), "half").unwrap();
-        }
-        // A directory that happens to match is not a file we wrote: left alone.
-        fs::create_dir(dir.path().join(".beta.tmp-5")).unwrap();
+        let ours = ".apparmor-profile-loader.tmp-0123456789abcdef";
+        fs::write(dir.path().join(ours), "half").unwrap();
+        // A directory or a symlink that happens to match is not a file we wrote: left alone.
+        fs::create_dir(
+            dir.path()
+                .join(".apparmor-profile-loader.tmp-dirdirdirdirdird"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "alpha",
+            dir.path()
+                .join(".apparmor-profile-loader.tmp-linklinklinklink"),
+        )
+        .unwrap();
         let removed = remove_stale_temps(dir.path()).unwrap();
         let removed: Vec<_> = removed.iter().map(|p| p.file_name().unwrap()).collect();
-        assert_eq!(
-            removed,
-            [".alpha.tmp-99", ".apparmor-profile-loader.tmp-99-3"]
-        );
+        assert_eq!(removed, [ours]);
         let mut left: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(
-            left,
-            [
-                ".apparmor-profile-loader.json",
-                ".beta.tmp-5",
-                ".hidden",
-                "alpha",
-                "x.tmp-1"
-            ]
-        );
+        let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+        want.push(".apparmor-profile-loader.tmp-dirdirdirdirdird".into());
+        want.push(".apparmor-profile-loader.tmp-linklinklinklink".into());
+        want.sort();
+        assert_eq!(left, want);
         assert!(
             remove_stale_temps(&dir.path().join("missing"))
                 .unwrap()

@@ -36,24 +36,31 @@ pub struct CompileCache {
 impl CompileCache {
     /// Opens (creating) the cache for this parser under `cache_dir`, pruning the directories of
     /// other fingerprints (older images).
+    ///
+    /// The cache directory is on the host, so what is in it is not trusted: links are never
+    /// followed (a link at one of our own names is removed, not its target), and only
+    /// directories named like a fingerprint are pruned; anything else is left alone.
     pub fn open(cache_dir: &Path, parser: &Parser) -> io::Result<Self> {
+        fs::create_dir_all(cache_dir)?;
         let root = cache_dir.join(POLICY_DIR);
-        fs::create_dir_all(&root)?;
+        real_dir(&root)?;
         let id = toolchain::fingerprint(parser, Some(cache_dir))?;
         for entry in fs::read_dir(&root)? {
             let entry = entry?;
-            if entry.file_name() != id.as_str() {
+            let ours = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n != id && is_fingerprint(n));
+            // `file_type` does not follow links; `remove_dir_all` never follows one inside.
+            if ours && entry.file_type()?.is_dir() {
                 fs::remove_dir_all(entry.path())?;
             }
         }
         let dir = root.join(&id);
-        fs::create_dir_all(&dir)?;
-        remove_unversioned_cache(cache_dir)?;
+        real_dir(&dir)?;
         // Staging left by a crashed copy is never promoted.
         let staging_root = cache_dir.join(STAGING_DIR);
-        if staging_root.exists() {
-            fs::remove_dir_all(&staging_root)?;
-        }
+        remove_our_name(&staging_root)?;
         Ok(Self {
             dir,
             staging: staging_root.join(&id),
@@ -63,7 +70,10 @@ impl CompileCache {
 
     /// An empty staging directory for `copy`'s compile.
     pub fn staging(&self) -> io::Result<&Path> {
-        fs::create_dir_all(&self.staging)?;
+        if let Some(root) = self.staging.parent() {
+            real_dir(root)?;
+        }
+        real_dir(&self.staging)?;
         Ok(&self.staging)
     }
 
@@ -112,24 +122,38 @@ impl CompileCache {
     }
 }
 
-/// Removes the parser's own per-feature-set directories (`<8 hex>.<n>`) at the top of the
-/// cache directory: versions before 0.2 used it as `--cache-loc` directly, without a
-/// fingerprint, so those entries may be stale.
-fn remove_unversioned_cache(cache_dir: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(cache_dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let unversioned = name.split_once('.').is_some_and(|(hash, n)| {
-            hash.len() == 8
-                && hash.bytes().all(|b| b.is_ascii_hexdigit())
-                && !n.is_empty()
-                && n.bytes().all(|b| b.is_ascii_digit())
-        });
-        if unversioned && entry.file_type()?.is_dir() {
-            fs::remove_dir_all(entry.path())?;
+/// Whether a name is one of our fingerprint directories ([`toolchain::fingerprint`]: 24
+/// lowercase hex digits).
+fn is_fingerprint(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Makes `path`, one of our own names in the cache directory, a real directory: whatever else is
+/// there (a symlink, a file, a FIFO) is removed first, a link without touching its target.
+fn real_dir(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            tracing::warn!(path = %path.display(),
+                "{} is not a directory (a link or a file someone put there); removing it, \
+                 without following it", path.display());
+            fs::remove_file(path)?;
         }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
-    Ok(())
+    fs::create_dir(path)
+}
+
+/// Removes whatever is at `path`, one of our own names: a directory with its content, anything
+/// else (a link included, never its target) as a file.
+fn remove_our_name(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -220,5 +244,59 @@ mod tests {
         let reopened = CompileCache::open(&d.path().join("cache"), &p).unwrap();
         assert_eq!(reopened.promote().unwrap(), 0);
         assert!(!reopened.dir.join("abc.0/k3").exists());
+    }
+
+    #[test]
+    fn pruning_never_follows_a_link_and_leaves_what_is_not_ours() {
+        let d = tempfile::tempdir().unwrap();
+        let p = parser(d.path());
+        let cache_dir = d.path().join("cache");
+        // Someone else's tree, with sub-directories named like our fingerprints.
+        let victim = d.path().join("victim");
+        let their_dir = victim.join("0123456789abcdef01234567");
+        fs::create_dir_all(&their_dir).unwrap();
+        fs::write(their_dir.join("data"), "precious").unwrap();
+        fs::create_dir_all(&cache_dir).unwrap();
+        std::os::unix::fs::symlink(&victim, cache_dir.join("policy")).unwrap();
+        std::os::unix::fs::symlink(&victim, cache_dir.join("staging")).unwrap();
+        let cache = CompileCache::open(&cache_dir, &p).unwrap();
+        assert_eq!(
+            fs::read_to_string(their_dir.join("data")).unwrap(),
+            "precious"
+        );
+        assert!(
+            fs::symlink_metadata(cache_dir.join("policy"))
+                .unwrap()
+                .is_dir()
+        );
+        assert!(cache.dir.starts_with(cache_dir.join("policy")));
+        cache.staging().unwrap();
+        assert!(
+            fs::symlink_metadata(cache_dir.join("staging"))
+                .unwrap()
+                .is_dir()
+        );
+
+        // A stray file, a link and a foreign directory inside policy/ stay; every run works.
+        let policy = cache_dir.join("policy");
+        fs::write(policy.join("stray"), "x").unwrap();
+        fs::write(policy.join("fedcba9876543210fedcba98"), "a file, not ours").unwrap();
+        std::os::unix::fs::symlink(&their_dir, policy.join("00000000000000000000000a")).unwrap();
+        fs::create_dir(policy.join("notes")).unwrap();
+        for _ in 0..2 {
+            CompileCache::open(&cache_dir, &p).unwrap();
+        }
+        for kept in [
+            "stray",
+            "fedcba9876543210fedcba98",
+            "00000000000000000000000a",
+            "notes",
+        ] {
+            assert!(fs::symlink_metadata(policy.join(kept)).is_ok(), "{kept}");
+        }
+        assert_eq!(
+            fs::read_to_string(their_dir.join("data")).unwrap(),
+            "precious"
+        );
     }
 }

@@ -28,7 +28,10 @@ pub const ALL: &[(u8, &str)] = &[
         "invalid profiles, nothing changed: fix the ConfigMap",
     ),
     (APPARMOR_UNAVAILABLE, "AppArmor unavailable on this node"),
-    (NOT_LOADED, "profiles not provably loaded (or not unloaded)"),
+    (
+        NOT_LOADED,
+        "profiles not provably loaded (or a stale child not neutralised)",
+    ),
     (KUBERNETES_API, "Kubernetes API error"),
 ];
 

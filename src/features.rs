@@ -12,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::host_file::{self, Links};
+
 /// Where the node's parser configuration lives, relative to the node's root.
 const NODE_PARSER_CONF: &str = "etc/apparmor/parser.conf";
 
@@ -67,7 +69,7 @@ impl Features {
         let kernel_dir = securityfs.join("apparmor").join("features");
         let kernel = kernel_dir.exists().then_some(kernel_dir);
         let conf = node_root.join(NODE_PARSER_CONF);
-        let text = match std::fs::read_to_string(&conf) {
+        let text = match host_file::read_to_string(&conf, Links::Follow) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(source) => return Err(FeaturesError::Read { path: conf, source }),

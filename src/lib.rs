@@ -11,6 +11,7 @@ pub mod compile_cache;
 pub mod copy;
 pub mod exit_code;
 pub mod features;
+pub mod host_file;
 pub mod kernel;
 pub mod load;
 pub mod lock;

@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use crate::compile_cache::CompileCache;
 use crate::exit_code::{self, ExitStatus};
+use crate::host_file::{self, Links};
 use crate::kernel::{Kernel, KernelError};
 use crate::lock::{self, LockError, LockOptions};
 use crate::parser::{Cache, Parser, ParserError, ParserInput};
@@ -95,6 +96,8 @@ pub enum LoadError {
     #[error(transparent)]
     Check(#[from] CheckError),
     #[error(transparent)]
+    Parser(ParserError),
+    #[error(transparent)]
     Lock(#[from] LockError),
     #[error("profiles are not provably loaded:\n  {}{}", .missing.join("\n  "), parser_note(.parser))]
     NotLoaded {
@@ -126,6 +129,7 @@ impl ExitStatus for LoadError {
         match self {
             LoadError::Kernel(e) => e.exit_code(),
             LoadError::Check(e) => e.exit_code(),
+            LoadError::Parser(e) => e.exit_code(),
             LoadError::NotCopied(_) | LoadError::MissingFile(_) | LoadError::Foreign(_) => {
                 exit_code::INVALID_PROFILES
             }
@@ -195,10 +199,14 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         );
         None
     } else {
-        parser
-            .replace(&inputs, Cache::ReadWrite(&cache.dir))
-            .err()
-            .map(|e| e.to_string())
+        match parser.replace(&inputs, Cache::ReadWrite(&cache.dir)) {
+            Ok(()) => None,
+            // The parser ran to its end and said no: what reached the kernel is verified below,
+            // and the parser's words go with the verdict.
+            Err(e @ ParserError::Failed { .. }) => Some(e.to_string()),
+            // Killed (OOM), timed out, could not start: keep what happened, and its exit code.
+            Err(e) => return Err(LoadError::Parser(e)),
+        }
     };
     verify(&opts.kernel, &compiled, parser_failure)?;
     let mut current = current;
@@ -272,7 +280,7 @@ fn read_owned_files(opts: &LoadOptions, owned: &Inventory) -> Result<Vec<Profile
         .keys()
         .map(|key| {
             let path = opts.dest.join(key);
-            match std::fs::read(&path) {
+            match host_file::read(&path, Links::Refuse) {
                 Ok(bytes) => Ok(ProfileInput {
                     key: key.clone(),
                     path,

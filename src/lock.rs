@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::atomic_file;
+use crate::host_file::{self, Links};
 
 /// Holder record, beside the locked directory's profiles.
 pub const LOCK_FILE: &str = ".apparmor-profile-loader.lock";
@@ -200,7 +201,7 @@ fn holder_record(step: &str, node: &str) -> String {
 
 /// Who holds the lock, from its record, for the waiting run's log.
 fn describe_holder(dir: &Path) -> String {
-    let Ok(text) = fs::read_to_string(dir.join(LOCK_FILE)) else {
+    let Ok(text) = host_file::read_to_string(&dir.join(LOCK_FILE), Links::Refuse) else {
         return "the holder left no record: a load step, whose mount of the directory is \
                 read-only, or a run that is just starting"
             .into();

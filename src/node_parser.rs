@@ -10,6 +10,8 @@
 
 use std::path::Path;
 
+use crate::host_file::{self, Links};
+
 /// Where the node's os-release is mounted, relative to the node root.
 const NODE_OS_RELEASE: &str = "etc/os-release";
 
@@ -27,7 +29,7 @@ pub enum NodeParser {
 impl NodeParser {
     /// Reads `<node_root>/etc/os-release`.
     pub fn detect(node_root: &Path) -> Self {
-        match std::fs::read_to_string(node_root.join(NODE_OS_RELEASE)) {
+        match host_file::read_to_string(&node_root.join(NODE_OS_RELEASE), Links::Follow) {
             Ok(text) => from_os_release(&text),
             Err(_) => NodeParser::Unknown,
         }

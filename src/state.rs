@@ -15,11 +15,11 @@
 //! is corrupt: the run stops (exit 1) before anything is touched, naming the file and entry.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host_file::{self, Links};
 use crate::{atomic_file, profile_files, profile_names};
 
 /// File name of `copy`'s ownership record in the profile directory. A dot-file, so
@@ -104,7 +104,7 @@ impl Inventory {
     /// Reads a record; a missing file is an empty inventory (first run on this node).
     pub fn load(dir: &Path, name: &str) -> Result<Self, StateError> {
         let path = dir.join(name);
-        let inventory: Self = match fs::read(&path) {
+        let inventory: Self = match host_file::read(&path, Links::Refuse) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
                 path: path.clone(),
                 source,
@@ -224,6 +224,7 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn round_trips_and_missing_is_empty() {

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::atomic_file;
+use crate::host_file::{self, Links};
 use crate::parser::Parser;
 
 /// The memo's file name in the cache directory.
@@ -147,7 +148,7 @@ fn stat_hash(items: &[Item]) -> io::Result<String> {
 
 fn memoized_content_hash(items: &[Item], dir: &Path, now: SystemTime) -> io::Result<String> {
     let stat = stat_hash(items)?;
-    let remembered = fs::read(dir.join(MEMO))
+    let remembered = host_file::read(&dir.join(MEMO), Links::Refuse)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Memo>(&bytes).ok());
     if let Some(memo) = remembered.filter(|m| m.stat == stat) {

@@ -121,11 +121,19 @@ fn next_copy_removes_the_temp_files_a_killed_run_left_and_nothing_else() {
     let volume = Volume::new(&[("alpha", &profile("alpha"))]);
     let dest = tempfile::tempdir().unwrap();
     let debris = [
-        ".apparmor-profile-loader.tmp-31337-0",
-        ".alpha.tmp-31337",
-        ".apparmor-profile-loader.json.tmp-31337",
+        ".apparmor-profile-loader.tmp-0123456789abcdef",
+        ".apparmor-profile-loader.tmp-ZYXWVUTSRQPONMLK",
     ];
-    let foreign = [".hidden", "alpha.tmp-1", ".alpha.tmp-x", "usr.bin.man"];
+    // An editor's and a package manager's temporary files in /etc/apparmor.d are not ours.
+    let foreign = [
+        ".hidden",
+        "alpha.tmp-1",
+        ".alpha.tmp-x",
+        "usr.bin.man",
+        ".usr.bin.man.tmp-1",
+        ".usr.sbin.cupsd.tmp-20240101",
+        ".apparmor-profile-loader.tmp-31337-0",
+    ];
     for name in debris.iter().chain(&foreign) {
         std::fs::write(dest.path().join(name), "half-written").unwrap();
     }

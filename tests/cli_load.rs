@@ -299,3 +299,26 @@ fn profile_moved_to_another_key_stays_loaded() {
     assert!(!node.dest.path().join("old-key").exists());
     assert!(node.dest.path().join("new-key").exists());
 }
+
+/// A parser killed while loading (the OOM killer, say) is an internal failure (exit 1) with the
+/// signal named, not "not loaded" (exit 5): the operator looks at the node's memory, not the file.
+#[test]
+fn a_parser_killed_while_loading_keeps_its_exit_code() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    node.copy().success();
+    let fake = node.kernel.parser();
+    let script = fs::read_to_string(&fake).unwrap();
+    fs::write(
+        &fake,
+        script.replace(
+            "if [ \"$mode\" = check ]; then",
+            "[ \"$mode\" = replace ] && kill -9 $$\nif [ \"$mode\" = check ]; then",
+        ),
+    )
+    .unwrap();
+    node.load()
+        .code(exit_code::INTERNAL as i32)
+        .stderr(predicate::str::contains("killed by signal 9"));
+}

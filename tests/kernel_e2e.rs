@@ -523,7 +523,8 @@ fn scenario_1_fresh_node_copy_then_load_every_profile_in_its_mode() {
         "load summary: {load}"
     );
     assert_eq!(count(&load, "unchanged"), 0, "load summary: {load}");
-    assert_eq!(count(&load, "removed"), 0, "load summary: {load}");
+    assert_eq!(count(&load, "retired"), 0, "load summary: {load}");
+    assert_eq!(count(&load, "neutralised"), 0, "load summary: {load}");
 }
 
 #[test]
@@ -552,7 +553,8 @@ fn scenario_3_rerun_with_unchanged_profiles_changes_nothing() {
         b.plan.v1_files as u64,
         "load summary: {load}"
     );
-    assert_eq!(count(&load, "removed"), 0, "load summary: {load}");
+    assert_eq!(count(&load, "retired"), 0, "load summary: {load}");
+    assert_eq!(count(&load, "neutralised"), 0, "load summary: {load}");
 }
 
 #[test]
@@ -579,7 +581,7 @@ fn scenario_4_changed_profile_is_enforced() {
 }
 
 #[test]
-fn scenario_5_removed_profile_is_unloaded_and_foreign_ones_untouched() {
+fn scenario_5_removed_profile_is_retired_and_foreign_ones_untouched() {
     let Some(b) = main_boot() else { return };
     b.boot.assert_scenario("5");
     let copy = summary(&b.boot, "5", "copy", "copy complete");
@@ -590,7 +592,7 @@ fn scenario_5_removed_profile_is_unloaded_and_foreign_ones_untouched() {
     );
     let load = summary(&b.boot, "5", "load", "load complete");
     assert_eq!(
-        count(&load, "removed"),
+        count(&load, "retired"),
         b.plan.gone_in_v5.len() as u64,
         "load summary: {load}"
     );

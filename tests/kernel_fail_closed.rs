@@ -1,9 +1,12 @@
 //! Fail-closed cases on a real AppArmor kernel under QEMU, where the kernel's behaviour is the point
-//! (issues 9 and 11): a distribution profile loaded unconfined from a 4.0-syntax file is never replaced
-//! (F1); hats and child profiles that leave the ConfigMap leave the kernel, although the kernel keeps
-//! children across a replace (F2); a policy namespace is refused before anything is loaded (F3); and the
-//! policy `load` puts in the kernel hashes the same as the node's own boot-style load of the same file,
-//! unpinned and pinned (F4). One boot runs `tests/vm/guest/fail-closed.sh`; each test asserts its case.
+//! (issues 9, 11 and 17): a distribution profile loaded unconfined from a 4.0-syntax file is never replaced
+//! (F1); hats and child profiles that leave the ConfigMap are neutralised, never unloaded, with tasks
+//! running inside them (F2); a policy namespace is refused before anything is loaded (F3); the policy
+//! `load` puts in the kernel hashes the same as the node's own boot-style load of the same file, unpinned
+//! and pinned (F4); removed and renamed profiles are retired with tasks running under them (F5), and
+//! leave the kernel and the record after a reboot (F6, a second boot from F5's disk); `unconfined` is
+//! refused as a name (F7). The first boot runs `tests/vm/guest/fail-closed.sh`'s suite `failclosed`, the
+//! second its suite `failclosed-reboot`; each test asserts its case.
 //!
 //! Prerequisites as for `kernel_e2e.rs` (tests/vm/README.md); under CI a missing one fails.
 
@@ -14,16 +17,29 @@ use std::sync::OnceLock;
 
 use vm_common::Boot;
 
-/// A parent profile with a hat and a child profile, or without them.
+/// A parent profile that denies writes under `/etc`, with a hat and a child profile that each allow the
+/// `/etc/aapl-fc-*` writes of the test tasks, or without them. The parent may write its tasks'
+/// `attr/current` (to change hats) with or without hats of its own.
 fn parent(with_children: bool) -> String {
+    let task = "    /** rix,\n    /run/** rw,\n    /tmp/** rw,\n    /dev/null rw,\n    /proc/** rw,\n    \
+                /etc/aapl-fc-* w,\n";
     let children = if with_children {
-        "  ^wide {\n    /** rw,\n  }\n  profile kid {\n    /tmp/** r,\n  }\n"
+        format!("  ^wide {{\n{task}  }}\n  profile kid {{\n{task}  }}\n")
     } else {
-        ""
+        String::new()
     };
     format!(
         "abi <abi/3.0>,\n#include <tunables/global>\nprofile aapl-fc-p {{\n  \
-         #include <abstractions/base>\n  /tmp/** rw,\n  deny /etc/** w,\n{children}}}\n"
+         #include <abstractions/base>\n  /** rix,\n  /run/** rw,\n  /tmp/** rw,\n  /proc/** rw,\n  \
+         deny /etc/** w,\n{children}}}\n"
+    )
+}
+
+/// A top-level profile for the tasks of F5: `/tmp` and `/run` writable, `/etc` not.
+fn task_profile(name: &str) -> String {
+    format!(
+        "abi <abi/3.0>,\nprofile {name} {{\n  /** rix,\n  /run/** rw,\n  /tmp/** rw,\n  \
+         /dev/null rw,\n  deny /etc/** w,\n}}\n"
     )
 }
 
@@ -58,13 +74,20 @@ fn payload(dir: &Path) {
         "#include <tunables/global>\nprofile aapl-fc-q {\n  #include <abstractions/base>\n  \
          network inet stream,\n  signal (send) peer=aapl-fc-p,\n  /tmp/** rw,\n}\n",
     );
+    // F5: fc-a leaves, fc-old is renamed in its key; fc-p (F2's last version) stays.
+    write("src/f5a/fc-a", &task_profile("aapl-fc-a"));
+    write("src/f5a/fc-old", &task_profile("aapl-fc-old"));
+    write("src/f5a/fc-p", &parent(false));
+    write("src/f5b/fc-old", &task_profile("aapl-fc-new"));
+    write("src/f5b/fc-p", &parent(false));
+    write("src/f7/unconfined", &task_profile("unconfined"));
     write(
         "src/f3/ns",
         "abi <abi/3.0>,\nprofile :ns1:aapl-ns {\n  /tmp/** r,\n}\n",
     );
 }
 
-/// The one boot, shared by the tests; `None` when skipped outside CI.
+/// The first boot, shared by the tests; `None` when skipped outside CI.
 fn the_boot() -> Option<&'static Boot> {
     static BOOT: OnceLock<Option<Result<Boot, String>>> = OnceLock::new();
     let shared = BOOT.get_or_init(|| {
@@ -87,6 +110,38 @@ fn the_boot() -> Option<&'static Boot> {
     }
 }
 
+/// The second boot: the node reboots with the disk F5 left (its profile directory and cache dir, which
+/// the first boot printed as a base64 tarball).
+fn the_reboot() -> Option<&'static Boot> {
+    static BOOT: OnceLock<Option<Result<Boot, String>>> = OnceLock::new();
+    let shared = BOOT.get_or_init(|| {
+        let first = the_boot()?;
+        let p = vm_common::prerequisites()?;
+        let state = first.report.output("F5", "state", "stdout").join("\n");
+        assert!(
+            !state.is_empty(),
+            "the first boot printed no state for the reboot (see scenario F5)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payload_dir = dir.path().join("payload");
+        std::fs::create_dir_all(&payload_dir).unwrap();
+        payload(&payload_dir);
+        std::fs::write(payload_dir.join("suite"), "failclosed-reboot\n").unwrap();
+        std::fs::write(payload_dir.join("state.b64"), state + "\n").unwrap();
+        Some(vm_common::boot(
+            &p,
+            "failclosed-reboot",
+            &payload_dir,
+            "apparmor=1 security=apparmor",
+        ))
+    });
+    match shared {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => panic!("the AppArmor reboot failed: {e}"),
+    }
+}
+
 #[test]
 fn f1_a_distribution_profile_loaded_unconfined_is_never_replaced() {
     let Some(b) = the_boot() else { return };
@@ -94,7 +149,7 @@ fn f1_a_distribution_profile_loaded_unconfined_is_never_replaced() {
 }
 
 #[test]
-fn f2_hats_and_children_that_leave_the_configmap_leave_the_kernel() {
+fn f2_hats_and_children_that_leave_the_configmap_are_neutralised_and_their_tasks_stay_confined() {
     let Some(b) = the_boot() else { return };
     b.assert_scenario("F2");
 }
@@ -109,4 +164,22 @@ fn f3_a_policy_namespace_is_refused_before_anything_is_loaded() {
 fn f4_load_puts_in_the_kernel_what_the_nodes_own_boot_would_pinned_and_unpinned() {
     let Some(b) = the_boot() else { return };
     b.assert_scenario("F4");
+}
+
+#[test]
+fn f5_removed_and_renamed_profiles_are_retired_and_their_tasks_stay_confined() {
+    let Some(b) = the_boot() else { return };
+    b.assert_scenario("F5");
+}
+
+#[test]
+fn f6_after_a_reboot_retired_profiles_are_gone_from_the_kernel_and_the_record() {
+    let Some(b) = the_reboot() else { return };
+    b.assert_scenario("F6");
+}
+
+#[test]
+fn f7_a_profile_named_unconfined_is_refused_with_exit_3() {
+    let Some(b) = the_boot() else { return };
+    b.assert_scenario("F7");
 }

@@ -18,7 +18,61 @@ scenario_F1() {
     echo "AAPL-DONE F1"
 }
 
-# F2: hats and child profiles that leave the ConfigMap leave the kernel (the kernel keeps them across a replace).
+# The tasks below block on a FIFO, /run/go.TAG, opened under the policy in force at their start; `go TAG` releases
+# one, which then tries to write /etc/aapl-fc-TAG and /tmp/aapl-fc-TAG under whatever the kernel holds by then.
+TASK='echo >"/run/ready.$0"; read x <"/run/go.$0"; echo x >"/etc/aapl-fc-$0"; echo y >"/tmp/aapl-fc-$0"'
+task_prepare() {
+    rm -f "/run/go.$1" "/run/ready.$1" "/etc/aapl-fc-$1" "/tmp/aapl-fc-$1"
+    mkfifo "/run/go.$1"
+}
+# task_started TAG: records the task's pid and waits (bounded) until it is about to block on its FIFO
+task_started() {
+    eval "PID_$1=\$!"
+    n=0
+    while [ ! -e "/run/ready.$1" ] && [ "$n" -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+}
+# under NAME TAG: the task runs under profile NAME (set at exec, as a container runtime does)
+under() {
+    task_prepare "$2"
+    as-profile "$1" sh -c "$TASK" "$2" </dev/null >/dev/null 2>&1 &
+    task_started "$2"
+}
+# unconfined_task TAG: the same task, unconfined (the control)
+unconfined_task() {
+    task_prepare "$1"
+    sh -c "$TASK" "$1" </dev/null >/dev/null 2>&1 &
+    task_started "$1"
+}
+# in_hat TAG: the task runs under aapl-fc-p and changes into its hat `wide` before it blocks
+in_hat() {
+    task_prepare "$1"
+    as-profile aapl-fc-p sh -c 'echo -n "changehat 4242^wide" >/proc/self/attr/current || exit 98; '"$TASK" "$1" \
+        </dev/null >/dev/null 2>&1 &
+    task_started "$1"
+}
+# go TAG: releases the task (the FIFO opened read-write, so this never blocks) and waits (bounded) for its end
+go() {
+    eval "pid=\$PID_$1"
+    echo go 1<>"/run/go.$1"
+    n=0
+    while [ -d "/proc/$pid" ] && [ "$n" -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+    wait "$pid" 2>/dev/null
+}
+# expect_label SCENARIO TAG NAME: the task of TAG is still confined by NAME
+expect_label() {
+    eval "pid=\$PID_$2"
+    have=$(cat "/proc/$pid/attr/current" 2>&1)
+    check "$1" "the task under $3 is still confined by it (attr/current: $have)" [ "$have" = "$3 (enforce)" ]
+}
+# expect_write_denied SCENARIO TAG: the released task's write to /etc was refused
+expect_write_denied() {
+    check "$1" "the task of $2 is denied the write to /etc/aapl-fc-$2" [ ! -e "/etc/aapl-fc-$2" ]
+}
+
+# F2: hats and child profiles that leave the ConfigMap are neutralised, never unloaded: the kernel unconfines the
+# tasks of an unloaded profile. A task in the child profile and one in the hat stay confined (allowed nothing
+# now, not even what the old child allowed), and a task that enters the parent and changes into the old hat
+# does not get the hat's old rules.
 scenario_F2() {
     echo "AAPL-BEGIN F2"
     cm_set /aapl/src/f2a
@@ -28,15 +82,42 @@ scenario_F2() {
     check F2 "load with hat and child exits 0 (got $RC)" [ "$RC" -eq 0 ]
     check F2 "the kernel lists the hat" grep -q '^aapl-fc-p//wide (' "$PROFILES"
     check F2 "the kernel lists the child profile" grep -q '^aapl-fc-p//kid (' "$PROFILES"
+    # controls: unconfined, and the old child and hat, may write /etc
+    unconfined_task control; go control
+    check F2 "control: an unconfined task may write /etc" [ -e /etc/aapl-fc-control ]
+    under aapl-fc-p//kid kid0; go kid0
+    check F2 "control: the old child profile allows its /etc write" [ -e /etc/aapl-fc-kid0 ]
+    in_hat hat0; go hat0
+    check F2 "control: the old hat allows its /etc write" [ -e /etc/aapl-fc-hat0 ]
+    # tasks running under the child and in the hat while the ConfigMap changes
+    under aapl-fc-p//kid kid
+    in_hat hat
+    expect_label F2 kid aapl-fc-p//kid
+    expect_label F2 hat aapl-fc-p//wide
     cm_set /aapl/src/f2b
     run F2 copy-2 $COPY
     check F2 "copy without them exits 0 (got $RC)" [ "$RC" -eq 0 ]
     run F2 load-2 $LOAD_RO
     check F2 "load without them exits 0 (got $RC)" [ "$RC" -eq 0 ]
-    check F2 "load says it removed 2" grep -q 'removed 2' "/tmp/err.F2.load-2"
-    check F2 "the hat is gone from the kernel" sh -c "! grep -q '^aapl-fc-p//wide (' $PROFILES"
-    check F2 "the child profile is gone from the kernel" sh -c "! grep -q '^aapl-fc-p//kid (' $PROFILES"
+    check F2 "load says it neutralised 2" grep -q 'neutralised 2' "/tmp/err.F2.load-2"
+    expect_label F2 kid aapl-fc-p//kid
+    expect_label F2 hat aapl-fc-p//wide
+    go kid
+    go hat
+    expect_write_denied F2 kid
+    expect_write_denied F2 hat
+    check F2 "the neutralised child allows nothing, not even its old /tmp write" [ ! -e /tmp/aapl-fc-kid ]
+    # a new task enters the parent and tries to change into the old hat, then to write what the hat allowed
+    rm -f /etc/aapl-fc-hat2
+    run F2 enter-hat as-profile aapl-fc-p sh -c \
+        'echo -n "changehat 4243^wide" >/proc/self/attr/current; echo "changehat: $?" >&2; echo x >/etc/aapl-fc-hat2'
+    check F2 "the kernel refuses change_hat into the neutralised hat (not a hat any more)" \
+        grep -q 'changehat: 1' /tmp/err.F2.enter-hat
+    expect_write_denied F2 hat2
     check F2 "the parent stays, enforced" grep -qxF 'aapl-fc-p (enforce)' "$PROFILES"
+    run F2 load-3 $LOAD_RO
+    check F2 "a re-run exits 0 and reports them again (got $RC)" \
+        sh -c "[ $RC -eq 0 ] && grep -q 'neutralised 2' /tmp/err.F2.load-3"
     info F2 "kernel: $(grep aapl-fc "$PROFILES" | tr '\n' ' ')"
     echo "AAPL-DONE F2"
 }
@@ -86,9 +167,96 @@ scenario_F4() {
     echo "AAPL-DONE F4"
 }
 
+# F5: a profile that leaves the ConfigMap (aapl-fc-a) and one renamed in its key (aapl-fc-old -> aapl-fc-new) are
+# retired, never unloaded: tasks running under them stay confined by their last policy. At the end, the node's
+# state (profile directory, cache dir) is printed for the reboot of suite failclosed-reboot (F6).
+scenario_F5() {
+    echo "AAPL-BEGIN F5"
+    cm_set /aapl/src/f5a
+    run F5 copy-1 $COPY
+    check F5 "copy exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    run F5 load-1 $LOAD_RO
+    check F5 "load exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    under aapl-fc-a a
+    under aapl-fc-old old
+    expect_label F5 a aapl-fc-a
+    expect_label F5 old aapl-fc-old
+    cm_set /aapl/src/f5b
+    run F5 copy-2 $COPY
+    check F5 "copy exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    check F5 "the removed profile's file is gone, so the next boot does not load it" [ ! -e "$DEST/fc-a" ]
+    run F5 load-2 $LOAD_RO
+    check F5 "load exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    check F5 "load names both retired profiles" \
+        sh -c "grep -q 'retired .*aapl-fc-a' /tmp/err.F5.load-2 && grep -q 'retired .*aapl-fc-old' /tmp/err.F5.load-2"
+    check F5 "load complete counts them" grep -q 'retired 2' "/tmp/err.F5.load-2"
+    check F5 "the renamed profile is loaded under its new name" grep -qxF 'aapl-fc-new (enforce)' "$PROFILES"
+    expect_label F5 a aapl-fc-a
+    expect_label F5 old aapl-fc-old
+    go a
+    go old
+    expect_write_denied F5 a
+    expect_write_denied F5 old
+    check F5 "the retired profile keeps its last rules (its /tmp write is allowed)" [ -e /tmp/aapl-fc-a ]
+    check F5 "the record keeps the retired names" grep -q 'aapl-fc-old' "$CACHE/loaded.json"
+    # the node's disk, for the reboot
+    (cd / && find "${DEST#/}" -maxdepth 1 -type f && find "${CACHE#/}" -type f) >/tmp/state.list
+    run F5 state sh -c 'set -o pipefail; tar -c -C / $(cat /tmp/state.list) | gzip | base64'
+    check F5 "the node's state was printed (exit $RC)" [ "$RC" -eq 0 ]
+    echo "AAPL-DONE F5"
+}
+
+# F7: a profile named `unconfined` is refused by copy and validate with exit 3.
+scenario_F7() {
+    echo "AAPL-BEGIN F7"
+    cat "$PROFILES" >/tmp/kernel.F7.before
+    cm_set /aapl/src/f7
+    run F7 copy $COPY
+    check F7 "copy refuses a profile named unconfined with exit 3 (got $RC)" [ "$RC" -eq 3 ]
+    check F7 "the message names the file and says why" \
+        sh -c "grep -q 'unconfined' /tmp/err.F7.copy && grep -q 'no confinement' /tmp/err.F7.copy"
+    run F7 validate "$LOADER" validate --parser "$PARSER" --base "$DEST" "$SRC/unconfined"
+    check F7 "validate refuses it with exit 3 (got $RC)" [ "$RC" -eq 3 ]
+    check F7 "the kernel's profile list is unchanged" same /tmp/kernel.F7.before "$PROFILES"
+    echo "AAPL-DONE F7"
+}
+
+# F6 (second boot): the node rebooted. Its disk (F5's state) is back, the node's boot loaded the top-level files
+# of /etc/apparmor.d as apparmor.service does, then copy and load run again with the same ConfigMap.
+scenario_F6() {
+    echo "AAPL-BEGIN F6"
+    base64 -d /aapl/state.b64 | gunzip | tar -x -C /
+    check F6 "the node's disk is restored" [ -s "$CACHE/loaded.json" ]
+    check F6 "before: the record lists the retired profiles" grep -q 'aapl-fc-old' "$CACHE/loaded.json"
+    for f in "$DEST"/*; do
+        [ -f "$f" ] || continue
+        run F6 "boot-$(basename "$f")" "$PARSER" --replace --base "$DEST" "$f"
+    done
+    check F6 "the boot loaded what the ConfigMap has" grep -qxF 'aapl-fc-new (enforce)' "$PROFILES"
+    check F6 "the removed profile is gone after the reboot" sh -c "! grep -q '^aapl-fc-a (' $PROFILES"
+    check F6 "the old name of the renamed one too" sh -c "! grep -q '^aapl-fc-old (' $PROFILES"
+    check F6 "the neutralised children too" sh -c "! grep -q '^aapl-fc-p//' $PROFILES"
+    cm_set /aapl/src/f5b
+    run F6 copy $COPY
+    check F6 "copy exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    run F6 load $LOAD_RO
+    check F6 "load exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    check F6 "load says the retired names left the record" grep -q 'dropped from the record' "/tmp/err.F6.load"
+    check F6 "load complete: retired 0, neutralised 0" grep -q 'retired 0, neutralised 0' "/tmp/err.F6.load"
+    check F6 "the record no longer lists them" \
+        sh -c "! grep -q -e aapl-fc-old -e '\"aapl-fc-a\"' -e 'aapl-fc-p//' $CACHE/loaded.json"
+    echo "AAPL-DONE F6"
+}
+
 suite_failclosed() {
     scenario_F1
     scenario_F2
     scenario_F3
+    scenario_F5
+    scenario_F7
     scenario_F4
+}
+
+suite_failclosed_reboot() {
+    scenario_F6
 }
