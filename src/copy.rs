@@ -183,10 +183,10 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
     .map_err(CopyError::from)
     .and_then(|compiled| {
         check_reboot_parity(opts, &known, &inputs)?;
-        refuse_foreign(opts, &owned, &compiled)?;
-        Ok(compiled)
+        let seen = refuse_foreign(opts, &owned, &compiled)?;
+        Ok((compiled, seen))
     });
-    let compiled = match checked {
+    let (compiled, kernel_seen) = match checked {
         Ok(c) => c,
         Err(e) => {
             if let Some(c) = &cache {
@@ -195,7 +195,15 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
             return Err(e);
         }
     };
-    let report = write_destination(opts, &owned, &source.profiles, &compiled, mtime, toolchain);
+    let report = write_destination(
+        opts,
+        &owned,
+        &source.profiles,
+        &compiled,
+        mtime,
+        toolchain,
+        kernel_seen,
+    );
     if let Some(c) = &cache {
         match &report {
             Ok(_) => {
@@ -222,6 +230,7 @@ fn write_destination(
     compiled: &[CompiledProfile],
     mtime: SystemTime,
     toolchain: String,
+    kernel_seen: bool,
 ) -> Result<CopyReport, CopyError> {
     let clashes = foreign_files(&opts.dest, owned, files.iter().map(|p| &p.key));
     if !clashes.is_empty() {
@@ -235,6 +244,11 @@ fn write_destination(
         ..Inventory::default()
     };
     for compiled in compiled {
+        // A claim checked against the kernel once stays checked while the names are the same.
+        let checked_before = owned
+            .files
+            .get(&compiled.key)
+            .is_some_and(|e| !e.unverified && e.profiles == compiled.names);
         wanted.files.insert(
             compiled.key.clone(),
             Entry {
@@ -242,6 +256,7 @@ fn write_destination(
                 profiles: compiled.names.clone(),
                 modes: compiled.modes.clone(),
                 policy_sha1: Default::default(),
+                unverified: !(kernel_seen || checked_before),
             },
         );
     }
@@ -358,33 +373,42 @@ fn check_reboot_parity(
 /// Refuses to claim a profile name the kernel already has from someone else.
 ///
 /// A name is ours when one of our records lists it: `copy`'s (names it claimed earlier) or
-/// `load`'s (names it loaded). A new name that the kernel already has is someone else's: a
-/// distribution profile, one loaded by hand, a runtime's. Writing our file would replace it at
-/// the next boot, and `load` would replace it now, so neither happens unless the operator
-/// passes `--adopt-loaded`. On a machine without an AppArmor kernel interface nothing is
-/// loaded, so nothing can be harmed.
+/// `load`'s (names it loaded or retired). A new name that the kernel already has is someone
+/// else's: a distribution profile, one loaded by hand, a runtime's. Writing our file would
+/// replace it at the next boot, and `load` would replace it now, so neither happens unless the
+/// operator passes `--adopt-loaded`.
+///
+/// The kernel's list is read whenever securityfs has it, whatever `--enabled-file` says. Only
+/// when there is no list at all (AppArmor not running here) is nothing loaded that could be
+/// harmed; the claims are then recorded as unverified and `load` does not count them. Returns
+/// whether the kernel's list was seen.
 fn refuse_foreign(
     opts: &CopyOptions,
     owned: &Inventory,
     compiled: &[CompiledProfile],
-) -> Result<(), CopyError> {
+) -> Result<bool, CopyError> {
+    let loaded = match opts.kernel.loaded_profiles() {
+        Ok(loaded) => loaded,
+        Err(e) => match opts.kernel.ensure_enabled() {
+            // No AppArmor (and load refuses the node); nothing is loaded to be harmed.
+            Err(KernelError::NoModule { .. } | KernelError::Disabled { .. })
+                if !opts.kernel.has_profile_list() =>
+            {
+                return Ok(false);
+            }
+            _ => return Err(e.into()),
+        },
+    };
     if opts.adopt_loaded {
-        return Ok(());
+        return Ok(true);
     }
-    // Without AppArmor nothing is loaded (and load refuses the node); with AppArmor on, the
-    // profile list must be readable (securityfs mounted read-only into this container).
-    match opts.kernel.ensure_enabled() {
-        Err(KernelError::NoModule { .. } | KernelError::Disabled { .. }) => return Ok(()),
-        other => other?,
-    }
-    let loaded = opts.kernel.loaded_profiles()?;
-    let mut ours = owned.profile_names();
+    let mut ours = owned.verified_names();
     if let Some(dir) = &opts.cache_dir {
         ours.extend(Inventory::load(dir, LOADED_PROFILES)?.claimed_names());
     }
     let foreign = profile_check::loaded_by_someone_else(compiled, &loaded, &ours);
     if foreign.is_empty() {
-        Ok(())
+        Ok(true)
     } else {
         Err(CopyError::Foreign(foreign))
     }

@@ -116,6 +116,11 @@ impl Kernel {
         out
     }
 
+    /// Whether securityfs shows a profile list at all (AppArmor is running).
+    pub fn has_profile_list(&self) -> bool {
+        std::fs::symlink_metadata(self.profiles_file()).is_ok()
+    }
+
     /// The loaded profiles and their modes, e.g. `k8s-nginx` → `enforce`.
     pub fn loaded_profiles(&self) -> Result<BTreeMap<String, String>, KernelError> {
         let path = self.profiles_file();

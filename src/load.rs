@@ -314,7 +314,8 @@ fn refuse_foreign(
     }
     let loaded = opts.kernel.loaded_profiles()?;
     let mut ours = previous.claimed_names();
-    ours.extend(owned.profile_names());
+    // copy's claims count only where copy saw the kernel's list when it made them.
+    ours.extend(owned.verified_names());
     let foreign = profile_check::loaded_by_someone_else(compiled, &loaded, &ours);
     if foreign.is_empty() {
         Ok(())
@@ -526,6 +527,7 @@ fn record(compiled: &[CompiledProfile]) -> Inventory {
                 profiles: p.names.clone(),
                 modes: p.modes.clone(),
                 policy_sha1: BTreeMap::new(),
+                unverified: false,
             },
         );
     }
@@ -546,6 +548,7 @@ mod tests {
                     profiles: names.iter().map(|s| s.to_string()).collect(),
                     modes: BTreeMap::new(),
                     policy_sha1: BTreeMap::new(),
+                    unverified: false,
                 },
             );
         }

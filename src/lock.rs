@@ -201,10 +201,15 @@ fn holder_record(step: &str, node: &str) -> String {
 
 /// Who holds the lock, from its record, for the waiting run's log.
 fn describe_holder(dir: &Path) -> String {
-    let Ok(text) = host_file::read_to_string(&dir.join(LOCK_FILE), Links::Refuse) else {
-        return "the holder left no record: a load step, whose mount of the directory is \
-                read-only, or a run that is just starting"
-            .into();
+    let path = dir.join(LOCK_FILE);
+    let text = match host_file::read_to_string(&path, Links::Refuse) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return "the holder left no record: a load step, whose mount of the directory is \
+                    read-only, or a run that is just starting"
+                .into();
+        }
+        Err(e) => return format!("its record {} cannot be read: {e}", path.display()),
     };
     let field = |key: &str| {
         text.lines()

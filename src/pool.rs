@@ -47,35 +47,45 @@ mod tests {
         assert!(map(4, &[] as &[u32], |i| *i).is_empty());
     }
 
+    /// A meeting point for two jobs that returns whether both arrived within a bound: run one
+    /// after the other, the first gives up instead of hanging the test.
+    fn meet(arrived: &std::sync::atomic::AtomicUsize) -> bool {
+        meet_within(arrived, std::time::Duration::from_secs(10))
+    }
+
+    fn meet_within(arrived: &std::sync::atomic::AtomicUsize, bound: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        use std::time::{Duration, Instant};
+        arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + bound;
+        while arrived.load(Ordering::SeqCst) < 2 {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
     #[test]
     fn runs_in_parallel_up_to_the_limit() {
-        use std::sync::Barrier;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        // Two jobs that can only finish if they run at the same time.
-        let barrier = Barrier::new(2);
-        let seen = AtomicUsize::new(0);
-        map(2, &[1, 2], |_| {
-            barrier.wait();
-            seen.fetch_add(1, Ordering::SeqCst)
-        });
-        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        let arrived = std::sync::atomic::AtomicUsize::new(0);
+        // Two jobs that can only both meet if they run at the same time.
+        let met = map(2, &[1, 2], |_| meet(&arrived));
+        assert_eq!(met, [true, true]);
     }
 
     #[test]
     fn join_runs_both_at_once_and_returns_both() {
-        use std::sync::Barrier;
-        // Two jobs that can only finish if they run at the same time.
-        let barrier = Barrier::new(2);
-        let (a, b) = join(
-            || {
-                barrier.wait();
-                "a"
-            },
-            || {
-                barrier.wait();
-                2
-            },
-        );
-        assert_eq!((a, b), ("a", 2));
+        let arrived = std::sync::atomic::AtomicUsize::new(0);
+        let (a, b) = join(|| (meet(&arrived), "a"), || (meet(&arrived), 2));
+        assert_eq!((a, b), ((true, "a"), (true, 2)));
+    }
+
+    #[test]
+    fn one_thread_runs_the_jobs_one_after_the_other() {
+        // The meeting point's own check: sequential jobs do not meet, and say so.
+        let arrived = std::sync::atomic::AtomicUsize::new(0);
+        assert!(!meet_within(&arrived, std::time::Duration::from_millis(50)));
     }
 }

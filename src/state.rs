@@ -42,6 +42,10 @@ pub struct Entry {
     /// loaded and verified, so a re-run can prove nothing changed without loading again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub policy_sha1: BTreeMap<String, String>,
+    /// `copy`'s record only: the names were claimed without seeing the kernel's list (AppArmor
+    /// was not running), so they do not prove the names are ours: `load` does not count them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
 }
 
 /// Files by name, as written to disk.
@@ -212,6 +216,15 @@ impl Inventory {
         names
     }
 
+    /// The names of the files whose claim was checked against the kernel's list.
+    pub fn verified_names(&self) -> BTreeSet<String> {
+        self.files
+            .values()
+            .filter(|e| !e.unverified)
+            .flat_map(|e| e.profiles.iter().cloned())
+            .collect()
+    }
+
     /// Every profile name the inventory's files define.
     pub fn profile_names(&self) -> BTreeSet<String> {
         self.files
@@ -241,6 +254,7 @@ mod tests {
                 profiles: vec!["p".into(), "p//hat".into()],
                 modes: BTreeMap::from([("p".into(), "enforce".into())]),
                 policy_sha1: BTreeMap::new(),
+                unverified: false,
             },
         );
         inv.save(dir.path(), OWNED_FILES).unwrap();

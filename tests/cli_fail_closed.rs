@@ -229,3 +229,61 @@ fn sigterm_while_untaint_retries_is_exit_6_never_success() {
         "{rest}"
     );
 }
+
+// === Special files planted in host directories ===
+
+fn mkfifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// How long a run that must not block may take before the test calls it hung.
+const NOT_HUNG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A FIFO where the lock holder's record should be: the waiting run still gives up at its
+/// `--lock-timeout` (reading the record never blocks).
+#[test]
+fn a_fifo_at_the_lock_record_does_not_hang_a_waiting_run() {
+    let Some(parser) = real_parser() else { return };
+    let volume = Volume::new(&[("alpha", &profile("alpha"))]);
+    let dest = tempfile::tempdir().unwrap();
+    let handle = std::fs::File::open(dest.path()).unwrap();
+    handle.try_lock().unwrap();
+    mkfifo(&dest.path().join(".apparmor-profile-loader.lock"));
+    copy(&parser, volume.path(), dest.path())
+        .env("APPARMOR_LOADER_LOCK_TIMEOUT", "1s")
+        .timeout(NOT_HUNG)
+        .assert()
+        .code(INTERNAL)
+        .stderr(predicate::str::contains("still holds the lock"))
+        .stderr(predicate::str::contains("a FIFO"));
+    drop(handle);
+}
+
+/// A FIFO at the toolchain memo costs a re-hash, never a hung run; a FIFO at `load`'s record is
+/// refused at once, naming it.
+#[test]
+fn fifos_in_the_cache_dir_never_block_a_run() {
+    let Some(parser) = real_parser() else { return };
+    let volume = Volume::new(&[("alpha", &profile("alpha"))]);
+    let dest = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    mkfifo(&cache.path().join("toolchain.json"));
+    copy(&parser, volume.path(), dest.path())
+        .env("APPARMOR_LOADER_CACHE_DIR", cache.path())
+        .timeout(NOT_HUNG)
+        .assert()
+        .success();
+    let kernel = FakeKernel::new(&parser);
+    mkfifo(&cache.path().join("loaded.json"));
+    kernel
+        .load(dest.path(), cache.path())
+        .timeout(NOT_HUNG)
+        .assert()
+        .code(INTERNAL)
+        .stderr(predicate::str::contains("loaded.json"))
+        .stderr(predicate::str::contains("a FIFO"));
+}

@@ -78,6 +78,40 @@ fn a_name_someone_else_loaded_is_refused_by_copy_even_when_the_host_file_is_unre
     node.load().success();
 }
 
+/// An `--enabled-file` that cannot be read (a wrong mount, a renamed parameter) does not switch
+/// the ownership check off while securityfs lists what is loaded: the list is what counts. And a
+/// claim `copy` made without seeing any list does not make `load` replace what it finds.
+#[test]
+fn an_unreadable_enabled_file_never_weakens_the_ownership_check() {
+    let Some(node) = Node::with(&[("ff", &profile("firefox"))]) else {
+        return;
+    };
+    node.kernel.load_by_hand("firefox (unconfined)");
+    fs::remove_file(node.kernel.enabled_file()).unwrap();
+    node.copy_cmd()
+        .assert()
+        .code(INVALID)
+        .stderr(predicate::str::contains(
+            "\"firefox\" (our file \"ff\"; loaded, but not by us)",
+        ));
+    assert!(!node.dest.path().join("ff").exists(), "nothing written");
+
+    // No AppArmor at all when copy ran (no list, module off): the claim is recorded unverified.
+    let profiles = node.kernel.securityfs().join("apparmor/profiles");
+    fs::rename(&profiles, profiles.with_extension("hidden")).unwrap();
+    node.copy().success();
+    let record =
+        fs::read_to_string(node.dest.path().join(".apparmor-profile-loader.json")).unwrap();
+    assert!(record.contains("\"unverified\": true"), "{record}");
+    // AppArmor is back (a reboot), someone's firefox is loaded: load does not take it over.
+    fs::rename(profiles.with_extension("hidden"), &profiles).unwrap();
+    fs::write(node.kernel.enabled_file(), "Y\n").unwrap();
+    node.load()
+        .code(INVALID)
+        .stderr(predicate::str::contains("loaded by someone else"));
+    assert!(node.kernel.profiles().contains("firefox (unconfined)"));
+}
+
 #[test]
 fn load_refuses_a_loaded_name_that_no_record_lists() {
     let Some(node) = Node::with(&[("mine", &profile("mine"))]) else {
