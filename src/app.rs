@@ -72,6 +72,7 @@ fn typed_exit_code(e: &(dyn StdError + 'static)) -> Option<u8> {
         ParserError,
         KernelError,
         FeaturesError,
+        crate::node_parser::OsReleaseError,
     );
     None
 }
@@ -81,7 +82,7 @@ fn run_step(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Copy(args) => {
             let parser = parser(&args.parser, Some(&args.node))?;
-            let node_parser = NodeParser::detect(&args.node.node_root);
+            let node_parser = NodeParser::detect(&args.node.node_root, args.node_apparmor)?;
             let v3_parser = Parser {
                 binary: args.v3_parser.clone(),
                 base: args.v3_base.clone(),

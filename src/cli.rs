@@ -193,6 +193,18 @@ pub struct CopyArgs {
     #[arg(long, env = "APPARMOR_LOADER_ADOPT_LOADED")]
     pub adopt_loaded: bool,
 
+    /// Which AppArmor userspace the node's own boot loads our files with. `auto` reads
+    /// <NODE_ROOT>/etc/os-release (else <NODE_ROOT>/usr/lib/os-release; links followed inside
+    /// <NODE_ROOT>) and fails (exit 1) when neither can be read, rather than guess; `3` or `4`
+    /// declares it, for nodes whose os-release is not mounted.
+    #[arg(
+        long,
+        env = "APPARMOR_LOADER_NODE_APPARMOR",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub node_apparmor: crate::node_parser::NodeAppArmor,
+
     /// The AppArmor 3 parser for reboot parity: on a node whose <NODE_ROOT>/etc/os-release
     /// names a release that ships AppArmor 3 (Ubuntu 22.04, Debian 12), every new or changed
     /// file must also compile with it, or the node's own boot would fail to load it.

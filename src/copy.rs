@@ -350,7 +350,7 @@ fn check_reboot_parity(
 ) -> Result<(), CopyError> {
     let os = match &opts.node_parser {
         NodeParser::V3 { os } => os,
-        NodeParser::Current { .. } | NodeParser::Unknown => return Ok(()),
+        NodeParser::Current { .. } => return Ok(()),
     };
     let v3 = &opts.v3_parser;
     if !v3.binary.is_file() {

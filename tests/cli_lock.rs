@@ -31,6 +31,7 @@ fn spawn_copy(parser: &Path, source: &Path, dest: &Path, lock_timeout: &str) -> 
     Command::new(env!("CARGO_BIN_EXE_apparmor-loader"))
         .env_clear()
         .env("NODE_NAME", "this-node")
+        .env("APPARMOR_LOADER_NODE_APPARMOR", "4")
         .env("APPARMOR_LOADER_LOCK_TIMEOUT", lock_timeout)
         .arg("copy")
         .arg("--source")

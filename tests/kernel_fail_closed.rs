@@ -5,7 +5,8 @@
 //! `load` puts in the kernel hashes the same as the node's own boot-style load of the same file, unpinned
 //! and pinned (F4); removed and renamed profiles are retired with tasks running under them (F5), and
 //! leave the kernel and the record after a reboot (F6, a second boot from F5's disk); `unconfined` is
-//! refused as a name (F7). The first boot runs `tests/vm/guest/fail-closed.sh`'s suite `failclosed`, the
+//! refused as a name (F7); an Ubuntu 22.04 node (os-release single-quoted, behind Ubuntu's relative link)
+//! refuses a 4.0-only profile, and a node without os-release is not guessed (F8). The first boot runs `tests/vm/guest/fail-closed.sh`'s suite `failclosed`, the
 //! second its suite `failclosed-reboot`; each test asserts its case.
 //!
 //! Prerequisites as for `kernel_e2e.rs` (tests/vm/README.md); under CI a missing one fails.
@@ -81,6 +82,10 @@ fn payload(dir: &Path) {
     write("src/f5b/fc-old", &task_profile("aapl-fc-new"));
     write("src/f5b/fc-p", &parent(false));
     write("src/f7/unconfined", &task_profile("unconfined"));
+    write(
+        "src/f8/userns",
+        "abi <abi/4.0>,\ninclude <tunables/global>\nprofile aapl-fc-userns {\n  userns,\n  /tmp/** rw,\n}\n",
+    );
     write(
         "src/f3/ns",
         "abi <abi/3.0>,\nprofile :ns1:aapl-ns {\n  /tmp/** r,\n}\n",
@@ -182,4 +187,10 @@ fn f6_after_a_reboot_retired_profiles_are_gone_from_the_kernel_and_the_record() 
 fn f7_a_profile_named_unconfined_is_refused_with_exit_3() {
     let Some(b) = the_boot() else { return };
     b.assert_scenario("F7");
+}
+
+#[test]
+fn f8_an_apparmor_3_node_refuses_a_4_0_only_profile_and_a_missing_os_release_is_not_guessed() {
+    let Some(b) = the_boot() else { return };
+    b.assert_scenario("F8");
 }

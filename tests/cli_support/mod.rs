@@ -142,7 +142,11 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 pub fn loader() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_apparmor-loader"));
-    cmd.env_clear().env("NODE_NAME", "test-node");
+    // These tests run copy on this machine, whose os-release is not a node's: declare the
+    // node's AppArmor (tests of the os-release lookup pass `--node-apparmor auto`).
+    cmd.env_clear()
+        .env("NODE_NAME", "test-node")
+        .env("APPARMOR_LOADER_NODE_APPARMOR", "4");
     cmd
 }
 

@@ -31,6 +31,7 @@ HOST_VOLUMES = {
     "securityfs",
     "host-apparmor-conf",
     "host-apparmor-features",
+    "host-os-release",
 }
 NODE_CONFIG = {"host-apparmor-conf": True, "host-apparmor-features": True}
 # Per container: (user, capabilities added, volumes mounted -> read-only?)
@@ -46,6 +47,7 @@ EXPECTED = {
             "host-cache": False,
             "securityfs": True,
             "tmp": False,
+            "host-os-release": True,
             **NODE_CONFIG,
         },
     ),
@@ -179,6 +181,13 @@ def test_mounts_per_container(pod):
     assert volumes["securityfs"]["hostPath"]["path"] == "/sys/kernel/security"
     assert volumes["host-apparmor-conf"]["hostPath"]["path"] == "/etc/apparmor"
     assert volumes["host-apparmor-features"]["hostPath"]["path"] == "/usr/share/apparmor-features"
+    # copy's reboot-parity check reads the node's release; it fails closed without it.
+    assert volumes["host-os-release"]["hostPath"] == {"path": "/etc/os-release", "type": "File"}
+    copy_mounts = {m["name"]: m for m in containers(pod)["copy"]["volumeMounts"]}
+    assert copy_mounts["host-os-release"]["mountPath"] == "/host/etc/os-release"
+    copy_env = {e["name"]: e.get("value") for e in containers(pod)["copy"]["env"]}
+    assert copy_env["APPARMOR_LOADER_NODE_ROOT"] == "/host"
+    assert "APPARMOR_LOADER_NODE_APPARMOR" not in copy_env, "auto: read from the node"
     assert volumes["profiles"]["configMap"]["name"] == "apparmor-profiles"
     for name, c in containers(pod).items():
         mounts = {m["name"]: bool(m.get("readOnly", False)) for m in c.get("volumeMounts", [])}

@@ -221,6 +221,32 @@ scenario_F7() {
     echo "AAPL-DONE F7"
 }
 
+# F8: reboot parity. A node whose os-release (single-quoted, behind Ubuntu's relative link) says Ubuntu 22.04
+# boots with AppArmor 3, which cannot read a 4.0-only profile: copy refuses it (exit 3) and writes nothing. With
+# no os-release at all, copy refuses to guess (exit 1).
+scenario_F8() {
+    echo "AAPL-BEGIN F8"
+    cp /host/usr/lib/os-release /tmp/os-release.saved
+    printf "NAME='Ubuntu'\nID='ubuntu'\nVERSION_ID='22.04'\n" >/host/usr/lib/os-release
+    snapshot_dest /tmp/dest.F8.before
+    cm_set /aapl/src/f8
+    run F8 copy $COPY
+    check F8 "an Ubuntu 22.04 node refuses a 4.0-only profile with exit 3 (got $RC)" [ "$RC" -eq 3 ]
+    check F8 "the message names the release and the AppArmor 3 parser" \
+        sh -c "grep -q 'ubuntu 22.04' /tmp/err.F8.copy && grep -q 'AppArmor 3' /tmp/err.F8.copy"
+    snapshot_dest /tmp/dest.F8.after
+    check F8 "nothing was written" same /tmp/dest.F8.before /tmp/dest.F8.after
+    rm /host/usr/lib/os-release
+    run F8 copy-blind $COPY
+    check F8 "without an os-release copy refuses to guess: exit 1 (got $RC)" [ "$RC" -eq 1 ]
+    check F8 "the message names the file and the way out" \
+        sh -c "grep -q 'etc/os-release' /tmp/err.F8.copy-blind && grep -q -- '--node-apparmor' /tmp/err.F8.copy-blind"
+    cp /tmp/os-release.saved /host/usr/lib/os-release
+    run F8 copy-4 $COPY
+    check F8 "the same profile on a Debian 13 node (AppArmor 4) is accepted (exit $RC)" [ "$RC" -eq 0 ]
+    echo "AAPL-DONE F8"
+}
+
 # F6 (second boot): the node rebooted. Its disk (F5's state) is back, the node's boot loaded the top-level files
 # of /etc/apparmor.d as apparmor.service does, then copy and load run again with the same ConfigMap.
 scenario_F6() {
@@ -254,6 +280,7 @@ suite_failclosed() {
     scenario_F3
     scenario_F5
     scenario_F7
+    scenario_F8
     scenario_F4
 }
 
