@@ -141,11 +141,11 @@ fn normalize(path: &Path) -> PathBuf {
 /// are ignored. `None` when the key is absent.
 fn os_release_value(text: &str, key: &str) -> Option<String> {
     text.lines()
+        .rev()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.trim().split_once('='))
-        .filter(|(k, _)| *k == key)
+        .find(|(k, _)| *k == key)
         .map(|(_, v)| unquote(v))
-        .last()
 }
 
 fn unquote(v: &str) -> String {
