@@ -60,12 +60,16 @@ pub enum Command {
     /// Files the tool did not write are never replaced or removed; a key that clashes with one
     /// is refused. Keys ending in .yaml or .yml are skipped with a warning.
     Copy(CopyArgs),
-    /// Compile, load and verify the profiles `copy` wrote, then unload the ones a previous run
-    /// loaded that left the ConfigMap.
+    /// Compile, load and verify the profiles `copy` wrote; never unload anything, because the
+    /// kernel unconfines every process of an unloaded profile.
     ///
     /// Every profile is compiled before the kernel is touched; all are loaded in one
     /// `apparmor_parser --replace` call with a compile cache; the kernel's own profile list must
-    /// then show every profile in the mode its flags ask for.
+    /// then show every profile in the mode its flags ask for. A profile that left the ConfigMap
+    /// is retired: kept loaded, as last loaded, until the node reboots (its file is gone). A hat
+    /// or child profile its parent no longer defines is neutralised: replaced by an empty
+    /// deny-everything profile of the same name, so nobody can enter it with its old rules and
+    /// the processes inside stay confined.
     Load(LoadArgs),
     /// Remove the gate taint(s) from this node (NODE_NAME) through the Kubernetes API.
     ///

@@ -38,7 +38,7 @@ static WAIT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// What the session saw: checks per scenario ("1".."6"), metrics, and why it stopped early (if it did).
+/// What the session saw: checks per scenario ("1".."7"), metrics, and why it stopped early (if it did).
 #[derive(Default, Debug)]
 struct Findings {
     checks: BTreeMap<String, Vec<(bool, String)>>,
@@ -595,6 +595,7 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     if let Some(p) = &loader {
         scenario_4(c, f, p);
     }
+    scenario_7(c, f, a, &wl_pod)?;
 
     // --- node B: a broken ConfigMap keeps the gate shut (scenario 3) ---------------------------------
     unregister(c, a)?;
@@ -607,6 +608,8 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     );
     strip_meta(&mut broken);
     c.cp.apply(&[broken])?;
+    // node B boots AppArmor 3 (Ubuntu 22.04, single-quoted as os-release(5) allows, behind Ubuntu's link)
+    c.guest.out(UBUNTU_2204);
     let pods_before = c.pods.len();
     let (ni, _) = register(c, b, &format!("{GATE}=true:NoSchedule"))?;
     // copy fails; the kubelet restarts it with back-off: wait for the second failure
@@ -663,6 +666,9 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
         describe.contains("aapl-broken"),
         "`kubectl describe pod` shows the reason",
     );
+    // The operator fixes the syntax, but the profile now asks for AppArmor 4 (`userns,`): the image's 4.1
+    // parser compiles it, the node's own AppArmor 3 boot could not. copy refuses it, the node stays gated.
+    let lp = scenario_3_reboot_parity(c, f, b, &good, &lp)?;
     // the operator fixes the ConfigMap and restarts the pod
     let mut fixed = good;
     strip_meta(&mut fixed);
@@ -691,6 +697,7 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
 
     // --- node C: the autoscaler-prefixed gate taint (scenario 6) -------------------------------------
     unregister(c, b)?;
+    c.guest.out(DEBIAN_13);
     let cn = "aapl-node-c";
     let pods_before = c.pods.len();
     let (ni, reg) = register(c, cn, &format!("{AUTOSCALER_GATE}=true:NoSchedule"))?;
@@ -849,6 +856,165 @@ fn strip_meta(o: &mut Value) {
             m.remove(k);
         }
     }
+}
+
+/// The guest's release as Ubuntu 22.04 (AppArmor 3), or back to Debian 13 (AppArmor 4).
+const UBUNTU_2204: &str =
+    "printf \"NAME='Ubuntu'\\nID='ubuntu'\\nVERSION_ID='22.04'\\n\" >/usr/lib/os-release";
+const DEBIAN_13: &str = "printf 'ID=debian\\nVERSION_ID=\"13\"\\n' >/usr/lib/os-release";
+
+/// Scenario 3, second half: on an AppArmor 3 node, a profile only AppArmor 4 can read keeps the
+/// gate shut, with the reason in `kubectl describe pod`. Returns the pod that refused it.
+fn scenario_3_reboot_parity(
+    c: &Cluster,
+    f: &mut Findings,
+    node: &str,
+    good: &Value,
+    failed_pod: &Value,
+) -> Result<Value, String> {
+    let mut v4_only = good.clone();
+    v4_only["data"]["aapl-userns"] = Value::String(
+        "abi <abi/4.0>,\ninclude <tunables/global>\nprofile aapl-userns {\n  userns,\n  /tmp/** rw,\n}\n"
+            .into(),
+    );
+    strip_meta(&mut v4_only);
+    c.cp.kubectl(&["replace", "-f", "-"], Some(&v4_only.to_string()))?;
+    let pods_before = c.pods.len();
+    c.cp.kubectl(
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "kube-system",
+            name(failed_pod),
+            "--wait=false",
+        ],
+        None,
+    )?;
+    let refused = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p)
+            && on_node(p, node)
+            && copy_failures(p) >= 1
+            && copy_message(p).contains("aapl-userns")
+    });
+    let Some((_, _, lp)) = refused else {
+        return Err(format!(
+            "copy on the AppArmor 3 node {node} never refused the 4.0-only profile; {}",
+            loader_pod_summary(c, node)
+        ));
+    };
+    let n = c.cp.get_json(&["node", node])?;
+    f.check(
+        "3",
+        taint_keys(&n).iter().any(|k| k == GATE),
+        format!(
+            "{node} (Ubuntu 22.04) keeps the gate taint while a profile needs AppArmor 4 (taints {:?})",
+            taint_keys(&n)
+        ),
+    );
+    let describe =
+        c.cp.kubectl(&["describe", "pod", "-n", "kube-system", name(&lp)], None)
+            .unwrap_or_default();
+    f.check(
+        "3",
+        describe.contains("ubuntu 22.04") && describe.contains("AppArmor 3"),
+        format!(
+            "`kubectl describe pod` says the node's own AppArmor 3 boot cannot load it: {:?}",
+            copy_message(&lp)
+        ),
+    );
+    Ok(lp)
+}
+
+// === scenario 7: a profile that leaves the ConfigMap never unconfines its workload ===============
+
+/// The key the workload's profile comes from leaves the ConfigMap and the DaemonSet pod runs again
+/// (as `kubectl rollout restart` or a new revision would): the running workload stays confined,
+/// still denied what the profile denied; load says it retired the profile. The ConfigMap is then
+/// restored for the nodes that follow.
+fn scenario_7(c: &Cluster, f: &mut Findings, node: &str, wl_pod: &Value) -> Result<(), String> {
+    let Some(id) = container_id(wl_pod, "containerStatuses", "app") else {
+        f.check("7", false, "the workload pod has no container ID");
+        return Ok(());
+    };
+    let good = configmap(c)?;
+    let mut without = good.clone();
+    let removed = without["data"]
+        .as_object_mut()
+        .and_then(|d| d.remove(PROFILE));
+    f.check(
+        "7",
+        removed.is_some(),
+        format!("the ConfigMap has the key {PROFILE} to remove"),
+    );
+    strip_meta(&mut without);
+    c.cp.kubectl(&["replace", "-f", "-"], Some(&without.to_string()))?;
+    let old = c
+        .pods
+        .between(0, c.pods.len())
+        .iter()
+        .filter(|p| is_loader(p) && on_node(p, node))
+        .map(|p| name(p).to_string())
+        .last();
+    let pods_before = c.pods.len();
+    if let Some(old) = &old {
+        c.cp.kubectl(
+            &["delete", "pod", "-n", "kube-system", old, "--wait=false"],
+            None,
+        )?;
+    }
+    let rerun = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p) && on_node(p, node) && Some(name(p)) != old.as_deref() && running(p)
+    });
+    match &rerun {
+        Some((_, _, p)) => {
+            let inits = init_summary(p);
+            f.check(
+                "7",
+                inits.len() == 3 && inits.iter().all(|(_, code, _)| *code == Some(0)),
+                format!(
+                    "the DaemonSet pod ran copy -> load -> untaint again, each exit 0: {inits:?}"
+                ),
+            );
+            let logs =
+                c.cp.kubectl(&["logs", "-n", "kube-system", name(p), "-c", "load"], None)
+                    .unwrap_or_default();
+            f.check(
+                "7",
+                logs.contains(&format!("retired \"{PROFILE}\"")) && logs.contains("retired 1"),
+                format!(
+                    "load logs the retired profile and counts it: {:?}",
+                    logs.lines().last()
+                ),
+            );
+        }
+        None => {
+            f.check("7", false, "the DaemonSet pod never ran again");
+        }
+    }
+    let attr = c.guest.out(&format!(
+        "pid=$(task_pid {id}); cat /proc/$pid/attr/apparmor/current 2>/dev/null || cat /proc/$pid/attr/current"
+    ));
+    f.check(
+        "7",
+        attr.trim() == format!("{PROFILE} (enforce)"),
+        format!("the running workload is still confined by {PROFILE}, not unconfined: {attr:?}"),
+    );
+    match c.guest.sh(
+        &format!("ctr -n k8s.io tasks exec --exec-id probe7 {id} /bin/touch /data/denied-after"),
+        Duration::from_secs(60),
+    ) {
+        Ok((rc, out)) => f.check(
+            "7",
+            rc != 0 && out.contains("Permission denied"),
+            format!("the write its profile denied is still denied (EACCES): exit {rc}, {out:?}"),
+        ),
+        Err(e) => f.check("7", false, e),
+    };
+    let mut restored = good;
+    strip_meta(&mut restored);
+    c.cp.kubectl(&["replace", "-f", "-"], Some(&restored.to_string()))?;
+    Ok(())
 }
 
 // === scenario 2: the workload is confined =========================================================
@@ -1093,6 +1259,11 @@ fn scenario_5_untaint_uses_the_in_cluster_service_path() {
 #[test]
 fn scenario_6_autoscaler_prefixed_gate_is_released_the_same_way() {
     assert_scenario("6");
+}
+
+#[test]
+fn scenario_7_a_removed_profile_never_unconfines_the_running_workload() {
+    assert_scenario("7");
 }
 
 #[test]
