@@ -48,6 +48,13 @@ pub enum FeaturesError {
         pin: String,
         mounted: PathBuf,
     },
+    #[error(
+        "the node's {conf} sets `{option}`, which changes what the node's own parser compiles \
+         at boot; this tool does not apply that option, so it could not load what the node \
+         would: nothing was changed. Remove the option from the node's parser.conf, or ask for \
+         its support"
+    )]
+    Unsupported { conf: PathBuf, option: String },
     #[error("cannot read the node's parser configuration {path}: {source}")]
     Read {
         path: PathBuf,
@@ -74,6 +81,9 @@ impl Features {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(source) => return Err(FeaturesError::Read { path: conf, source }),
         };
+        if let Some(option) = unsupported(&text) {
+            return Err(FeaturesError::Unsupported { conf, option });
+        }
         match pinned(&text) {
             Some((option, pin)) => {
                 let mounted = node_root.join(pin.trim_start_matches('/'));
@@ -129,7 +139,7 @@ impl Features {
                 let mut key = b"pinned:".to_vec();
                 key.extend(file.as_os_str().as_encoded_bytes());
                 key.push(0);
-                key.extend(std::fs::read(file).unwrap_or_default());
+                fingerprint_tree(file, &mut key);
                 key
             }
         }
@@ -151,6 +161,68 @@ impl Features {
             Features::Pinned { pin, .. } => format!(
                 "the feature set the node's parser.conf pins ({pin}), as the node's own boot does"
             ),
+        }
+    }
+}
+
+/// Options of a `parser.conf` that do not change the policy the node's parser compiles (cache
+/// handling, output, parallelism), besides the pins [`pinned`] reads.
+const NEUTRAL_OPTIONS: &[&str] = &[
+    "write-cache",
+    "skip-read-cache",
+    "skip-cache",
+    "skip-bad-cache",
+    "cache-loc",
+    "purge-cache",
+    "quiet",
+    "verbose",
+    "jobs",
+    "max-jobs",
+    "estimated-compile-size",
+    "abort-on-error",
+    "warn",
+    "debug-cache",
+];
+
+/// The first option of a `parser.conf` this tool does not apply and that may change what the
+/// node's parser compiles (`compile-features`, `kernel-features`, `override-policy-abi`,
+/// `Optimize`, `Include`, `base`, `Werror`, anything unknown): refused, never ignored.
+fn unsupported(conf: &str) -> Option<String> {
+    conf.lines()
+        .filter_map(|line| {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let option = line.split(['=', ' ', '\t']).next()?.trim();
+            (!option.is_empty()).then_some(option)
+        })
+        .find(|o| !NEUTRAL_OPTIONS.contains(o) && *o != "policy-features" && *o != "features-file")
+        .map(String::from)
+}
+
+/// Adds what a pinned feature set is made of to `key`: a file's bytes, or for a directory (a
+/// feature tree, as securityfs lays it out) every entry's relative path and every file's bytes,
+/// in a stable order. Links are not followed; what cannot be read adds its error instead, so it
+/// never hashes as silently empty.
+fn fingerprint_tree(root: &Path, key: &mut Vec<u8>) {
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        match entry {
+            Ok(e) => {
+                let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+                key.extend(rel.as_os_str().as_encoded_bytes());
+                key.push(0);
+                if e.file_type().is_file() {
+                    match host_file::read(e.path(), Links::Refuse) {
+                        Ok(bytes) => {
+                            key.extend((bytes.len() as u64).to_le_bytes());
+                            key.extend(bytes);
+                        }
+                        Err(err) => key.extend(format!("unreadable: {err}").into_bytes()),
+                    }
+                }
+            }
+            Err(err) => key.extend(format!("unreadable: {err}").into_bytes()),
         }
     }
 }
@@ -263,6 +335,58 @@ mod tests {
         let d = node(None, None, false);
         let f = Features::for_node(&d.path().join("host"), &d.path().join("security")).unwrap();
         assert_eq!(f, Features::ParserDefault);
+    }
+
+    #[test]
+    fn options_that_change_the_compile_are_refused_not_ignored() {
+        for conf in [
+            "compile-features=/x\n",
+            "kernel-features /x\n",
+            "override-policy-abi=/x\n",
+            "Optimize=no-expr-simplify\n",
+            "Include=/etc/other\n",
+            "something-new\n",
+        ] {
+            let d = node(Some(conf), None, true);
+            let err = Features::for_node(&d.path().join("host"), &d.path().join("security"))
+                .unwrap_err()
+                .to_string();
+            let option = conf.split(['=', ' ', '\n']).next().unwrap();
+            assert!(err.contains(&format!("`{option}`")), "{conf:?}: {err}");
+        }
+        // Debian's and Ubuntu's own files: comments, the pin, cache options.
+        let d = node(
+            Some(
+                "## Turn creating/updating of the cache on by default\n#write-cache\nwrite-cache\n# Optimize=no-expr-simplify\npolicy-features=/usr/share/f\n",
+            ),
+            Some("/usr/share/f"),
+            true,
+        );
+        assert!(Features::for_node(&d.path().join("host"), &d.path().join("security")).is_ok());
+    }
+
+    #[test]
+    fn a_pinned_directory_is_fingerprinted_by_its_content() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("features");
+        std::fs::create_dir_all(tree.join("file")).unwrap();
+        std::fs::write(tree.join("file/mask"), "create read write\n").unwrap();
+        let pinned = |file: &Path| Features::Pinned {
+            file: file.to_path_buf(),
+            kernel: None,
+            pin: "/f".into(),
+        };
+        let before = pinned(&tree).cache_key();
+        std::fs::write(tree.join("file/mask"), "create read write exec\n").unwrap();
+        let changed = pinned(&tree).cache_key();
+        assert_ne!(before, changed, "a changed file in the pinned directory");
+        std::fs::create_dir_all(tree.join("network")).unwrap();
+        assert_ne!(changed, pinned(&tree).cache_key(), "a new entry");
+        // A pinned file still hashes by its bytes.
+        std::fs::write(d.path().join("one"), "a").unwrap();
+        let a = pinned(&d.path().join("one")).cache_key();
+        std::fs::write(d.path().join("one"), "b").unwrap();
+        assert_ne!(a, pinned(&d.path().join("one")).cache_key());
     }
 
     #[test]
