@@ -953,9 +953,9 @@ fn scenario_7(c: &Cluster, f: &mut Findings, node: &str, wl_pod: &Value) -> Resu
         .pods
         .between(0, c.pods.len())
         .iter()
-        .filter(|p| is_loader(p) && on_node(p, node))
-        .map(|p| name(p).to_string())
-        .last();
+        .rev()
+        .find(|p| is_loader(p) && on_node(p, node))
+        .map(|p| name(p).to_string());
     let pods_before = c.pods.len();
     if let Some(old) = &old {
         c.cp.kubectl(
