@@ -131,6 +131,7 @@ fn run_step(cli: Cli) -> Result<()> {
                 cache_dir: args.cache_dir,
                 kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
                 adopt_loaded: args.adopt_loaded,
+                node_report: args.node_report,
             };
             let r = load::run(&opts, &parser)?;
             info!(loaded = r.loaded, unchanged = r.unchanged, retired = r.retired.len(),

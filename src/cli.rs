@@ -257,6 +257,11 @@ pub struct LoadArgs {
     #[arg(long, env = "APPARMOR_LOADER_ADOPT_LOADED")]
     pub adopt_loaded: bool,
 
+    /// After a verified load, write what was loaded (each profile with its file's SHA-256, the
+    /// retired ones) to this pod-local file, for `untaint` to label the node. Unset: no report.
+    #[arg(long, env = "APPARMOR_LOADER_NODE_REPORT")]
+    pub node_report: Option<PathBuf>,
+
     #[command(flatten)]
     pub parser: ParserArgs,
 }
@@ -283,6 +288,24 @@ pub struct UntaintArgs {
     /// at most 24h.
     #[arg(long, env = "APPARMOR_LOADER_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// What `load` reported it loaded (its --node-report, a pod-local file). When set, the node
+    /// gets one label `<PREFIX>/<profile>` per loaded profile (a 12-character digest of its
+    /// file) and the annotation `<PREFIX>/profiles` (every profile's full digest, the retired
+    /// ones, the loader's version), in the same patch that removes the taint; labels of
+    /// profiles that left are removed. A missing or unreadable report is exit 1, taint kept.
+    #[arg(long, env = "APPARMOR_LOADER_NODE_REPORT")]
+    pub node_report: Option<PathBuf>,
+
+    /// Prefix (a DNS subdomain) of the node labels and annotation. The admission policy allows
+    /// the loader to change labels and the annotation under this prefix only: change both
+    /// together.
+    #[arg(
+        long,
+        env = "APPARMOR_LOADER_LABEL_PREFIX",
+        default_value = crate::node_labels::DEFAULT_PREFIX,
+    )]
+    pub label_prefix: crate::node_labels::LabelPrefix,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod load;
 pub mod lock;
 pub mod logging;
+pub mod node_labels;
 pub mod node_parser;
 pub mod parser;
 pub mod pause;

@@ -31,6 +31,7 @@ use crate::exit_code::{self, ExitStatus};
 use crate::host_file::{self, Links};
 use crate::kernel::{Kernel, KernelError};
 use crate::lock::{self, LockError, LockOptions};
+use crate::node_labels::NodeReport;
 use crate::parser::{Cache, Parser, ParserError, ParserInput};
 use crate::profile_check::{self, CheckError, CompiledProfile};
 use crate::profile_files::{ProfileInput, sha256_hex};
@@ -46,6 +47,8 @@ pub struct LoadOptions {
     /// Also replace loaded profiles our records do not list (someone else's).
     pub adopt_loaded: bool,
     pub lock: LockOptions,
+    /// Where to report what was loaded for `untaint` (a pod-local file), if anywhere.
+    pub node_report: Option<PathBuf>,
 }
 
 /// What a run did, for the summary line.
@@ -98,6 +101,8 @@ pub enum LoadError {
     #[error(transparent)]
     Parser(ParserError),
     #[error(transparent)]
+    Report(#[from] crate::node_labels::ReportError),
+    #[error(transparent)]
     Lock(#[from] LockError),
     #[error("profiles are not provably loaded:\n  {}{}", .missing.join("\n  "), parser_note(.parser))]
     NotLoaded {
@@ -137,6 +142,7 @@ impl ExitStatus for LoadError {
             LoadError::Read { .. }
             | LoadError::State(_)
             | LoadError::Lock(_)
+            | LoadError::Report(_)
             | LoadError::CacheDir { .. } => exit_code::INTERNAL,
         }
     }
@@ -265,6 +271,23 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
              deny-everything profile of the same name (processes inside stay confined and are \
              allowed nothing; nobody can enter it with its old rules)"
         );
+    }
+    if let Some(path) = &opts.node_report {
+        let for_untaint = NodeReport {
+            loader: env!("CARGO_PKG_VERSION").into(),
+            profiles: current
+                .files
+                .values()
+                .flat_map(|e| {
+                    e.profiles
+                        .iter()
+                        .filter(|n| !n.contains("//"))
+                        .map(|n| (n.clone(), format!("sha256:{}", e.sha256)))
+                })
+                .collect(),
+            retired: current.retired.clone(),
+        };
+        for_untaint.save(path)?;
     }
     report.retired = retired;
     report.neutralised = neutralised.into_keys().collect();

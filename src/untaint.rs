@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::cli::UntaintArgs;
 use crate::exit_code::{self, ExitStatus};
+use crate::node_labels::{Desired, NodeReport};
 use crate::taint::Taint;
 
 /// First pause after a transient error; doubles up to [`MAX_BACKOFF`].
@@ -81,13 +82,15 @@ pub enum UntaintError {
     },
     #[error("stopped by {0} before the taint was removed")]
     Stopped(&'static str),
+    #[error(transparent)]
+    Report(crate::node_labels::ReportError),
 }
 
 impl ExitStatus for UntaintError {
     fn exit_code(&self) -> u8 {
         match self {
             UntaintError::NoNodeName => exit_code::USAGE,
-            UntaintError::Runtime { .. } => exit_code::INTERNAL,
+            UntaintError::Runtime { .. } | UntaintError::Report(_) => exit_code::INTERNAL,
             _ => exit_code::KUBERNETES_API,
         }
     }
@@ -103,6 +106,9 @@ pub struct UntaintOutcome {
     pub near_misses: Vec<String>,
     /// API requests sent (a GET and a PATCH on the happy path, one GET when already untainted).
     pub api_requests: u32,
+    /// JSON Patch operations on the node's labels and annotation under the prefix (0 when they
+    /// already showed what was loaded).
+    pub label_ops: usize,
 }
 
 /// Builds a client from an explicit kubeconfig (tests, debugging) or the in-cluster config
@@ -138,6 +144,20 @@ pub fn run_step(node: Option<String>, args: UntaintArgs) -> Result<UntaintOutcom
             action: "start the runtime",
             source,
         })?;
+    let desired = match &args.node_report {
+        Some(path) => {
+            let report = NodeReport::load(path).map_err(UntaintError::Report)?;
+            let desired = Desired::from_report(args.label_prefix.clone(), &report);
+            for name in &desired.unlabelled {
+                tracing::warn!(profile = %name,
+                    "profile {name:?} cannot be a node label name (at most 63 letters, digits, \
+                     '-', '_' or '.'); it is listed in the annotation {} only",
+                    args.label_prefix.annotation_key());
+            }
+            Some(desired)
+        }
+        None => None,
+    };
     let outcome = runtime.block_on(async {
         let client = client(args.kubeconfig.as_deref()).await?;
         let mut term = signal(SignalKind::terminate()).map_err(|source| UntaintError::Runtime {
@@ -149,7 +169,7 @@ pub fn run_step(node: Option<String>, args: UntaintArgs) -> Result<UntaintOutcom
             source,
         })?;
         tokio::select! {
-            r = run(client, &node, &args.taints, args.timeout) => r,
+            r = run_labelled(client, &node, &args.taints, desired.as_ref(), args.timeout) => r,
             _ = term.recv() => Err(UntaintError::Stopped("SIGTERM")),
             _ = int.recv() => Err(UntaintError::Stopped("SIGINT")),
         }
@@ -161,12 +181,27 @@ pub fn run_step(node: Option<String>, args: UntaintArgs) -> Result<UntaintOutcom
              --taint values; whoever set it gated this node the same way"
         );
     }
+    let labels = match (&desired, outcome.label_ops) {
+        (None, _) => String::new(),
+        (Some(d), 0) => format!("; labels under {}/ already up to date", d.prefix),
+        (Some(d), n) => format!(
+            "; {n} change(s) to the labels and annotation under {}/",
+            d.prefix
+        ),
+    };
+    let nothing = if outcome.label_ops == 0 {
+        ", nothing to do"
+    } else {
+        ""
+    };
     if outcome.removed.is_empty() {
         tracing::info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
-              "untaint complete: no gate taint on node {node}, nothing to do");
+              label_ops = outcome.label_ops,
+              "untaint complete: no gate taint on node {node}{labels}{nothing}");
     } else {
         tracing::info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
-              "untaint complete: removed {} from node {node}", outcome.removed.join(", "));
+              label_ops = outcome.label_ops,
+              "untaint complete: removed {} from node {node}{labels}", outcome.removed.join(", "));
     }
     Ok(outcome)
 }
@@ -190,6 +225,18 @@ pub async fn run(
     client: Client,
     node: &str,
     taints: &[Taint],
+    timeout: Duration,
+) -> Result<UntaintOutcome, UntaintError> {
+    run_labelled(client, node, taints, None, timeout).await
+}
+
+/// [`run`], and in the same JSON Patch brings the node's labels and annotation under the prefix
+/// in line with `labels` (when given). Nothing is sent when there is nothing to change.
+pub async fn run_labelled(
+    client: Client,
+    node: &str,
+    taints: &[Taint],
+    labels: Option<&Desired>,
     timeout: Duration,
 ) -> Result<UntaintOutcome, UntaintError> {
     let nodes: Api<Node> = Api::all(client);
@@ -232,11 +279,18 @@ pub async fn run(
                     });
                 }
                 let present = matching(&current, taints);
-                if present.is_empty() {
+                let label_ops = labels.map(|d| d.patch_ops(&current)).unwrap_or_default();
+                if present.is_empty() && label_ops.is_empty() {
                     return Ok(outcome);
                 }
                 outcome.api_requests += 1;
-                let patch = Patch::Json::<()>(removal_patch(&present));
+                let mut ops = removal_ops(&present);
+                let n_label_ops = label_ops.len();
+                ops.extend(label_ops);
+                let patch = Patch::Json::<()>(
+                    serde_json::from_value(serde_json::Value::Array(ops))
+                        .expect("valid JSON Patch operations"),
+                );
                 let params = PatchParams::default();
                 let sent = nodes.patch(node, &params, &patch);
                 match tokio::time::timeout_at(deadline, sent).await {
@@ -249,6 +303,7 @@ pub async fn run(
                         next
                     }
                     Ok(Ok(_)) => {
+                        outcome.label_ops = n_label_ops;
                         outcome.removed = present.iter().map(|(_, t)| taint_text(t)).collect();
                         outcome.near_misses = present
                             .iter()
@@ -303,13 +358,18 @@ fn matching(node: &Node, wanted: &[Taint]) -> Vec<(usize, ApiTaint)> {
 
 /// `test` + `remove` per taint, highest index first so earlier removals do not shift later ones.
 pub fn removal_patch(present: &[(usize, ApiTaint)]) -> json_patch::Patch {
+    serde_json::from_value(serde_json::Value::Array(removal_ops(present)))
+        .expect("valid JSON Patch operations")
+}
+
+fn removal_ops(present: &[(usize, ApiTaint)]) -> Vec<serde_json::Value> {
     let mut ops = Vec::new();
     for (index, taint) in present.iter().rev() {
         let path = format!("/spec/taints/{index}");
         ops.push(serde_json::json!({"op": "test", "path": path, "value": taint}));
         ops.push(serde_json::json!({"op": "remove", "path": path}));
     }
-    serde_json::from_value(serde_json::Value::Array(ops)).expect("valid JSON Patch operations")
+    ops
 }
 
 /// A taint in the `kubectl taint` form `KEY[=VALUE]:EFFECT`, for logs.

@@ -24,7 +24,7 @@ use apiserver_common::cluster::{
 use apiserver_common::fixtures::{
     NodeFixture, autoscaler_gate, gate, gate_taints, is_gate, taint, taints_of,
 };
-use apiserver_common::loader::{proxied_client, run_untaint};
+use apiserver_common::loader::{proxied_client, run_untaint, run_untaint_with};
 use apiserver_common::objects::json_patch;
 use apiserver_common::shared::{block_on, env, run_local};
 use apiserver_common::{NS, POLICY, SETTLE, client, poll};
@@ -75,6 +75,7 @@ fn manifests_apply_strictly_and_the_policy_type_checks_clean() {
         ("ClusterRoleBinding", "apparmor-profile-loader", false),
         ("DaemonSet", "apparmor-profile-loader", true),
         ("ConfigMap", "apparmor-profiles", true),
+        ("ConfigMap", "apparmor-profile-loader-config", true),
         ("ValidatingAdmissionPolicy", POLICY, false),
         ("ValidatingAdmissionPolicyBinding", POLICY, false),
     ] {
@@ -272,6 +273,75 @@ fn untaint_again_is_a_single_get_and_no_write() {
     });
 }
 
+/// The node learns what it enforces in the same write that lifts its gate: one label per profile
+/// under the prefix, the annotation, allowed by the admission policy on its own node only; other
+/// labels stay; a re-run writes nothing; a profile that left loses its label.
+#[test]
+fn untaint_labels_its_own_node_with_what_load_reported() {
+    let Some(env) = env("untaint_labels_its_own_node_with_what_load_reported") else {
+        return;
+    };
+    block_on(async {
+        let admin = client(&env.harness.kubeconfig).await;
+        let name = "t3-labels";
+        let node = Node::test(name)
+            .with_taints([gate()])
+            .with_labels(&[("example.com/tier", "silver")]);
+        create_node(&admin, node).await;
+        let id = Identity::new(&env.harness, &admin, name).await;
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("loaded-profiles.json");
+        let write_report = |profiles: serde_json::Value| {
+            std::fs::write(
+                &report,
+                json!({"loader": "test", "profiles": profiles, "retired": ["k8s-old"]}).to_string(),
+            )
+            .unwrap();
+        };
+        write_report(
+            json!({"k8s-nginx": "sha256:0123456789abcdef", "k8s-deny-write": "sha256:fedcba9876543210"}),
+        );
+        let args = ["--node-report", report.to_str().unwrap()];
+        let first = run_untaint_with(&id.kubeconfig, name, &args);
+        assert_eq!(first.code, Some(0), "first run:\n{}", first.stderr);
+        let after = get_node(&admin, name).await;
+        assert!(!taints_of(&after).iter().any(is_gate));
+        let labels = after.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels["apparmor-profile-loader/k8s-nginx"], "0123456789ab");
+        assert_eq!(
+            labels["apparmor-profile-loader/k8s-deny-write"],
+            "fedcba987654"
+        );
+        assert_eq!(labels["example.com/tier"], "silver");
+        let annotation: serde_json::Value = serde_json::from_str(
+            &after.metadata.annotations.clone().unwrap_or_default()["apparmor-profile-loader/profiles"],
+        )
+        .unwrap();
+        assert_eq!(annotation["retired"], json!(["k8s-old"]));
+        assert_eq!(first.field("api_requests"), json!(2), "one GET, one PATCH");
+
+        let again = run_untaint_with(&id.kubeconfig, name, &args);
+        assert_eq!(again.code, Some(0), "second run:\n{}", again.stderr);
+        assert_eq!(
+            rv(&get_node(&admin, name).await),
+            rv(&after),
+            "nothing to write"
+        );
+
+        write_report(json!({"k8s-nginx": "sha256:1111111111111111"}));
+        let changed = run_untaint_with(&id.kubeconfig, name, &args);
+        assert_eq!(changed.code, Some(0), "third run:\n{}", changed.stderr);
+        let labels = get_node(&admin, name)
+            .await
+            .metadata
+            .labels
+            .unwrap_or_default();
+        assert_eq!(labels["apparmor-profile-loader/k8s-nginx"], "111111111111");
+        assert!(!labels.contains_key("apparmor-profile-loader/k8s-deny-write"));
+        assert_eq!(labels["example.com/tier"], "silver");
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. concurrent changes to other taints are kept
 //
@@ -457,13 +527,13 @@ fn the_pod_bound_token_can_do_nothing_but_remove_its_own_gate_taint() {
                 "change a label of its own node",
                 own,
                 Patch::Merge(json!({"metadata": {"labels": {"example.com/tier": "platinum"}}})),
-                "may not change a node's labels, annotations",
+                "may not change labels or annotations of a node outside",
             ),
             (
                 "change an annotation of its own node",
                 own,
                 Patch::Merge(json!({"metadata": {"annotations": {"example.com/note": "changed"}}})),
-                "may not change a node's labels, annotations",
+                "may not change labels or annotations of a node outside",
             ),
             (
                 "remove its gate taint and add a label in one patch",
@@ -471,7 +541,7 @@ fn the_pod_bound_token_can_do_nothing_but_remove_its_own_gate_taint() {
                 remove_gate_and(
                     json!({"op": "add", "path": "/metadata/labels/example.com~1extra", "value": "1"}),
                 ),
-                "may not change a node's labels, annotations",
+                "may not change labels or annotations of a node outside",
             ),
             (
                 "remove its gate taint and change an annotation in one patch",
@@ -479,7 +549,39 @@ fn the_pod_bound_token_can_do_nothing_but_remove_its_own_gate_taint() {
                 remove_gate_and(
                     json!({"op": "replace", "path": "/metadata/annotations/example.com~1note", "value": "changed"}),
                 ),
-                "may not change a node's labels, annotations",
+                "may not change labels or annotations of a node outside",
+            ),
+            (
+                "label another node under its prefix",
+                other,
+                json_patch(json!([
+                    {"op": "add", "path": "/metadata/labels", "value": {"apparmor-profile-loader/k8s-x": "0123456789ab"}},
+                ])),
+                "may not modify node t5-other",
+            ),
+            (
+                "label its own node under a look-alike prefix",
+                own,
+                json_patch(json!([
+                    {"op": "add", "path": "/metadata/labels/apparmor-profile-loader-evil~1x", "value": "1"},
+                ])),
+                "may not change labels or annotations of a node outside",
+            ),
+            (
+                "remove a label outside its prefix",
+                own,
+                json_patch(json!([
+                    {"op": "remove", "path": "/metadata/labels/example.com~1tier"},
+                ])),
+                "may not change labels or annotations of a node outside",
+            ),
+            (
+                "set another annotation under its prefix",
+                own,
+                json_patch(json!([
+                    {"op": "add", "path": "/metadata/annotations/apparmor-profile-loader~1other", "value": "x"},
+                ])),
+                "may not change labels or annotations of a node outside",
             ),
             (
                 "remove its gate taint and cordon the node in one patch",

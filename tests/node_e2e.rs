@@ -591,6 +591,43 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
         ),
     );
 
+    // The node says what it enforces: one label per loaded profile, written with the untaint.
+    let labelled = c.cp.get_json(&["node", a])?;
+    let labels = &labelled["metadata"]["labels"];
+    let ours: Vec<String> = labels
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .filter(|k| k.starts_with("apparmor-profile-loader/"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    f.check(
+        "1",
+        ["k8s-audit-only", "k8s-deny-write", "k8s-nginx"]
+            .iter()
+            .all(|p| {
+                labels[format!("apparmor-profile-loader/{p}")]
+                    .as_str()
+                    .is_some_and(|d| d.len() == 12)
+            }),
+        format!("{a} carries a 12-digit digest label per loaded profile: {ours:?}"),
+    );
+    f.check(
+        "1",
+        labelled["metadata"]["annotations"]["apparmor-profile-loader/profiles"]
+            .as_str()
+            .is_some_and(|s| s.contains("k8s-nginx")),
+        "and the annotation apparmor-profile-loader/profiles lists them",
+    );
+    if let Ok(out) = c.cp.kubectl(
+        &["get", "nodes", "-L", "apparmor-profile-loader/k8s-nginx"],
+        None,
+    ) {
+        eprintln!("kubectl get nodes -L apparmor-profile-loader/k8s-nginx\n{out}");
+    }
+
     scenario_2(c, f, &wl_pod);
     if let Some(p) = &loader {
         scenario_4(c, f, p);
@@ -976,9 +1013,12 @@ fn scenario_7(c: &Cluster, f: &mut Findings, node: &str, wl_pod: &Value) -> Resu
                     "the DaemonSet pod ran copy -> load -> untaint again, each exit 0: {inits:?}"
                 ),
             );
-            let logs =
-                c.cp.kubectl(&["logs", "-n", "kube-system", name(p), "-c", "load"], None)
-                    .unwrap_or_default();
+            // The API server cannot reach this kubelet's log endpoint: read the container's
+            // log where the kubelet keeps it.
+            let logs = c.guest.out(&format!(
+                "cat /var/log/pods/kube-system_{}_*/load/*.log",
+                name(p)
+            ));
             f.check(
                 "7",
                 logs.contains(&format!("retired \"{PROFILE}\"")) && logs.contains("retired 1"),
@@ -992,6 +1032,13 @@ fn scenario_7(c: &Cluster, f: &mut Findings, node: &str, wl_pod: &Value) -> Resu
             f.check("7", false, "the DaemonSet pod never ran again");
         }
     }
+    let labels = c.cp.get_json(&["node", node])?["metadata"]["labels"].clone();
+    f.check(
+        "7",
+        labels[format!("apparmor-profile-loader/{PROFILE}")].is_null()
+            && labels["apparmor-profile-loader/k8s-nginx"].is_string(),
+        format!("the node no longer advertises {PROFILE}; the others stay: {labels}"),
+    );
     let attr = c.guest.out(&format!(
         "pid=$(task_pid {id}); cat /proc/$pid/attr/apparmor/current 2>/dev/null || cat /proc/$pid/attr/current"
     ));

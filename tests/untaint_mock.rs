@@ -8,6 +8,7 @@ mod fixtures;
 
 use std::time::Duration;
 
+use apparmor_profile_loader::node_labels::{DEFAULT_PREFIX, Desired, NodeReport};
 use apparmor_profile_loader::untaint::{self, UntaintError};
 use fixtures::{NodeFixture, autoscaler_gate, gate, gate_taints, taint};
 use http::{Method, Request, Response, StatusCode};
@@ -184,7 +185,117 @@ where
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
+/// [`against_mock`], with the node's labels brought in line with `desired` in the same patch.
+async fn against_mock_labelled<F, Fut>(
+    desired: Desired,
+    scenario: F,
+) -> Result<untaint::UntaintOutcome, UntaintError>
+where
+    F: FnOnce(ApiServerVerifier) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "kube-system");
+    let server = tokio::spawn(scenario(ApiServerVerifier {
+        handle,
+        stored: None,
+    }));
+    let result = untaint::run_labelled(client, NODE, &gate_taints(), Some(&desired), TIMEOUT).await;
+    server.await.expect("scenario assertions");
+    result
+}
+
+fn desired(profiles: &[(&str, &str)]) -> Desired {
+    let report = NodeReport {
+        loader: "0.1.0".into(),
+        profiles: profiles
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_string()))
+            .collect(),
+        retired: Default::default(),
+    };
+    Desired::from_report(DEFAULT_PREFIX.parse().unwrap(), &report)
+}
+
 // === Scenarios ===
+
+/// One write: the gate taint goes and the node's labels and annotation come, in one JSON Patch;
+/// a re-run on the node as it then is sends nothing.
+#[tokio::test(start_paused = true)]
+async fn labels_and_annotation_come_in_the_same_patch_that_removes_the_taint() {
+    let node = Node::test(NODE).with_taints([gate()]);
+    let want = desired(&[("k8s-nginx", "sha256:0123456789abcdef")]);
+    let annotation = want.annotation.clone();
+    let mut ops = remove_at(0, GATE).as_array().unwrap().clone();
+    ops.extend([
+        json!({"op": "add", "path": "/metadata/labels", "value": {}}),
+        json!({"op": "add", "path": "/metadata/labels/apparmor-profile-loader~1k8s-nginx",
+               "value": "0123456789ab"}),
+        json!({"op": "add", "path": "/metadata/annotations", "value": {}}),
+        json!({"op": "add", "path": "/metadata/annotations/apparmor-profile-loader~1profiles",
+               "value": annotation}),
+    ]);
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let keep = stored.clone();
+    let outcome = against_mock_labelled(want.clone(), |mut api| async move {
+        api.handle_get(&node).await;
+        api.handle_patch(Value::Array(ops)).await;
+        *keep.lock().unwrap() = api.stored.clone();
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.api_requests, 2);
+    assert_eq!(outcome.label_ops, 4);
+    let labelled = stored.lock().unwrap().clone().expect("the patched node");
+    assert_eq!(
+        labelled.metadata.labels.as_ref().unwrap()["apparmor-profile-loader/k8s-nginx"],
+        "0123456789ab"
+    );
+    let outcome = against_mock_labelled(want, |mut api| async move {
+        api.handle_get(&labelled).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!((outcome.api_requests, outcome.label_ops), (1, 0));
+}
+
+/// On an untainted node a profile change still reaches the labels: the stale one goes, the
+/// changed digest changes, nothing else is touched.
+#[tokio::test(start_paused = true)]
+async fn without_a_taint_only_the_labels_under_the_prefix_change() {
+    let want = desired(&[("k8s-a", "sha256:aaaaaaaaaaaaaaaa")]);
+    let mut node = Node::test(NODE).with_taints([taint("other=x:NoSchedule")]);
+    node.metadata.labels = Some(
+        [
+            ("apparmor-profile-loader/k8s-a", "000000000000"),
+            ("apparmor-profile-loader/k8s-gone", "111111111111"),
+            ("kubernetes.io/hostname", NODE),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    node.metadata.annotations = Some(
+        [(
+            "apparmor-profile-loader/profiles".to_string(),
+            want.annotation.clone(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let ops = json!([
+        {"op": "add", "path": "/metadata/labels/apparmor-profile-loader~1k8s-a", "value": "aaaaaaaaaaaa"},
+        {"op": "remove", "path": "/metadata/labels/apparmor-profile-loader~1k8s-gone"},
+    ]);
+    let outcome = against_mock_labelled(want, |mut api| async move {
+        api.handle_get(&node).await;
+        api.handle_patch(ops).await;
+    })
+    .await
+    .unwrap();
+    assert!(outcome.removed.is_empty());
+    assert_eq!(outcome.label_ops, 2);
+}
 
 #[tokio::test(start_paused = true)]
 async fn present_taint_is_removed_and_other_taints_are_not_in_the_patch() {

@@ -41,6 +41,11 @@ impl LoaderRun {
 /// `apparmor-loader --log-format json untaint --node-name NODE --kubeconfig FILE`, with no
 /// loader settings inherited from the environment.
 pub fn run_untaint(kubeconfig: &Path, node: &str) -> LoaderRun {
+    run_untaint_with(kubeconfig, node, &[])
+}
+
+/// [`run_untaint`] with extra arguments (e.g. `--node-report FILE`).
+pub fn run_untaint_with(kubeconfig: &Path, node: &str, extra: &[&str]) -> LoaderRun {
     let mut cmd = Command::new(LOADER);
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy();
@@ -57,7 +62,8 @@ pub fn run_untaint(kubeconfig: &Path, node: &str) -> LoaderRun {
         "--kubeconfig",
     ])
     .arg(kubeconfig)
-    .args(["--timeout", "60s"]);
+    .args(["--timeout", "60s"])
+    .args(extra);
     let started = Instant::now();
     let out = cmd.output().expect("run apparmor-loader");
     let run = LoaderRun {

@@ -59,10 +59,12 @@ EXPECTED = {
             "host-cache": False,
             "securityfs": False,
             "tmp": False,
+            "report": False,
             **NODE_CONFIG,
         },
     ),
-    "untaint": (65532, [], {"token": True}),
+    # untaint reads load's report (pod-local emptyDir) to label the node.
+    "untaint": (65532, [], {"token": True, "report": True}),
     "pause": (65532, [], {}),
 }
 
@@ -353,3 +355,26 @@ def test_kubectl_create_configmap_from_dir(tmp_path):
     plain = yaml.safe_load((REPO / "profiles" / "profiles.yaml").read_text())
     assert cm["data"] == plain["data"]
     assert sorted(cm["data"]) == sorted(f.name for f in gen_profiles_yaml.profile_files())
+
+
+
+def test_the_policy_and_untaint_take_the_label_prefix_from_one_configmap(rendered, pod):
+    untaint = containers(pod)["untaint"]
+    env = {e["name"]: e for e in untaint["env"]}
+    ref = env["APPARMOR_LOADER_LABEL_PREFIX"]["valueFrom"]["configMapKeyRef"]
+    config = [d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"] == ref["name"]]
+    assert len(config) == 1 and config[0]["data"][ref["key"]] == "apparmor-profile-loader"
+    policy = one(rendered, "ValidatingAdmissionPolicy")
+    assert policy["spec"]["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["labelPrefix"] == f"params.data.{ref['key']} + '/'"
+    binding = one(rendered, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["paramRef"] == {
+        "name": ref["name"],
+        "namespace": "kube-system",
+        "parameterNotFoundAction": "Deny",
+    }
+    report = {v["name"]: v for v in pod["volumes"]}["report"]
+    assert report["emptyDir"]["medium"] == "Memory"
+    load_env = {e["name"]: e.get("value") for e in containers(pod)["load"]["env"]}
+    assert load_env["APPARMOR_LOADER_NODE_REPORT"] == env["APPARMOR_LOADER_NODE_REPORT"]["value"]
