@@ -74,7 +74,8 @@ fn manifests_apply_strictly_and_the_policy_type_checks_clean() {
         ("ClusterRole", "apparmor-profile-loader", false),
         ("ClusterRoleBinding", "apparmor-profile-loader", false),
         ("DaemonSet", "apparmor-profile-loader", true),
-        ("ConfigMap", "apparmor-profiles", true),
+        // kustomize names it after its content (apparmor-profiles-<hash>).
+        ("ConfigMap", "apparmor-profiles-", true),
         ("ConfigMap", "apparmor-profile-loader-config", true),
         ("ValidatingAdmissionPolicy", POLICY, false),
         ("ValidatingAdmissionPolicyBinding", POLICY, false),
@@ -82,7 +83,9 @@ fn manifests_apply_strictly_and_the_policy_type_checks_clean() {
         let found = kinds.iter().any(|k| {
             let parts: Vec<&str> = k.split('/').collect();
             parts.first() == Some(&kind)
-                && parts.last() == Some(&name)
+                && parts.last().is_some_and(|last| {
+                    *last == name || (name.ends_with('-') && last.starts_with(name))
+                })
                 && (!namespaced || parts.get(1) == Some(&NS))
         });
         assert!(

@@ -877,8 +877,17 @@ fn loader_pod_summary(c: &Cluster, node: &str) -> String {
     s
 }
 
+/// The profiles ConfigMap the DaemonSet mounts (kustomize names it after its content).
 fn configmap(c: &Cluster) -> Result<Value, String> {
-    c.cp.get_json(&["configmap", "-n", "kube-system", "apparmor-profiles"])
+    let ds =
+        c.cp.get_json(&["daemonset", "-n", "kube-system", "apparmor-profile-loader"])?;
+    let name = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "profiles"))
+        .and_then(|v| v["configMap"]["name"].as_str())
+        .ok_or("the DaemonSet mounts no profiles ConfigMap")?
+        .to_string();
+    c.cp.get_json(&["configmap", "-n", "kube-system", &name])
 }
 
 fn strip_meta(o: &mut Value) {

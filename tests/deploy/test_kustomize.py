@@ -112,14 +112,26 @@ def seconds(duration: str) -> int:
     return int(duration[:-1]) * unit if unit else int(duration)
 
 
+def profiles_configmap_name(rendered) -> str:
+    names = [d["metadata"]["name"] for d in rendered
+             if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("apparmor-profiles-")]
+    assert len(names) == 1, names
+    return names[0]
+
+
 def test_rendered_kinds_and_namespaces(rendered):
-    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in rendered)
+    hashed = profiles_configmap_name(rendered)
+    kinds = sorted(
+        (d["kind"], "apparmor-profiles-<hash>" if d["metadata"]["name"] == hashed else d["metadata"]["name"])
+        for d in rendered
+    )
     assert kinds == sorted(
         [
             ("ServiceAccount", "apparmor-profile-loader"),
             ("ClusterRole", "apparmor-profile-loader"),
             ("ClusterRoleBinding", "apparmor-profile-loader"),
-            ("ConfigMap", "apparmor-profiles"),
+            ("ConfigMap", "apparmor-profiles-<hash>"),
+            ("ConfigMap", "apparmor-profile-loader-config"),
             ("DaemonSet", "apparmor-profile-loader"),
             ("ValidatingAdmissionPolicy", "apparmor-profile-loader-untaint"),
             ("ValidatingAdmissionPolicyBinding", "apparmor-profile-loader-untaint"),
@@ -172,7 +184,7 @@ def test_token_only_in_untaint(pod):
             assert all(m["mountPath"] != TOKEN_PATH for m in mounts), name
 
 
-def test_mounts_per_container(pod):
+def test_mounts_per_container(rendered, pod):
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert {n for n, v in volumes.items() if "hostPath" in v} == HOST_VOLUMES
     assert volumes["host-apparmor-d"]["hostPath"]["path"] == "/etc/apparmor.d"
@@ -190,7 +202,8 @@ def test_mounts_per_container(pod):
     copy_env = {e["name"]: e.get("value") for e in containers(pod)["copy"]["env"]}
     assert copy_env["APPARMOR_LOADER_NODE_ROOT"] == "/host"
     assert "APPARMOR_LOADER_NODE_APPARMOR" not in copy_env, "auto: read from the node"
-    assert volumes["profiles"]["configMap"]["name"] == "apparmor-profiles"
+    # The generated (hashed) ConfigMap: a profile change is a new DaemonSet revision.
+    assert volumes["profiles"]["configMap"]["name"] == profiles_configmap_name(rendered)
     for name, c in containers(pod).items():
         mounts = {m["name"]: bool(m.get("readOnly", False)) for m in c.get("volumeMounts", [])}
         assert mounts == EXPECTED[name][2], name
@@ -299,12 +312,16 @@ def test_component_can_be_left_out(tmp_path):
 
 def test_plain_files_match_rendered(rendered):
     """Each file applies alone (kubectl apply -f): same objects, namespace set in the file."""
-    files = ["serviceaccount.yaml", "rbac.yaml", "daemonset.yaml",
+    files = ["serviceaccount.yaml", "rbac.yaml", "config.yaml", "daemonset.yaml",
              "admission-policy/validating-admission-policy.yaml"]
     plain = [d for f in files for d in yaml.safe_load_all((REPO / "manifests" / f).read_text()) if d]
     plain += [yaml.safe_load((REPO / "profiles" / "profiles.yaml").read_text())]
+    # The only difference: kustomize names the profiles ConfigMap after its content and points
+    # the DaemonSet at that name; the plain files use the plain name.
+    hashed = profiles_configmap_name(rendered)
+    unhashed = yaml.safe_load(yaml.safe_dump(rendered).replace(hashed, "apparmor-profiles"))
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
-    assert sorted(plain, key=key) == sorted(rendered, key=key)
+    assert sorted(plain, key=key) == sorted(unhashed, key=key)
 
 
 def test_profiles_configmap_in_sync():
@@ -313,6 +330,8 @@ def test_profiles_configmap_in_sync():
     assert not diffs, "".join(diffs.values()) + "\nrun tests/deploy/gen_profiles_yaml.py"
     generated = one(kustomize_build("profiles"), "ConfigMap")
     plain = yaml.safe_load((REPO / "profiles" / "profiles.yaml").read_text())
+    assert generated["metadata"].pop("name").startswith("apparmor-profiles-")
+    plain["metadata"].pop("name")
     assert generated == plain
     files = gen_profiles_yaml.profile_files()
     assert set(plain["data"]) == {f.name for f in files}
@@ -378,3 +397,32 @@ def test_the_policy_and_untaint_take_the_label_prefix_from_one_configmap(rendere
     assert report["emptyDir"]["medium"] == "Memory"
     load_env = {e["name"]: e.get("value") for e in containers(pod)["load"]["env"]}
     assert load_env["APPARMOR_LOADER_NODE_REPORT"] == env["APPARMOR_LOADER_NODE_REPORT"]["value"]
+
+
+def test_a_changed_profile_is_a_new_daemonset_revision(tmp_path):
+    """kustomize names the profiles ConfigMap after its content, and the DaemonSet's pod
+    template refers to that name: changing a profile changes the template, so the DaemonSet's
+    rolling update carries it to every node without a `kubectl rollout restart`."""
+    import shutil as sh
+    for d in ("manifests", "profiles"):
+        sh.copytree(REPO / d, tmp_path / d)
+
+    def template_and_name():
+        out = subprocess.run(
+            [tool("KUSTOMIZE", "kustomize"), "build", str(tmp_path / "manifests")],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        ds = one(docs, "DaemonSet")
+        return ds["spec"]["template"], profiles_configmap_name(docs)
+
+    before, name_before = template_and_name()
+    again, _ = template_and_name()
+    assert again == before, "the same profiles render the same template"
+    profile = tmp_path / "profiles" / "k8s-deny-write"
+    profile.write_text(profile.read_text() + "# changed\n")
+    after, name_after = template_and_name()
+    assert name_after != name_before
+    assert after != before
+    volumes = {v["name"]: v for v in after["spec"]["volumes"]}
+    assert volumes["profiles"]["configMap"]["name"] == name_after
