@@ -291,6 +291,12 @@ def test_admission_policy(rendered):
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
+        # the label prefix; a missing ConfigMap denies every update by the loader
+        "paramRef": {
+            "name": "apparmor-profile-loader-config",
+            "namespace": "kube-system",
+            "parameterNotFoundAction": "Deny",
+        },
     }
 
 
