@@ -38,7 +38,7 @@ static WAIT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// What the session saw: checks per scenario ("1".."7"), metrics, and why it stopped early (if it did).
+/// What the session saw: checks per scenario ("1".."8"), metrics, and why it stopped early (if it did).
 #[derive(Default, Debug)]
 struct Findings {
     checks: BTreeMap<String, Vec<(bool, String)>>,
@@ -774,7 +774,11 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     unregister(c, cn)?;
     let d = "aapl-node-d";
     let pods_before = c.pods.len();
-    let (_, reg) = register(c, d, "")?;
+    // scenario 8: a workload that requires its profile's node label, and no taint on the node
+    let labelled =
+        c.cp.render(&node_common::repo().join("tests/node/workload-labelled.yaml"))?;
+    apply_retrying(c.cp, labelled.as_array().map(Vec::as_slice).unwrap_or(&[]))?;
+    let (ni, reg) = register(c, d, "")?;
     let wl = c.pods.wait(pods_before, *WAIT, |p| {
         is_workload(p) && on_node(p, d) && running(p)
     });
@@ -785,7 +789,73 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     } else {
         return Err(format!("the workload never ran on the ungated node {d}"));
     }
+    scenario_8(c, f, d, ni, pods_before);
     Ok(())
+}
+
+// === scenario 8: the gate without a taint ========================================================
+
+const LABELLED_NS: &str = "aapl-labelled";
+
+/// On a node registered with no gate taint, a workload that requires the label
+/// `apparmor-profile-loader/k8s-deny-write` is bound only once the loader has proven the
+/// profile loaded and labelled the node, and then runs confined by it.
+fn scenario_8(c: &Cluster, f: &mut Findings, node: &str, ni: usize, pods_before: usize) {
+    let label = format!("apparmor-profile-loader/{PROFILE}");
+    let labelled = c.nodes.wait(ni, *WAIT, |n| {
+        name(n) == node && n["metadata"]["labels"][label.as_str()].is_string()
+    });
+    let Some((_, labelled_at, _)) = labelled else {
+        f.check("8", false, format!("{node} never got the label {label}"));
+        return;
+    };
+    let wl = c.pods.wait(pods_before, *WAIT, |p| {
+        p["metadata"]["namespace"] == LABELLED_NS && on_node(p, node) && running(p)
+    });
+    let Some((_, _, pod)) = wl else {
+        f.check(
+            "8",
+            false,
+            format!("the workload requiring {label} never ran on {node}"),
+        );
+        return;
+    };
+    let early: Vec<String> = c
+        .pods
+        .between(pods_before, c.pods.len())
+        .iter()
+        .zip(pods_before..)
+        .filter(|(p, _)| {
+            p["metadata"]["namespace"] == LABELLED_NS && !p["spec"]["nodeName"].is_null()
+        })
+        .filter(|(_, i)| c.pods_event_time(*i) < labelled_at)
+        .map(|(p, _)| name(p).to_string())
+        .collect();
+    f.check(
+        "8",
+        early.is_empty(),
+        format!("with no taint on {node}, no pod requiring {label} was bound before the label came (bound early: {early:?})"),
+    );
+    let reasons = scheduler_reasons_in(c, LABELLED_NS);
+    f.check(
+        "8",
+        reasons
+            .iter()
+            .any(|r| r.contains("affinity") || r.contains("selector")),
+        format!("the scheduler said why it waited: {reasons:?}"),
+    );
+    let Some(id) = container_id(&pod, "containerStatuses", "app") else {
+        f.check("8", false, "the labelled workload has no container ID");
+        return;
+    };
+    let attr = c.guest.out(&format!(
+        "pid=$(task_pid {id}); cat /proc/$pid/attr/apparmor/current 2>/dev/null || cat /proc/$pid/attr/current"
+    ));
+    f.check(
+        "8",
+        attr.trim() == format!("{PROFILE} (enforce)"),
+        format!("it runs confined by {PROFILE}: {attr:?}"),
+    );
 }
 
 /// workload_running_ms recorded for node A.
@@ -808,7 +878,11 @@ impl Cluster<'_> {
 }
 
 fn scheduler_reasons(c: &Cluster) -> Vec<String> {
-    c.cp.get_json(&["events", "-n", WORKLOAD_NS])
+    scheduler_reasons_in(c, WORKLOAD_NS)
+}
+
+fn scheduler_reasons_in(c: &Cluster, ns: &str) -> Vec<String> {
+    c.cp.get_json(&["events", "-n", ns])
         .ok()
         .and_then(|v| v["items"].as_array().cloned())
         .unwrap_or_default()
@@ -1320,6 +1394,11 @@ fn scenario_6_autoscaler_prefixed_gate_is_released_the_same_way() {
 #[test]
 fn scenario_7_a_removed_profile_never_unconfines_the_running_workload() {
     assert_scenario("7");
+}
+
+#[test]
+fn scenario_8_a_workload_that_requires_the_profile_label_waits_for_it_without_a_taint() {
+    assert_scenario("8");
 }
 
 #[test]
