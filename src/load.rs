@@ -214,7 +214,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
             Err(e) => return Err(LoadError::Parser(e)),
         }
     };
-    verify(&opts.kernel, &compiled, parser_failure)?;
+    let loaded = verify(&opts.kernel, &compiled, parser_failure)?;
     let mut current = current;
     current.toolchain = cache.toolchain.clone();
     let hashes = opts.kernel.policy_hashes();
@@ -237,7 +237,6 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         }
     }
 
-    let loaded = opts.kernel.loaded_profiles()?;
     let retired = retire(&loaded, &previous, &current);
     for name in &retired {
         tracing::warn!(
@@ -256,7 +255,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     }
     current.retired = retired.iter().cloned().collect();
     let stale = stale_children(&loaded, &current);
-    let neutralised = neutralise(opts, parser, &stale, &previous);
+    let neutralised = neutralise(opts, parser, &stale, &previous, &hashes);
     // Keep what is known to be neutralised in the record even when this run failed half-way.
     current.neutralised = match &neutralised {
         Ok(done) => done.clone(),
@@ -371,12 +370,13 @@ fn unchanged_in_kernel(
         })
 }
 
-/// Proves every compiled profile is in the kernel, in the mode its flags ask for.
+/// Proves every compiled profile is in the kernel, in the mode its flags ask for. Returns the
+/// kernel's list it proved it against.
 fn verify(
     kernel: &Kernel,
     compiled: &[CompiledProfile],
     parser_failure: Option<String>,
-) -> Result<(), LoadError> {
+) -> Result<BTreeMap<String, String>, LoadError> {
     let loaded = kernel.loaded_profiles()?;
     let mut missing = Vec::new();
     for profile in compiled {
@@ -397,7 +397,7 @@ fn verify(
         }
     }
     if missing.is_empty() && parser_failure.is_none() {
-        Ok(())
+        Ok(loaded)
     } else if missing.is_empty() {
         // Everything is in force, but the parser complained: fail closed, it may be partial.
         Err(LoadError::NotLoaded {
@@ -448,15 +448,16 @@ fn stale_children(loaded: &BTreeMap<String, String>, current: &Inventory) -> Vec
 /// Replaces each stale child by a deny-everything profile of the same name, in one parser call,
 /// and proves each is then listed in enforce mode. A child already holding the stub a previous
 /// run loaded (the kernel's hash says so) is left alone. Returns the neutralised names with the
-/// kernel's hash of their stub; on failure, also what is known to be done.
+/// kernel's hash of their stub; on failure, also what is known to be done. `hashes` are the
+/// kernel's policy hashes as the load left them.
 #[allow(clippy::type_complexity)]
 fn neutralise(
     opts: &LoadOptions,
     parser: &Parser,
     stale: &[String],
     previous: &Inventory,
+    hashes: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, (BTreeMap<String, String>, LoadError)> {
-    let hashes = opts.kernel.policy_hashes();
     let already = |name: &String| {
         previous
             .neutralised
