@@ -217,13 +217,7 @@ fn wrong_mode_fails_verification() {
     };
     node.copy().success();
     // Someone flipped our profile to complain mode by hand; the file asks for enforce.
-    let fake = node.kernel.parser();
-    let script = fs::read_to_string(&fake).unwrap();
-    fs::write(
-        &fake,
-        script.replace("echo \"$name (enforce)\"", "echo \"$name (complain)\""),
-    )
-    .unwrap();
+    node.kernel.load_enforce_as_complain();
     node.load()
         .code(NOT_LOADED)
         .stderr(predicate::str::contains(
@@ -308,16 +302,8 @@ fn a_parser_killed_while_loading_keeps_its_exit_code() {
         return;
     };
     node.copy().success();
-    let fake = node.kernel.parser();
-    let script = fs::read_to_string(&fake).unwrap();
-    fs::write(
-        &fake,
-        script.replace(
-            "if [ \"$mode\" = check ]; then",
-            "[ \"$mode\" = replace ] && kill -9 $$\nif [ \"$mode\" = check ]; then",
-        ),
-    )
-    .unwrap();
+    node.kernel
+        .run_first("[ \"$mode\" = replace ] && kill -9 $$");
     node.load()
         .code(exit_code::INTERNAL as i32)
         .stderr(predicate::str::contains("killed by signal 9"));

@@ -199,17 +199,9 @@ fn a_child_that_cannot_be_neutralised_fails_with_exit_5() {
     node.copy().success();
     node.load().success();
     // The fake parser refuses the stubs: the kernel keeps the children with their old rules.
-    let fake = node.kernel.parser();
-    let script = fs::read_to_string(&fake).unwrap();
-    fs::write(
-        &fake,
-        script.replace(
-            "if [ \"$mode\" = check ]; then",
-            "case \"$*\" in *.apparmor-profile-loader.stub-*) echo refused >&2; exit 1 ;; esac\n\
-             if [ \"$mode\" = check ]; then",
-        ),
-    )
-    .unwrap();
+    node.kernel.run_first(
+        "case \"$*\" in *.apparmor-profile-loader.stub-*) echo refused >&2; exit 1 ;; esac",
+    );
     node.volume.update(&[("p", PARENT_ALONE)]);
     node.copy().success();
     node.load_cmd()

@@ -172,13 +172,28 @@ where
     F: FnOnce(ApiServerVerifier) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    against_mock_with(timeout, None, scenario).await
+}
+
+/// Runs `untaint::run_labelled` (labels in line with `desired`, if given) against the mock
+/// while `scenario` plays the server.
+async fn against_mock_with<F, Fut>(
+    timeout: Duration,
+    desired: Option<Desired>,
+    scenario: F,
+) -> Result<untaint::UntaintOutcome, UntaintError>
+where
+    F: FnOnce(ApiServerVerifier) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "kube-system");
     let server = tokio::spawn(scenario(ApiServerVerifier {
         handle,
         stored: None,
     }));
-    let result = untaint::run(client, NODE, &gate_taints(), timeout).await;
+    let result =
+        untaint::run_labelled(client, NODE, &gate_taints(), desired.as_ref(), timeout).await;
     server.await.expect("scenario assertions");
     result
 }
@@ -194,15 +209,7 @@ where
     F: FnOnce(ApiServerVerifier) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "kube-system");
-    let server = tokio::spawn(scenario(ApiServerVerifier {
-        handle,
-        stored: None,
-    }));
-    let result = untaint::run_labelled(client, NODE, &gate_taints(), Some(&desired), TIMEOUT).await;
-    server.await.expect("scenario assertions");
-    result
+    against_mock_with(TIMEOUT, Some(desired), scenario).await
 }
 
 fn desired(profiles: &[(&str, &str)]) -> Desired {

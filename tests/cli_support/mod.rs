@@ -285,7 +285,19 @@ exit 0
             script, flipped,
             "the fake parser has no enforce case to flip"
         );
-        fs::write(self.parser(), flipped).unwrap();
+        write_executable(&self.parser(), &flipped);
+    }
+    /// Makes the fake parser run `shell` (one or more lines of sh) first in every call, before it
+    /// hands checks to the real parser: a fault to inject (`$mode` is `check`, `replace` or
+    /// `remove`; `$*` the arguments).
+    pub fn run_first(&self, shell: &str) {
+        let anchor = "if [ \"$mode\" = check ]; then";
+        let script = fs::read_to_string(self.parser()).unwrap();
+        assert!(script.contains(anchor), "the fake parser has no {anchor:?}");
+        write_executable(
+            &self.parser(),
+            &script.replacen(anchor, &format!("{shell}\n{anchor}"), 1),
+        );
     }
     /// Makes the fake parser skip one profile silently, as the real one does for
     /// `disable/<file>`.
