@@ -3,11 +3,14 @@
 //! (containerd, runc, CNI bridge, kube-proxy in nftables mode) in a QEMU guest running the AppArmor kernel,
 //! with a confined workload waiting behind the gate taint. Nothing is mocked.
 //!
-//! One boot serves every scenario (TCG is slow); the guest registers as four nodes in turn:
-//!   aapl-node-a  gate taint                       scenarios 1, 2, 4, 5; node_gate_ms, workload_running_ms
+//! One boot serves scenarios 1 to 10 (TCG is slow); the guest registers as four nodes in turn:
+//!   aapl-node-a  gate taint                       scenarios 1, 2, 4, 5, 7, 9, 10; node_gate_ms,
+//!                                                 workload_running_ms, rollout_node_ms
 //!   aapl-node-b  gate taint, broken ConfigMap     scenario 3
 //!   aapl-node-c  autoscaler-prefixed gate taint   scenario 6
-//!   aapl-node-d  no taint                         gate_overhead_ms (the same workload without the gate)
+//!   aapl-node-d  no taint                         scenario 8; gate_overhead_ms (the same workload without
+//!                                                 the gate)
+//! then reboots from its disk and comes back as aapl-node-d (scenario 11).
 //! The session records checks per scenario and each `#[test]` asserts its own. Logs of every component stay
 //! in `target/x86_64-unknown-linux-gnu/tmp/node_e2e/`. Run: `cargo test --test node_e2e -- --nocapture`.
 
@@ -38,17 +41,27 @@ static WAIT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// What the session saw: checks per scenario ("1".."8"), metrics, and why it stopped early (if it did).
+/// What the session saw: checks per scenario ("1".."11"), metrics, and why it stopped early (if it did).
 #[derive(Default, Debug)]
 struct Findings {
     checks: BTreeMap<String, Vec<(bool, String)>>,
     metrics: Vec<(String, f64)>,
     aborted: Option<String>,
+    /// The scenario under way when the session stopped: it fails, whatever checks it passed before.
+    aborted_in: Option<String>,
+    /// The scenario begun or checked last.
+    current: String,
     wall: Duration,
 }
 
 impl Findings {
+    /// Marks `scenario` as under way (before its first check).
+    fn begin(&mut self, scenario: &str) {
+        self.current = scenario.into();
+    }
+
     fn check(&mut self, scenario: &str, ok: bool, detail: impl Into<String>) -> bool {
+        self.current = scenario.into();
         let detail = detail.into();
         eprintln!(
             "[scenario {scenario}] {} {detail}",
@@ -91,6 +104,7 @@ fn session() -> Option<&'static Findings> {
         if let Err(e) = result {
             eprintln!("node_e2e session stopped: {e}");
             f.aborted = Some(e);
+            f.aborted_in = Some(f.current.clone());
         }
         f.wall = started.elapsed();
         println!(
@@ -114,7 +128,7 @@ fn assert_scenario(scenario: &str) {
         eprintln!("scenario {scenario}: {} checks passed", checks.len());
         return;
     }
-    if !checks.is_empty() && failed.is_empty() {
+    if !checks.is_empty() && failed.is_empty() && f.aborted_in.as_deref() != Some(scenario) {
         // the session stopped later than this scenario: its own checks stand
         eprintln!(
             "scenario {scenario}: {} checks passed (the session stopped later: {})",
@@ -225,8 +239,9 @@ fn run(p: &Prereqs, f: &mut Findings) -> Result<(), String> {
 
     // the guest: the cached base tree + this run's payload
     let initrd = build_initrd(p, &cp, &dir)?;
+    let disk = node_disk(&dir)?;
     let boot = Instant::now();
-    let guest = Guest::boot(p, &initrd, &dir, 3072, Duration::from_secs(45 * 60))?;
+    let guest = Guest::boot(p, &initrd, &disk, &dir, 3072, GUEST_LIFETIME)?;
     eprintln!(
         "guest ready in {:.1}s:\n  {}",
         boot.elapsed().as_secs_f64(),
@@ -246,12 +261,54 @@ fn run(p: &Prereqs, f: &mut Findings) -> Result<(), String> {
         let _ = std::fs::write(dir.join("guest-logs.txt"), guest.out(GUEST_DIAG));
         eprintln!("guest logs in {}", dir.join("guest-logs.txt").display());
     }
+    // scenario 11 last: the node reboots from its disk
+    let result = result.and_then(|()| {
+        let before = before_reboot(&cp, &pods, "aapl-node-d")?;
+        let _ = guest.sh("sync", Duration::from_secs(60));
+        drop(guest);
+        let dir = dir.join("reboot");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let guest = Guest::boot(p, &initrd, &disk, &dir, 3072, GUEST_LIFETIME)?;
+        let c = Cluster {
+            cp: &cp,
+            nodes: &nodes,
+            pods: &pods,
+            guest: &guest,
+        };
+        let result = scenario_11(&c, f, &before);
+        if result.is_err() {
+            let _ = std::fs::write(dir.join("guest-logs.txt"), guest.out(GUEST_DIAG));
+        }
+        result
+    });
     let _ = std::fs::write(
         dir.join("cluster-state.json"),
         cp.kubectl(&["get", "nodes,pods,events", "-A", "-o", "json"], None)
             .unwrap_or_default(),
     );
     result
+}
+
+/// How long a guest may run (QEMU is killed after it).
+const GUEST_LIFETIME: Duration = Duration::from_secs(45 * 60);
+
+/// The node's disk: a raw ext4 image the guest keeps `/etc/apparmor.d` and the loader's cache on,
+/// so that a second boot finds them (scenario 11).
+fn node_disk(dir: &Path) -> Result<PathBuf, String> {
+    let disk = dir.join("node-disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(128 << 20))
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    let out = Command::new("mkfs.ext4")
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .args(["-q", "-F"])
+        .arg(&disk)
+        .output()
+        .map_err(|e| format!("mkfs.ext4 (Debian package e2fsprogs): {e}"))?;
+    out.status
+        .success()
+        .then_some(disk)
+        .ok_or_else(|| format!("mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// kubectl apply, again while the API server is still creating its defaults (namespaces, priority classes).
@@ -633,6 +690,23 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
         scenario_4(c, f, p);
     }
     scenario_7(c, f, a, &wl_pod)?;
+    let digest = |l: &Value| {
+        l[format!("{LABEL_PREFIX}/{PROFILE}")]
+            .as_str()
+            .map(String::from)
+    };
+    let first = digest(labels);
+    scenario_9(c, f, a, &wl_pod, first.as_deref())?;
+    scenario_10(c, f, a, &wl_pod)?;
+    // back to the repository's profiles, for the nodes that follow
+    let rolled_back = rollout(c, a, |_| Ok(()))?;
+    f.check(
+        "10",
+        rolled_back.running && digest(&rolled_back.labels) == first,
+        format!(
+            "applying the repository's kustomization again rolls the node back to its first digest {first:?}"
+        ),
+    );
 
     // --- node B: a broken ConfigMap keeps the gate shut (scenario 3) ---------------------------------
     unregister(c, a)?;
@@ -1065,6 +1139,438 @@ fn scenario_3_reboot_parity(
     Ok(lp)
 }
 
+// === scenario 11: the node reboots ===============================================================
+
+/// What scenario 11 compares after the reboot.
+struct BeforeReboot {
+    node: String,
+    labels: Value,
+    workload: String,
+    workload_container: String,
+    load_started: Value,
+}
+
+fn before_reboot(cp: &ControlPlane, pods: &Watch, node: &str) -> Result<BeforeReboot, String> {
+    let labels = ours(&cp.get_json(&["node", node])?);
+    let (_, _, wl) = pods
+        .wait(0, *WAIT, |p| {
+            p["metadata"]["namespace"] == LABELLED_NS && on_node(p, node) && running(p)
+        })
+        .ok_or("no running labelled workload on the node before the reboot")?;
+    let (_, _, loader) = pods
+        .wait(0, *WAIT, |p| is_loader(p) && on_node(p, node) && running(p))
+        .ok_or("no running loader pod on the node before the reboot")?;
+    Ok(BeforeReboot {
+        node: node.to_string(),
+        labels,
+        workload: name(&wl).to_string(),
+        workload_container: container_id(&wl, "containerStatuses", "app").unwrap_or_default(),
+        load_started: init_status(&loader, "load")["state"]["terminated"]["startedAt"].clone(),
+    })
+}
+
+/// The node's labels under our prefix.
+fn ours(node: &Value) -> Value {
+    let labels = node["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    Value::Object(
+        labels
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{LABEL_PREFIX}/")))
+            .collect(),
+    )
+}
+
+fn init_status(pod: &Value, container: &str) -> Value {
+    pod["status"]["initContainerStatuses"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["name"] == container))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Scenario 11: the node VM restarts from its disk. Its own boot loads the top-level files of
+/// `/etc/apparmor.d` with the node's parser before the kubelet starts (as Ubuntu's
+/// apparmor.service does); the workload's container starts again, confined, before the loader pod
+/// has re-run; the loader re-runs, loads nothing, and the node keeps its labels.
+fn scenario_11(c: &Cluster, f: &mut Findings, before: &BeforeReboot) -> Result<(), String> {
+    f.begin("11");
+    let node = before.node.as_str();
+    let events = c.guest.events();
+    let boot_load = events
+        .iter()
+        .find(|e| e.starts_with("boot load:"))
+        .cloned()
+        .unwrap_or_default();
+    f.check(
+        "11",
+        boot_load.contains("exit 0")
+            && ["k8s-deny-write (enforce)", "k8s-nginx (enforce)", "k8s-audit-only (complain)"]
+                .iter()
+                .all(|p| boot_load.contains(p)),
+        format!("the node's boot loaded the top-level files of /etc/apparmor.d before the kubelet started: {boot_load:?}"),
+    );
+    let pods_before = c.pods.len();
+    let (rc, out) = c
+        .guest
+        .sh(&format!("node_up {node} ''"), Duration::from_secs(60))?;
+    if rc != 0 {
+        return Err(format!("node_up {node}: {out}"));
+    }
+    let back = c.pods.wait(pods_before, *WAIT, |p| {
+        name(p) == before.workload
+            && running(p)
+            && container_id(p, "containerStatuses", "app")
+                .is_some_and(|id| id != before.workload_container)
+    });
+    let Some((_, _, wl)) = back else {
+        return Err(format!(
+            "the workload {} never ran again on {node} after the reboot",
+            before.workload
+        ));
+    };
+    let id = container_id(&wl, "containerStatuses", "app").unwrap_or_default();
+    f.check(
+        "11",
+        profile_state(c, &id) == format!("{PROFILE} (enforce)"),
+        format!("the workload's new container runs confined by {PROFILE}"),
+    );
+    f.check(
+        "11",
+        !workload_may_write(c, &id, "after-reboot")?,
+        "and its profile denies the write to /data (the rules of the repository's profile)",
+    );
+    let rerun = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p) && on_node(p, node) && running(p) && {
+            let load = init_status(p, "load");
+            load["state"]["terminated"]["exitCode"] == 0
+                && load["state"]["terminated"]["startedAt"] != before.load_started
+        }
+    });
+    let Some((_, _, lp)) = rerun else {
+        return Err(format!(
+            "the loader pod never re-ran on {node} after the reboot; {}",
+            loader_pod_summary(c, node)
+        ));
+    };
+    let wl_started = wl["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let load_finished = init_status(&lp, "load")["state"]["terminated"]["finishedAt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    f.check(
+        "11",
+        !wl_started.is_empty() && !load_finished.is_empty() && wl_started <= load_finished,
+        format!("the workload's container started ({wl_started}) without waiting for the loader's load ({load_finished})"),
+    );
+    let logs = c.guest.out(&format!(
+        "cat /var/log/pods/kube-system_{}_*/load/*.log",
+        name(&lp)
+    ));
+    f.check(
+        "11",
+        logs.contains("load complete: loaded 0, unchanged 3, retired 0, neutralised 0"),
+        format!(
+            "the loader re-ran and changed nothing: {:?}",
+            logs.lines().last()
+        ),
+    );
+    let labels = ours(&c.cp.get_json(&["node", node])?);
+    f.check(
+        "11",
+        labels == before.labels,
+        format!("the node keeps its labels: {labels}"),
+    );
+    Ok(())
+}
+
+// === scenarios 9 and 10: day 2, a profile change rolls out by itself, a broken one halts ===========
+
+const LABEL_PREFIX: &str = "apparmor-profile-loader";
+
+/// What a rollout of an edited kustomize input did on `node`.
+struct Rollout {
+    /// When `kubectl apply` of the new objects returned.
+    applied: Instant,
+    /// The DaemonSet's loader pod before (name, controller-revision-hash) and the one that
+    /// replaced it.
+    old_pod: Option<(String, String)>,
+    new_pod: Option<Value>,
+    /// Whether the new pod ran copy -> load -> untaint and is Running.
+    running: bool,
+    /// The node's labels when the new pod was Running or had failed (see `rollout`).
+    labels: Value,
+    /// Index and arrival of the first node event after `applied`, for the caller's waits.
+    nodes_from: usize,
+}
+
+/// Copies `manifests/` and `profiles/` of the repository, lets `edit` change the profiles
+/// directory, renders the kustomization as an operator's `kubectl apply -k` would, applies it, and
+/// waits for the DaemonSet's own rolling update to replace the loader pod on `node` (no pod is
+/// deleted by hand) until the new pod is Running, or its copy failed twice.
+fn rollout(
+    c: &Cluster,
+    node: &str,
+    edit: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<Rollout, String> {
+    let dir = tempfile_dir(c, "rollout")?;
+    for d in ["manifests", "profiles"] {
+        copy_tree(&node_common::repo().join(d), &dir.join(d))?;
+    }
+    edit(&dir.join("profiles"))?;
+    let rendered = c.cp.render(&dir.join("manifests"))?;
+    let old_pod = c
+        .pods
+        .between(0, c.pods.len())
+        .iter()
+        .rev()
+        .find(|p| is_loader(p) && on_node(p, node))
+        .map(|p| (name(p).to_string(), revision(p)));
+    let pods_before = c.pods.len();
+    let nodes_from = c.nodes.len();
+    c.cp.apply(rendered.as_array().map(Vec::as_slice).unwrap_or(&[]))?;
+    let applied = Instant::now();
+    let settled = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p)
+            && on_node(p, node)
+            && old_pod.as_ref().is_none_or(|(old, _)| name(p) != old)
+            && (running(p) || copy_failures(p) >= 2)
+    });
+    let new_pod = settled.map(|(_, _, p)| p);
+    let running = new_pod
+        .as_ref()
+        .is_some_and(|p| running(p) && init_summary(p).iter().all(|(_, code, _)| *code == Some(0)));
+    let labels = c.cp.get_json(&["node", node])?["metadata"]["labels"].clone();
+    Ok(Rollout {
+        applied,
+        old_pod,
+        new_pod,
+        running,
+        labels,
+        nodes_from,
+    })
+}
+
+fn tempfile_dir(c: &Cluster, label: &str) -> Result<PathBuf, String> {
+    let n = std::fs::read_dir(&c.cp.dir).map(|d| d.count()).unwrap_or(0);
+    let dir = c.cp.dir.join(format!("{label}-{n}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(|e| e.to_string())?;
+    out.status
+        .success()
+        .then_some(())
+        .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn revision(pod: &Value) -> String {
+    pod["metadata"]["labels"]["controller-revision-hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The workload's container writes /data/NAME: Ok(true) when allowed, Ok(false) when AppArmor
+/// refused it (EACCES).
+fn workload_may_write(c: &Cluster, id: &str, probe: &str) -> Result<bool, String> {
+    let (rc, out) = c.guest.sh(
+        &format!("ctr -n k8s.io tasks exec --exec-id {probe} {id} /bin/touch /data/{probe}"),
+        Duration::from_secs(60),
+    )?;
+    match rc {
+        0 => Ok(true),
+        _ if out.contains("Permission denied") => Ok(false),
+        _ => Err(format!("touch /data/{probe}: exit {rc}, {out:?}")),
+    }
+}
+
+fn profile_state(c: &Cluster, id: &str) -> String {
+    c.guest
+        .out(&format!(
+            "pid=$(task_pid {id}); cat /proc/$pid/attr/apparmor/current 2>/dev/null || cat /proc/$pid/attr/current"
+        ))
+        .trim()
+        .to_string()
+}
+
+/// Scenario 9: the operator changes a profile in the kustomize input and applies it. The
+/// profiles ConfigMap gets a new name, so the DaemonSet a new revision; its rolling update
+/// replaces the node's loader pod with nobody deleting a pod, the running workload is enforced
+/// under the new rules at once (a write the old profile denied is now allowed), and the node's
+/// label shows the new digest (`METRIC rollout_node_ms`: apply -> label).
+fn scenario_9(
+    c: &Cluster,
+    f: &mut Findings,
+    node: &str,
+    wl_pod: &Value,
+    first: Option<&str>,
+) -> Result<(), String> {
+    f.begin("9");
+    let Some(id) = container_id(wl_pod, "containerStatuses", "app") else {
+        f.check("9", false, "the workload pod has no container ID");
+        return Ok(());
+    };
+    f.check(
+        "9",
+        !workload_may_write(c, &id, "before-rollout")?,
+        "before the change, the profile denies the workload's write to /data",
+    );
+    let r = rollout(c, node, |profiles| {
+        let file = profiles.join(PROFILE);
+        let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+        let changed = text.replace("  /tmp/** rw,\n", "  /tmp/** rw,\n  /data/** rw,\n");
+        if changed == text {
+            return Err(format!("{PROFILE} has no `/tmp/** rw,` line to extend"));
+        }
+        std::fs::write(&file, changed).map_err(|e| e.to_string())
+    })?;
+    let new_pod = r.new_pod.as_ref();
+    let old_rev = r.old_pod.as_ref().map(|(_, rev)| rev.as_str());
+    f.check(
+        "9",
+        r.running && new_pod.is_some_and(|p| old_rev.is_some_and(|old| revision(p) != old)),
+        format!(
+            "the DaemonSet replaced {:?} by itself with a pod of a new revision, which ran copy -> load -> untaint: {:?}",
+            r.old_pod,
+            new_pod.map(init_summary)
+        ),
+    );
+    let key = format!("{LABEL_PREFIX}/{PROFILE}");
+    let labelled = c.nodes.wait(r.nodes_from, *WAIT, |n| {
+        name(n) == node
+            && n["metadata"]["labels"][&key]
+                .as_str()
+                .is_some_and(|d| Some(d) != first)
+    });
+    match &labelled {
+        Some((_, at, n)) => {
+            f.metric("rollout_node_ms", ms(*at - r.applied));
+            f.check(
+                "9",
+                true,
+                format!(
+                    "the label {key} changed from {first:?} to {}",
+                    n["metadata"]["labels"][&key]
+                ),
+            );
+        }
+        None => {
+            f.check(
+                "9",
+                false,
+                format!("the label {key} never changed from {first:?}"),
+            );
+        }
+    }
+    if let Ok(out) = c.cp.kubectl(&["get", "nodes", "-L", &key], None) {
+        eprintln!("kubectl get nodes -L {key}\n{out}");
+    }
+    f.check(
+        "9",
+        profile_state(c, &id) == format!("{PROFILE} (enforce)"),
+        "the workload kept running under the same profile name, enforced",
+    );
+    f.check(
+        "9",
+        workload_may_write(c, &id, "after-rollout")?,
+        "the running workload is under the new rules: the write to /data is allowed now",
+    );
+    Ok(())
+}
+
+/// Scenario 10: a broken profile is applied the same way. The rollout halts at the node: the
+/// new pod fails in copy (`Init:Error`), `kubectl describe pod` names the file and the reason, the
+/// DaemonSet counts the node unavailable, and the node keeps its policy and its labels: the
+/// workload keeps running, under the rules of scenario 9.
+fn scenario_10(c: &Cluster, f: &mut Findings, node: &str, wl_pod: &Value) -> Result<(), String> {
+    f.begin("10");
+    let Some(id) = container_id(wl_pod, "containerStatuses", "app") else {
+        f.check("10", false, "the workload pod has no container ID");
+        return Ok(());
+    };
+    let before = c.cp.get_json(&["node", node])?["metadata"]["labels"].clone();
+    let r = rollout(c, node, |profiles| {
+        std::fs::write(
+            profiles.join("k8s-nginx"),
+            "abi <abi/3.0>,\nprofile k8s-nginx {\n  this is not a rule,\n}\n",
+        )
+        .map_err(|e| e.to_string())
+    })?;
+    let Some(p) = r.new_pod.as_ref().filter(|_| !r.running) else {
+        f.check(
+            "10",
+            false,
+            format!(
+                "the broken revision's pod did not fail in copy: {:?}",
+                r.new_pod.as_ref().map(init_summary)
+            ),
+        );
+        return Ok(());
+    };
+    let describe =
+        c.cp.kubectl(&["describe", "pod", "-n", "kube-system", name(p)], None)
+            .unwrap_or_default();
+    f.check(
+        "10",
+        copy_failures(p) >= 2
+            && copy_message(p).contains("k8s-nginx")
+            && describe.contains("k8s-nginx"),
+        format!(
+            "the new pod fails in copy again and again, and `kubectl describe pod` names the file: {:?}",
+            copy_message(p)
+        ),
+    );
+    let ds =
+        c.cp.get_json(&["daemonset", "-n", "kube-system", "apparmor-profile-loader"])?;
+    f.check(
+        "10",
+        ds["status"]["numberUnavailable"] == 1,
+        format!(
+            "the DaemonSet counts the node unavailable, so its rolling update goes no further: {}",
+            ds["status"]
+        ),
+    );
+    let after = c.cp.get_json(&["node", node])?["metadata"]["labels"].clone();
+    f.check(
+        "10",
+        after == before,
+        format!("the node keeps its labels: {after}"),
+    );
+    let wl = c.cp.get_json(&["pod", "-n", WORKLOAD_NS, name(wl_pod)])?;
+    f.check(
+        "10",
+        running(&wl) && profile_state(c, &id) == format!("{PROFILE} (enforce)"),
+        "the workload keeps running, enforced",
+    );
+    f.check(
+        "10",
+        workload_may_write(c, &id, "after-broken")?,
+        "under the rules of the last good revision (the write scenario 9 allowed is still allowed)",
+    );
+    let nginx = c
+        .guest
+        .out("grep '^k8s-nginx ' /sys/kernel/security/apparmor/profiles");
+    f.check(
+        "10",
+        nginx.trim() == "k8s-nginx (enforce)",
+        format!("k8s-nginx stays loaded as it was: {nginx:?}"),
+    );
+    Ok(())
+}
+
 // === scenario 7: a profile that leaves the ConfigMap never unconfines its workload ===============
 
 /// The key the workload's profile comes from leaves the ConfigMap and the DaemonSet pod runs again
@@ -1072,6 +1578,7 @@ fn scenario_3_reboot_parity(
 /// still denied what the profile denied; load says it retired the profile. The ConfigMap is then
 /// restored for the nodes that follow.
 fn scenario_7(c: &Cluster, f: &mut Findings, node: &str, wl_pod: &Value) -> Result<(), String> {
+    f.begin("7");
     let Some(id) = container_id(wl_pod, "containerStatuses", "app") else {
         f.check("7", false, "the workload pod has no container ID");
         return Ok(());
@@ -1421,9 +1928,30 @@ fn scenario_8_a_workload_that_requires_the_profile_label_waits_for_it_without_a_
 }
 
 #[test]
+fn scenario_9_a_profile_change_rolls_out_by_itself_and_the_workload_gets_the_new_rules() {
+    assert_scenario("9");
+}
+
+#[test]
+fn scenario_10_a_broken_change_halts_at_the_node_which_keeps_its_policy_and_labels() {
+    assert_scenario("10");
+}
+
+#[test]
+fn scenario_11_after_a_reboot_the_node_s_own_boot_confines_the_workload_and_the_loader_changes_nothing()
+ {
+    assert_scenario("11");
+}
+
+#[test]
 fn metrics_are_measured_in_one_boot() {
     let Some(f) = session() else { return };
-    for m in ["node_gate_ms", "workload_running_ms", "gate_overhead_ms"] {
+    for m in [
+        "node_gate_ms",
+        "workload_running_ms",
+        "gate_overhead_ms",
+        "rollout_node_ms",
+    ] {
         assert!(
             f.metrics.iter().any(|(n, _)| n == m),
             "METRIC {m} was not measured (session: {:?})",

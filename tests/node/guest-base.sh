@@ -15,8 +15,9 @@ out=$1
 : "${K8S_BIN:?}" "${KVER:?}" "${EXTRACTED:?}" "${PACKAGES:?}"
 die() { echo "guest-base.sh: $*" >&2; exit 1; }
 
-# Modules the node loads (tests/node/guest/init): NIC, container filesystem, pod network, kube-proxy's nftables.
-MODULES="virtio_net virtio_pci overlay bridge veth br_netfilter nf_tables nf_conntrack nf_nat nft_ct nft_nat
+# Modules the node loads (tests/node/guest/init): NIC, the node's disk, container filesystem, pod network,
+# kube-proxy's nftables.
+MODULES="virtio_net virtio_pci virtio_blk overlay bridge veth br_netfilter nf_tables nf_conntrack nf_nat nft_ct nft_nat
  nft_masq nft_chain_nat nft_fib_inet nft_fib_ipv4 nft_fib_ipv6 nft_reject_inet nft_reject_ipv4 nft_numgen nft_limit
  nft_compat nf_conntrack_netlink nft_reject_ipv6"
 

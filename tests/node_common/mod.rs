@@ -524,16 +524,19 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// Boots KERNEL with INITRD (the base tree and the run's payload, concatenated) and waits for the init's
-    /// "ready" event.
+    /// Boots KERNEL with INITRD (the base tree and the run's payload, concatenated) and DISK (a raw ext4
+    /// image: the node's disk, kept across boots) and waits for the init's "ready" event.
     pub fn boot(
         p: &Prereqs,
         initrd: &Path,
+        disk: &Path,
         dir: &Path,
         memory_mb: u32,
         timeout: Duration,
     ) -> Result<Guest, String> {
         let sock = dir.join("ctl.sock");
+        // a previous boot's socket (QEMU creates its own)
+        let _ = std::fs::remove_file(&sock);
         let mut cmd = orphan_safe(Path::new("timeout"));
         cmd.args(["--kill-after=10", &timeout.as_secs().to_string()])
             .arg("qemu-system-x86_64")
@@ -553,6 +556,8 @@ impl Guest {
                 "-device",
                 "virtio-net-pci,netdev=n0",
             ])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()))
             .arg("-kernel")
             .arg(&p.kernel)
             .arg("-initrd")
