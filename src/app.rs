@@ -1,31 +1,18 @@
 //! Wiring: parsed arguments in, one step run, an exit code out. Each step's library function
-//! does the work; this module builds their inputs, logs the outcome, and looks up the exit code
-//! of a failure once, from the typed error that caused it.
+//! does the work; this module builds their inputs from the arguments, logs the outcome, and
+//! exits with the code the failure carries ([`CliError`]).
 
-use std::error::Error as StdError;
-
-use anyhow::{Context, Result};
+use anyhow::Context;
 use tracing::{error, info, info_span};
 
-use crate::cli::{Cli, Command, NodeArgs, ParserArgs};
-use crate::exit_code::{self, ExitStatus};
-use crate::features::{Features, FeaturesError};
-use crate::kernel::{Kernel, KernelError};
-use crate::node_parser::NodeParser;
-use crate::parser::{Parser, ParserError};
-use crate::profile_check::CheckError;
-use crate::{copy, load, pause, untaint, validate};
-
-/// A usage error found after argument parsing (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-impl ExitStatus for UsageError {
-    fn exit_code(&self) -> u8 {
-        exit_code::USAGE
-    }
-}
+use crate::apparmor::features::Features;
+use crate::apparmor::kernel::Kernel;
+use crate::apparmor::node_parser::NodeParser;
+use crate::apparmor::parser::Parser;
+use crate::cli::{Cli, Command, NodeArgs, ParserArgs, ProfileDirArgs};
+use crate::exit_code::CliError;
+use crate::host::lock::LockOptions;
+use crate::steps::{copy, load, pause, untaint, validate};
 
 /// Runs the selected step and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
@@ -41,43 +28,14 @@ pub fn run(cli: Cli) -> u8 {
     let _entered = span.enter();
     match run_step(cli) {
         Ok(()) => 0,
-        Err(e) => {
-            let code = exit_code_of(&e);
-            error!(exit_code = code, "{e:#}");
-            code
+        Err(CliError { error, exit_code }) => {
+            error!(exit_code, "{error:#}");
+            exit_code
         }
     }
 }
 
-/// The exit code a failure deserves: that of the first error in its chain that knows one.
-pub fn exit_code_of(e: &anyhow::Error) -> u8 {
-    e.chain()
-        .find_map(typed_exit_code)
-        .unwrap_or(exit_code::INTERNAL)
-}
-
-fn typed_exit_code(e: &(dyn StdError + 'static)) -> Option<u8> {
-    macro_rules! try_types {
-        ($($t:ty),* $(,)?) => {
-            $(if let Some(e) = e.downcast_ref::<$t>() { return Some(e.exit_code()); })*
-        };
-    }
-    try_types!(
-        UsageError,
-        copy::CopyError,
-        load::LoadError,
-        validate::ValidateError,
-        untaint::UntaintError,
-        CheckError,
-        ParserError,
-        KernelError,
-        FeaturesError,
-        crate::node_parser::OsReleaseError,
-    );
-    None
-}
-
-fn run_step(cli: Cli) -> Result<()> {
+fn run_step(cli: Cli) -> Result<(), CliError> {
     let node = cli.node_name.clone().unwrap_or_else(|| "unknown".into());
     match cli.command {
         Command::Copy(args) => {
@@ -89,7 +47,7 @@ fn run_step(cli: Cli) -> Result<()> {
                 ..parser.clone()
             };
             let opts = copy::CopyOptions {
-                lock: args.profile_dir.lock_options(&node),
+                lock: lock_options(&args.profile_dir, &node),
                 source: args.source,
                 dest: args.profile_dir.dest,
                 max_size: args.max_size,
@@ -126,7 +84,7 @@ fn run_step(cli: Cli) -> Result<()> {
         Command::Load(args) => {
             let parser = parser(&args.parser, Some(&args.node))?;
             let opts = load::LoadOptions {
-                lock: args.profile_dir.lock_options(&node),
+                lock: lock_options(&args.profile_dir, &node),
                 dest: args.profile_dir.dest,
                 cache_dir: args.cache_dir,
                 kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
@@ -143,11 +101,19 @@ fn run_step(cli: Cli) -> Result<()> {
                   r.loaded, r.unchanged, r.retired.len(), r.neutralised.len(), r.took_ms);
         }
         Command::Untaint(args) => {
-            untaint::run_step(cli.node_name, args)?;
+            untaint::run_step(untaint::UntaintOptions {
+                node: cli.node_name,
+                taints: args.taints,
+                kubeconfig: args.kubeconfig,
+                timeout: args.timeout,
+                node_report: args.node_report,
+                label_prefix: args.label_prefix,
+            })?;
         }
         Command::Pause => {
-            let signal =
-                pause::run(|| info!("pausing until SIGTERM")).context("cannot wait for signals")?;
+            let signal = pause::run(|| info!("pausing until SIGTERM"))
+                .context("cannot wait for signals")
+                .map_err(CliError::internal)?;
             info!("received {signal}, exiting");
         }
         Command::Validate(args) => {
@@ -166,9 +132,17 @@ fn run_step(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// The run lock's settings for this node.
+fn lock_options(args: &ProfileDirArgs, node: &str) -> LockOptions {
+    LockOptions {
+        timeout: args.lock_timeout,
+        node: node.to_string(),
+    }
+}
+
 /// The parser settings shared by `copy`, `load` and `validate`; on a node, compiling for the
 /// feature set the node's own boot uses.
-fn parser(args: &ParserArgs, node: Option<&NodeArgs>) -> Result<Parser> {
+fn parser(args: &ParserArgs, node: Option<&NodeArgs>) -> Result<Parser, CliError> {
     let binary = Parser::locate(&args.parser)?;
     let jobs = args
         .jobs
@@ -191,6 +165,9 @@ fn parser(args: &ParserArgs, node: Option<&NodeArgs>) -> Result<Parser> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apparmor::kernel::KernelError;
+    use crate::apparmor::parser::ParserError;
+    use crate::profile::check::CheckError;
     use std::path::PathBuf;
 
     /// Every error variant an operator can meet, driven to the exit code the README promises.
@@ -198,17 +175,16 @@ mod tests {
     fn each_error_maps_to_its_documented_exit_code() {
         let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         let p = PathBuf::from("/x");
-        let cases: Vec<(anyhow::Error, u8)> = vec![
-            (UsageError("x".into()).into(), 2),
+        let cases: Vec<(CliError, u8)> = vec![
             (
-                validate::ValidateError::Source(crate::profile_files::SourceError::NotFound(
+                validate::ValidateError::Source(crate::profile::files::SourceError::NotFound(
                     p.clone(),
                 ))
                 .into(),
                 2,
             ),
             (
-                validate::ValidateError::Source(crate::profile_files::SourceError::Io {
+                validate::ValidateError::Source(crate::profile::files::SourceError::Io {
                     path: p.clone(),
                     source: io(),
                 })
@@ -300,12 +276,12 @@ mod tests {
                 5,
             ),
             (
-                load::LoadError::NotNeutralised(vec![], "x".into()).into(),
+                load::LoadError::NotNeutralised(vec![], load::NeutraliseFailure::NotInForce).into(),
                 5,
             ),
             // A parser killed (OOM) or timed out during the load itself is not "not loaded".
             (
-                load::LoadError::Parser(crate::parser::ParserError::Killed {
+                load::LoadError::Parser(crate::apparmor::parser::ParserError::Killed {
                     action: "loading",
                     signal: 9,
                     hint: "",
@@ -314,7 +290,7 @@ mod tests {
                 1,
             ),
             (
-                load::LoadError::Parser(crate::parser::ParserError::TimedOut {
+                load::LoadError::Parser(crate::apparmor::parser::ParserError::TimedOut {
                     action: "loading",
                     timeout: std::time::Duration::from_secs(1),
                     files: "k".into(),
@@ -364,16 +340,9 @@ mod tests {
             (untaint::UntaintError::Stopped("SIGTERM").into(), 6),
         ];
         for (err, code) in cases {
-            assert_eq!(exit_code_of(&err), code, "{err:#}");
+            assert_eq!(err.exit_code, code, "{:#}", err.error);
         }
-        // Context added on the way up does not change the code.
-        let wrapped = anyhow::Error::from(load::LoadError::NotLoaded {
-            missing: vec![],
-            parser: None,
-        })
-        .context("while loading");
-        assert_eq!(exit_code_of(&wrapped), 5);
         // An error no step owns is internal.
-        assert_eq!(exit_code_of(&anyhow::anyhow!("bug")), 1);
+        assert_eq!(CliError::internal(anyhow::anyhow!("bug")).exit_code, 1);
     }
 }

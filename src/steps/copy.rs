@@ -16,17 +16,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::atomic_file;
-use crate::compile_cache::CompileCache;
+use crate::apparmor::compile_cache::CompileCache;
+use crate::apparmor::kernel::{Kernel, KernelError};
+use crate::apparmor::node_parser::NodeParser;
+use crate::apparmor::parser::{Cache, Parser, ParserError};
+use crate::apparmor::toolchain;
 use crate::exit_code::{self, ExitStatus};
-use crate::kernel::{Kernel, KernelError};
-use crate::lock::{self, LockError, LockOptions};
-use crate::node_parser::NodeParser;
-use crate::parser::{Cache, Parser, ParserError};
-use crate::profile_check::{self, CheckError, CompiledProfile};
-use crate::profile_files::{self, ProfileFile, ProfileInput};
-use crate::state::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
-use crate::toolchain;
+use crate::host::atomic_file;
+use crate::host::lock::{self, LockError, LockOptions};
+use crate::profile;
+use crate::profile::check::{CheckError, CompiledProfile};
+use crate::profile::files::{ProfileFile, ProfileInput};
+use crate::profile::records::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
 
 /// Profile files are world-readable, like the distribution's own.
 const PROFILE_MODE: u32 = 0o644;
@@ -62,7 +63,7 @@ pub struct CopyReport {
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error(transparent)]
-    Source(#[from] profile_files::SourceError),
+    Source(#[from] profile::files::SourceError),
     #[error(transparent)]
     Check(#[from] CheckError),
     #[error("the ConfigMap volume {0} holds no profiles; refusing to remove every profile")]
@@ -141,11 +142,11 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
             opts.v3_parser.binary.display()
         );
     }
-    let source = profile_files::read_source_dir(&opts.source, opts.max_size)?;
+    let source = profile::files::read_source_dir(&opts.source, opts.max_size)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {
         return Err(CopyError::Empty(opts.source.clone()));
     }
-    profile_check::accept_keys(&source)?;
+    profile::check::accept_keys(&source)?;
     let owned = Inventory::load(&opts.dest, OWNED_FILES)?;
 
     let cache = match &opts.cache_dir {
@@ -174,7 +175,7 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
         Some(c) => Some(c.staging().map_err(|source| io("create", &c.dir, source))?),
         None => None,
     };
-    let checked = profile_check::check(
+    let checked = profile::check::check(
         &inputs,
         parser,
         &known,
@@ -406,7 +407,7 @@ fn refuse_foreign(
     if let Some(dir) = &opts.cache_dir {
         ours.extend(Inventory::load(dir, LOADED_PROFILES)?.claimed_names());
     }
-    let foreign = profile_check::loaded_by_someone_else(compiled, &loaded, &ours);
+    let foreign = profile::check::loaded_by_someone_else(compiled, &loaded, &ours);
     if foreign.is_empty() {
         Ok(true)
     } else {

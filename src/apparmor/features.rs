@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::host_file::{self, Links};
+use crate::host::host_file::{self, Links};
 
 /// Where the node's parser configuration lives, relative to the node's root.
 const NODE_PARSER_CONF: &str = "etc/apparmor/parser.conf";

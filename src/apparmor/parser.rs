@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::features::Features;
-use crate::pool;
+use crate::apparmor::features::Features;
+use crate::apparmor::pool;
 
 /// Where `apparmor_parser` usually lives when it is not on `PATH` (non-root `PATH`s often
 /// lack the `sbin` directories).

@@ -26,16 +26,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::compile_cache::CompileCache;
+use crate::apparmor::compile_cache::CompileCache;
+use crate::apparmor::kernel::{Kernel, KernelError};
+use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
 use crate::exit_code::{self, ExitStatus};
-use crate::host_file::{self, Links};
-use crate::kernel::{Kernel, KernelError};
-use crate::lock::{self, LockError, LockOptions};
-use crate::node_labels::NodeReport;
-use crate::parser::{Cache, Parser, ParserError, ParserInput};
-use crate::profile_check::{self, CheckError, CompiledProfile};
-use crate::profile_files::{ProfileInput, sha256_hex};
-use crate::state::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::host::host_file::{self, Links};
+use crate::host::lock::{self, LockError, LockOptions};
+use crate::profile;
+use crate::profile::check::{CheckError, CompiledProfile};
+use crate::profile::files::{ProfileInput, sha256_hex};
+use crate::profile::node_labels::NodeReport;
+use crate::profile::records::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -101,19 +102,19 @@ pub enum LoadError {
     #[error(transparent)]
     Parser(ParserError),
     #[error(transparent)]
-    Report(#[from] crate::node_labels::ReportError),
+    Report(#[from] crate::profile::node_labels::ReportError),
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error("profiles are not provably loaded:\n  {}{}", .missing.join("\n  "), parser_note(.parser))]
     NotLoaded {
         missing: Vec<String>,
-        parser: Option<String>,
+        parser: Option<ParserError>,
     },
     #[error(
         "children that left the ConfigMap could not be neutralised (replaced by a \
          deny-everything profile), so their old rules may still be reachable: {0:?}: {1}"
     )]
-    NotNeutralised(Vec<String>, String),
+    NotNeutralised(Vec<String>, NeutraliseFailure),
     #[error("cannot prepare the cache directory {path}: {source}")]
     CacheDir {
         path: PathBuf,
@@ -122,7 +123,26 @@ pub enum LoadError {
     },
 }
 
-fn parser_note(parser: &Option<String>) -> String {
+/// Why children that left the ConfigMap are not neutralised (always exit 5, as a whole).
+#[derive(Debug, thiserror::Error)]
+pub enum NeutraliseFailure {
+    #[error("cannot create a temporary file in {dir}: {source}")]
+    CreateStub {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    WriteStub {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parser(ParserError),
+    #[error("the parser reported success, but the kernel does not list them in enforce mode")]
+    NotInForce,
+}
+
+fn parser_note(parser: &Option<ParserError>) -> String {
     parser
         .as_ref()
         .map(|e| format!("\napparmor_parser said: {e}"))
@@ -184,7 +204,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     parser
         .compile(&unproven, Cache::Refresh(&cache.dir))
         .map_err(CheckError::from)?;
-    let compiled = profile_check::check(&inputs, parser, &known, Cache::ReadWrite(&cache.dir))?;
+    let compiled = profile::check::check(&inputs, parser, &known, Cache::ReadWrite(&cache.dir))?;
 
     refuse_foreign(opts, &compiled, &previous, &owned)?;
 
@@ -209,7 +229,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
             Ok(()) => None,
             // The parser ran to its end and said no: what reached the kernel is verified below,
             // and the parser's words go with the verdict.
-            Err(e @ ParserError::Failed { .. }) => Some(e.to_string()),
+            Err(e @ ParserError::Failed { .. }) => Some(e),
             // Killed (OOM), timed out, could not start: keep what happened, and its exit code.
             Err(e) => return Err(LoadError::Parser(e)),
         }
@@ -338,7 +358,7 @@ fn refuse_foreign(
     let mut ours = previous.claimed_names();
     // copy's claims count only where copy saw the kernel's list when it made them.
     ours.extend(owned.verified_names());
-    let foreign = profile_check::loaded_by_someone_else(compiled, &loaded, &ours);
+    let foreign = profile::check::loaded_by_someone_else(compiled, &loaded, &ours);
     if foreign.is_empty() {
         Ok(())
     } else {
@@ -375,7 +395,7 @@ fn unchanged_in_kernel(
 fn verify(
     kernel: &Kernel,
     compiled: &[CompiledProfile],
-    parser_failure: Option<String>,
+    parser_failure: Option<ParserError>,
 ) -> Result<BTreeMap<String, String>, LoadError> {
     let loaded = kernel.loaded_profiles()?;
     let mut missing = Vec::new();
@@ -476,7 +496,7 @@ fn neutralise(
     let outcome = stub_file(&opts.cache_dir, &todo).and_then(|stub| {
         parser
             .replace(&[Stubs(stub.path())], Cache::Skip)
-            .map_err(|e: ParserError| e.to_string())
+            .map_err(NeutraliseFailure::Parser)
     });
     let after = opts
         .kernel
@@ -497,18 +517,17 @@ fn neutralise(
         (false, Err(e)) => Err(fail(&result, LoadError::NotNeutralised(left, e))),
         (false, Ok(())) => Err(fail(
             &result,
-            LoadError::NotNeutralised(
-                left,
-                "the parser reported success, but the kernel does not list them in enforce mode"
-                    .into(),
-            ),
+            LoadError::NotNeutralised(left, NeutraliseFailure::NotInForce),
         )),
     }
 }
 
 /// A profile file declaring an empty (deny-everything) profile for each name, in a temporary
 /// file of its own (created exclusively, with an unpredictable name) in `dir`.
-fn stub_file(dir: &std::path::Path, names: &[&String]) -> Result<tempfile::NamedTempFile, String> {
+fn stub_file(
+    dir: &std::path::Path,
+    names: &[&String],
+) -> Result<tempfile::NamedTempFile, NeutraliseFailure> {
     use std::io::Write;
     let stub: String = names
         .iter()
@@ -517,9 +536,15 @@ fn stub_file(dir: &std::path::Path, names: &[&String]) -> Result<tempfile::Named
     let mut file = tempfile::Builder::new()
         .prefix(".apparmor-profile-loader.stub-")
         .tempfile_in(dir)
-        .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
+        .map_err(|source| NeutraliseFailure::CreateStub {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     file.write_all(stub.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", file.path().display()))?;
+        .map_err(|source| NeutraliseFailure::WriteStub {
+            path: file.path().to_path_buf(),
+            source,
+        })?;
     Ok(file)
 }
 

@@ -21,10 +21,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::time::Instant;
 
-use crate::cli::UntaintArgs;
 use crate::exit_code::{self, ExitStatus};
-use crate::node_labels::{Desired, NodeReport};
-use crate::taint::Taint;
+use crate::kube::taint::Taint;
+use crate::profile::node_labels::{Desired, LabelPrefix, NodeReport};
 
 /// First pause after a transient error; doubles up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
@@ -83,7 +82,7 @@ pub enum UntaintError {
     #[error("stopped by {0} before the taint was removed")]
     Stopped(&'static str),
     #[error(transparent)]
-    Report(crate::node_labels::ReportError),
+    Report(crate::profile::node_labels::ReportError),
 }
 
 impl ExitStatus for UntaintError {
@@ -129,12 +128,31 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, UntaintError> {
 
 // === The step ===
 
+/// What the `untaint` step needs, whoever parsed it (`app` builds it from the arguments).
+#[derive(Debug, Clone)]
+pub struct UntaintOptions {
+    /// This pod's node (`NODE_NAME`, from the downward API); unset or empty is an error.
+    pub node: Option<String>,
+    /// The gate taints; every taint with one of their keys is removed.
+    pub taints: Vec<Taint>,
+    /// A kubeconfig instead of the in-cluster service account.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// `load`'s report; when set, the node's labels follow it in the same patch.
+    pub node_report: Option<std::path::PathBuf>,
+    /// Prefix of the node labels and annotation.
+    pub label_prefix: LabelPrefix,
+}
+
 /// The `untaint` step as the init container runs it: a current-thread runtime, the removal
 /// bounded by `--timeout`, and ended early (exit 6) by SIGTERM or SIGINT so a stopping pod
 /// never reports success. Logs the summary line.
-pub fn run_step(node: Option<String>, args: UntaintArgs) -> Result<UntaintOutcome, UntaintError> {
+pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let node = node
+    let node = args
+        .node
+        .clone()
         .filter(|n| !n.is_empty())
         .ok_or(UntaintError::NoNodeName)?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
+use crate::apparmor::parser::{Cache, Parser};
 use crate::exit_code::{self, ExitStatus};
-use crate::parser::{Cache, Parser};
-use crate::profile_check::{self, CheckError, CompiledProfile};
-use crate::profile_files::{self, SourceError};
+use crate::profile;
+use crate::profile::check::{CheckError, CompiledProfile};
+use crate::profile::files::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -36,18 +37,18 @@ pub fn run(
     max_size: u64,
     parser: &Parser,
 ) -> Result<Vec<CompiledProfile>, ValidateError> {
-    let source = profile_files::read_sources(paths, max_size)?;
+    let source = profile::files::read_sources(paths, max_size)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {
         let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         return Err(ValidateError::Empty(shown.join(", ")));
     }
-    profile_check::accept_keys(&source)?;
+    profile::check::accept_keys(&source)?;
     let inputs: Vec<_> = source
         .profiles
         .iter()
         .map(|p| p.input(p.path.clone()))
         .collect();
-    let compiled = profile_check::check(&inputs, parser, &Default::default(), Cache::Skip)?;
+    let compiled = profile::check::check(&inputs, parser, &Default::default(), Cache::Skip)?;
     for p in &compiled {
         tracing::info!(file = %p.key, profiles = ?p.modes, "valid: {} defines {}", p.key, p.names.join(", "));
     }

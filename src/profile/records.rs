@@ -9,7 +9,7 @@
 //!
 //! Both records are host files read back on every run, and their entries become paths and
 //! profile names. So every entry is checked when read, with the rules its origin had to pass:
-//! a file name must be a valid ConfigMap key ([`profile_files::validate_key`]: no `/`, no
+//! a file name must be a valid ConfigMap key ([`profile::files::validate_key`]: no `/`, no
 //! `..`, no dot-file) and each profile name one this tool could have loaded
 //! ([`profile_names`]), children only beside their parent. A record with an entry that fails
 //! is corrupt: the run stops (exit 1) before anything is touched, naming the file and entry.
@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::host_file::{self, Links};
-use crate::{atomic_file, profile_files, profile_names};
+use crate::host::atomic_file;
+use crate::host::host_file::{self, Links};
+use crate::profile;
 
 /// File name of `copy`'s ownership record in the profile directory. A dot-file, so
 /// `apparmor_parser` never reads it as a profile.
@@ -131,21 +132,21 @@ impl Inventory {
     /// offending entry (the file name) and why.
     fn check_entries(&self) -> Result<(), (String, String)> {
         for (key, entry) in &self.files {
-            profile_files::validate_key(key).map_err(|e| {
+            profile::files::validate_key(key).map_err(|e| {
                 (
                     key.clone(),
                     format!("is not a file name this tool writes: {e}"),
                 )
             })?;
             for name in &entry.profiles {
-                profile_names::check_profile_name(name).map_err(|e| {
+                profile::names::check_profile_name(name).map_err(|e| {
                     (
                         key.clone(),
                         format!("lists profile {name:?}, a name this tool never loads: {e}"),
                     )
                 })?;
             }
-            profile_names::check_name_set(&entry.profiles).map_err(|e| {
+            profile::names::check_name_set(&entry.profiles).map_err(|e| {
                 (
                     key.clone(),
                     format!("lists a child without its parent: {e}"),
@@ -153,7 +154,7 @@ impl Inventory {
             })?;
         }
         let names = |kind: &str, name: &String, child: bool| {
-            profile_names::check_profile_name(name)
+            profile::names::check_profile_name(name)
                 .map_err(|e| format!("is a name this tool never loads: {e}"))
                 .and_then(|()| match (child, name.contains("//")) {
                     (true, false) => Err("is not a child profile or hat (parent//child)".into()),

@@ -6,12 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
+use crate::apparmor::pool;
 use crate::exit_code::{self, ExitStatus};
-use crate::parser::{Cache, Parser, ParserError, ParserInput};
-use crate::pool;
-use crate::profile_files::{ProfileInput, Rejection, Source};
-use crate::profile_names::{check_name_set, check_profile_name};
-use crate::state::Inventory;
+use crate::profile::files::{ProfileInput, Rejection, Source};
+use crate::profile::names::{check_name_set, check_profile_name};
+use crate::profile::records::Inventory;
 
 /// A profile file that compiles, with what it defines.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::parser::ParserInput;
+use crate::apparmor::parser::ParserInput;
 
 /// Largest profile file accepted, in bytes. Real profiles are a few KiB; a ConfigMap holds at
 /// most 1 MiB in total, so a bigger key is a mistake, not a profile.

@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::atomic_file;
-use crate::host_file::{self, Links};
-use crate::parser::Parser;
+use crate::apparmor::parser::Parser;
+use crate::host::atomic_file;
+use crate::host::host_file::{self, Links};
 
 /// The memo's file name in the cache directory.
 pub const MEMO: &str = "toolchain.json";
@@ -197,7 +197,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::features::Features;
+    use crate::apparmor::features::Features;
 
     /// A stand-in parser binary and include tree under `dir` (content only, never run).
     pub(crate) fn parser(dir: &Path) -> Parser {

@@ -18,8 +18,8 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::atomic_file;
-use crate::host_file::{self, Links};
+use crate::host::atomic_file;
+use crate::host::host_file::{self, Links};
 
 /// Holder record, beside the locked directory's profiles.
 pub const LOCK_FILE: &str = ".apparmor-profile-loader.lock";

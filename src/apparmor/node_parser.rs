@@ -10,7 +10,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::host_file::{self, Links};
+use crate::host::host_file::{self, Links};
 
 /// Where the node's os-release is, relative to the node root, in the order os-release(5) says
 /// to read them.

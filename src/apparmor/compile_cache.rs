@@ -14,8 +14,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::parser::Parser;
-use crate::toolchain;
+use crate::apparmor::parser::Parser;
+use crate::apparmor::toolchain;
 
 /// Sub-directory of the cache directory that holds one directory per fingerprint.
 const POLICY_DIR: &str = "policy";
@@ -159,8 +159,8 @@ fn remove_our_name(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::Features;
-    use crate::toolchain::tests::parser;
+    use crate::apparmor::features::Features;
+    use crate::apparmor::toolchain::tests::parser;
     use std::time::Duration;
 
     #[test]

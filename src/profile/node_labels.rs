@@ -14,8 +14,8 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Node;
 use serde::{Deserialize, Serialize};
 
-use crate::host_file::{self, Links};
-use crate::profile_names;
+use crate::host::host_file::{self, Links};
+use crate::profile;
 
 /// The default label prefix.
 pub const DEFAULT_PREFIX: &str = "apparmor-profile-loader";
@@ -131,7 +131,7 @@ impl NodeReport {
             .and_then(|n| n.to_str())
             .ok_or_else(|| write_err(std::io::Error::other("not a file name")))?;
         let json = serde_json::to_vec_pretty(self).expect("report serializes");
-        crate::atomic_file::write(dir, name, &json, 0o644).map_err(write_err)
+        crate::host::atomic_file::write(dir, name, &json, 0o644).map_err(write_err)
     }
 
     /// Reads a report, checking every name as `load` checked it.
@@ -144,7 +144,7 @@ impl NodeReport {
         let report: NodeReport =
             serde_json::from_slice(&bytes).map_err(|e| read_err(e.to_string()))?;
         for name in report.profiles.keys().chain(&report.retired) {
-            profile_names::check_profile_name(name)
+            profile::names::check_profile_name(name)
                 .map_err(|e| read_err(format!("profile {name:?}: {e}")))?;
         }
         Ok(report)
