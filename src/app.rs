@@ -9,7 +9,9 @@ use crate::apparmor::features::Features;
 use crate::apparmor::kernel::Kernel;
 use crate::apparmor::node_parser::NodeParser;
 use crate::apparmor::parser::Parser;
-use crate::cli::{Cli, Command, NodeArgs, ParserArgs, ProfileDirArgs};
+use crate::cli::{
+    Cli, Command, CopyArgs, LoadArgs, NodeArgs, ParserArgs, ProfileDirArgs, ValidateArgs,
+};
 use crate::exit_code::CliError;
 use crate::host::lock::LockOptions;
 use crate::steps::{copy, load, pause, untaint, validate};
@@ -35,71 +37,13 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
+/// Runs the step the command line names: arguments to the step's options, the step, its
+/// summary line.
 fn run_step(cli: Cli) -> Result<(), CliError> {
     let node = cli.node_name.clone().unwrap_or_else(|| "unknown".into());
     match cli.command {
-        Command::Copy(args) => {
-            let parser = parser(&args.parser, Some(&args.node))?;
-            let node_parser = NodeParser::detect(&args.node.node_root, args.node_apparmor)?;
-            let v3_parser = Parser {
-                binary: args.v3_parser.clone(),
-                base: args.v3_base.clone(),
-                ..parser.clone()
-            };
-            let opts = copy::CopyOptions {
-                lock: lock_options(&args.profile_dir, &node),
-                source: args.source,
-                dest: args.profile_dir.dest,
-                max_size: args.max_size,
-                cache_dir: args.cache_dir,
-                kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
-                adopt_loaded: args.adopt_loaded,
-                scratch_dir: args.scratch_dir,
-                node_parser,
-                v3_parser,
-            };
-            let report = copy::run(&opts, &parser)?;
-            if report.written.is_empty() && report.removed.is_empty() {
-                info!(
-                    written = 0,
-                    unchanged = report.unchanged.len(),
-                    removed = 0,
-                    "copy complete: nothing changed, {} profile files up to date in {}",
-                    report.unchanged.len(),
-                    opts.dest.display()
-                );
-            } else {
-                info!(
-                    written = report.written.len(),
-                    unchanged = report.unchanged.len(),
-                    removed = report.removed.len(),
-                    "copy complete: wrote [{}], removed [{}], {} unchanged, in {}",
-                    report.written.join(", "),
-                    report.removed.join(", "),
-                    report.unchanged.len(),
-                    opts.dest.display()
-                );
-            }
-        }
-        Command::Load(args) => {
-            let parser = parser(&args.parser, Some(&args.node))?;
-            let opts = load::LoadOptions {
-                lock: lock_options(&args.profile_dir, &node),
-                dest: args.profile_dir.dest,
-                cache_dir: args.cache_dir,
-                kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
-                adopt_loaded: args.adopt_loaded,
-                node_report: args.node_report,
-            };
-            let r = load::run(&opts, &parser)?;
-            info!(loaded = r.loaded, unchanged = r.unchanged, retired = r.retired.len(),
-                  neutralised = r.neutralised.len(), verified = r.verified,
-                  took_ms = r.took_ms as u64,
-                  retired_profiles = %r.retired.join(","),
-                  neutralised_profiles = %r.neutralised.join(","),
-                  "load complete: loaded {}, unchanged {}, retired {}, neutralised {}, took {} ms",
-                  r.loaded, r.unchanged, r.retired.len(), r.neutralised.len(), r.took_ms);
-        }
+        Command::Copy(args) => run_copy(args, &node),
+        Command::Load(args) => run_load(args, &node),
         Command::Untaint(args) => {
             untaint::run_step(untaint::UntaintOptions {
                 node: cli.node_name,
@@ -109,28 +53,102 @@ fn run_step(cli: Cli) -> Result<(), CliError> {
                 node_report: args.node_report,
                 label_prefix: args.label_prefix,
             })?;
+            Ok(())
         }
         Command::Pause => {
             let signal = pause::run(|| info!("pausing until SIGTERM"))
                 .context("cannot wait for signals")
                 .map_err(CliError::internal)?;
             info!("received {signal}, exiting");
+            Ok(())
         }
-        Command::Validate(args) => {
-            let parser = parser(&args.parser, None)?;
-            let compiled = validate::run(&args.paths, args.max_size, &parser)?;
-            let names: usize = compiled.iter().map(|c| c.names.len()).sum();
-            info!(
-                files = compiled.len(),
-                profiles = names,
-                "validate complete: {} files defining {} profiles, all valid",
-                compiled.len(),
-                names
-            );
-        }
+        Command::Validate(args) => run_validate(args),
+    }
+}
+
+// === One function per step ===
+
+fn run_copy(args: CopyArgs, node: &str) -> Result<(), CliError> {
+    let parser = parser(&args.parser, Some(&args.node))?;
+    let node_parser = NodeParser::detect(&args.node.node_root, args.node_apparmor)?;
+    let v3_parser = Parser {
+        binary: args.v3_parser.clone(),
+        base: args.v3_base.clone(),
+        ..parser.clone()
+    };
+    let opts = copy::CopyOptions {
+        lock: lock_options(&args.profile_dir, node),
+        source: args.source,
+        dest: args.profile_dir.dest,
+        max_size: args.max_size,
+        cache_dir: args.cache_dir,
+        kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
+        adopt_loaded: args.adopt_loaded,
+        scratch_dir: args.scratch_dir,
+        node_parser,
+        v3_parser,
+    };
+    let report = copy::run(&opts, &parser)?;
+    if report.written.is_empty() && report.removed.is_empty() {
+        info!(
+            written = 0,
+            unchanged = report.unchanged.len(),
+            removed = 0,
+            "copy complete: nothing changed, {} profile files up to date in {}",
+            report.unchanged.len(),
+            opts.dest.display()
+        );
+    } else {
+        info!(
+            written = report.written.len(),
+            unchanged = report.unchanged.len(),
+            removed = report.removed.len(),
+            "copy complete: wrote [{}], removed [{}], {} unchanged, in {}",
+            report.written.join(", "),
+            report.removed.join(", "),
+            report.unchanged.len(),
+            opts.dest.display()
+        );
     }
     Ok(())
 }
+
+fn run_load(args: LoadArgs, node: &str) -> Result<(), CliError> {
+    let parser = parser(&args.parser, Some(&args.node))?;
+    let opts = load::LoadOptions {
+        lock: lock_options(&args.profile_dir, node),
+        dest: args.profile_dir.dest,
+        cache_dir: args.cache_dir,
+        kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
+        adopt_loaded: args.adopt_loaded,
+        node_report: args.node_report,
+    };
+    let r = load::run(&opts, &parser)?;
+    info!(loaded = r.loaded, unchanged = r.unchanged, retired = r.retired.len(),
+          neutralised = r.neutralised.len(), verified = r.verified,
+          took_ms = r.took_ms as u64,
+          retired_profiles = %r.retired.join(","),
+          neutralised_profiles = %r.neutralised.join(","),
+          "load complete: loaded {}, unchanged {}, retired {}, neutralised {}, took {} ms",
+          r.loaded, r.unchanged, r.retired.len(), r.neutralised.len(), r.took_ms);
+    Ok(())
+}
+
+fn run_validate(args: ValidateArgs) -> Result<(), CliError> {
+    let parser = parser(&args.parser, None)?;
+    let compiled = validate::run(&args.paths, args.max_size, &parser)?;
+    let names: usize = compiled.iter().map(|c| c.names.len()).sum();
+    info!(
+        files = compiled.len(),
+        profiles = names,
+        "validate complete: {} files defining {} profiles, all valid",
+        compiled.len(),
+        names
+    );
+    Ok(())
+}
+
+// === Arguments to options ===
 
 /// The run lock's settings for this node.
 fn lock_options(args: &ProfileDirArgs, node: &str) -> LockOptions {
@@ -168,6 +186,7 @@ mod tests {
     use crate::apparmor::kernel::KernelError;
     use crate::apparmor::parser::ParserError;
     use crate::profile::check::CheckError;
+    use crate::profile::ownership::{Claimant, SomeoneElses};
     use std::path::PathBuf;
 
     /// Every error variant an operator can meet, driven to the exit code the README promises.
@@ -177,14 +196,14 @@ mod tests {
         let p = PathBuf::from("/x");
         let cases: Vec<(CliError, u8)> = vec![
             (
-                validate::ValidateError::Source(crate::profile::files::SourceError::NotFound(
+                validate::ValidateError::Source(crate::profile::source::SourceError::NotFound(
                     p.clone(),
                 ))
                 .into(),
                 2,
             ),
             (
-                validate::ValidateError::Source(crate::profile::files::SourceError::Io {
+                validate::ValidateError::Source(crate::profile::source::SourceError::Io {
                     path: p.clone(),
                     source: io(),
                 })
@@ -265,7 +284,14 @@ mod tests {
                 .into(),
                 1,
             ),
-            (load::LoadError::Foreign(vec![]).into(), 3),
+            (
+                load::LoadError::Foreign(SomeoneElses {
+                    names: vec![],
+                    claimant: Claimant::Load,
+                })
+                .into(),
+                3,
+            ),
             (load::LoadError::NotCopied(p.clone()).into(), 3),
             (
                 load::LoadError::NotLoaded {
@@ -311,7 +337,14 @@ mod tests {
                 3,
             ),
             (copy::CopyError::Empty(p.clone()).into(), 3),
-            (copy::CopyError::Foreign(vec![]).into(), 3),
+            (
+                copy::CopyError::Foreign(SomeoneElses {
+                    names: vec![],
+                    claimant: Claimant::Copy,
+                })
+                .into(),
+                3,
+            ),
             (
                 copy::CopyError::Clash {
                     dest: p.clone(),

@@ -168,7 +168,7 @@ pub struct CopyArgs {
     pub profile_dir: ProfileDirArgs,
 
     /// Largest accepted profile file, in bytes.
-    #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile::files::DEFAULT_MAX_SIZE)]
+    #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile::source::DEFAULT_MAX_SIZE)]
     pub max_size: u64,
 
     /// The compile cache directory `load` uses (its --cache-dir). With it, copy's validating
@@ -305,7 +305,7 @@ pub struct ValidateArgs {
     pub paths: Vec<PathBuf>,
 
     /// Largest accepted profile file, in bytes.
-    #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile::files::DEFAULT_MAX_SIZE)]
+    #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile::source::DEFAULT_MAX_SIZE)]
     pub max_size: u64,
 
     #[command(flatten)]

@@ -33,4 +33,4 @@ pub use steps::untaint;
 
 #[cfg(test)]
 #[path = "../tests/executable_script/mod.rs"]
-pub(crate) mod executable_script;
+mod executable_script;

@@ -68,13 +68,32 @@ impl CompileCache {
         })
     }
 
-    /// An empty staging directory for `copy`'s compile.
-    pub fn staging(&self) -> io::Result<&Path> {
+    /// An empty staging directory for `copy`'s compile; dropped unpromoted, it is discarded.
+    pub fn staging(&self) -> io::Result<Staging<'_>> {
         if let Some(root) = self.staging.parent() {
             real_dir(root)?;
         }
         real_dir(&self.staging)?;
-        Ok(&self.staging)
+        Ok(Staging {
+            cache: self,
+            settled: false,
+        })
+    }
+}
+
+/// `copy`'s compile, staged: promoted into the cache once the files it was compiled from are on
+/// disk, discarded when dropped unpromoted (copy failed: nothing it compiled may be reused).
+#[must_use = "a staging directory dropped unpromoted is discarded"]
+pub struct Staging<'a> {
+    cache: &'a CompileCache,
+    /// Promotion was attempted: the drop leaves the directory alone.
+    settled: bool,
+}
+
+impl Staging<'_> {
+    /// The directory to pass to the parser (`Cache::Refresh`).
+    pub fn path(&self) -> &Path {
+        &self.cache.staging
     }
 
     /// Moves every staged entry into the cache (call once the compiled files are on disk).
@@ -83,17 +102,19 @@ impl CompileCache {
     /// `.features`). A staged sub-directory whose set matches the cache's is merged into it;
     /// one with no counterpart is moved as a whole; a conflicting one is dropped (`load`
     /// then compiles those files itself).
-    pub fn promote(&self) -> io::Result<usize> {
+    pub fn promote(mut self) -> io::Result<usize> {
+        self.settled = true;
+        let (staging, dir) = (&self.cache.staging, &self.cache.dir);
         let mut promoted = 0;
-        if !self.staging.exists() {
+        if !staging.exists() {
             return Ok(0);
         }
-        for entry in fs::read_dir(&self.staging)? {
+        for entry in fs::read_dir(staging)? {
             let entry = entry?;
             if !entry.file_type()?.is_dir() {
                 continue;
             }
-            let target = self.dir.join(entry.file_name());
+            let target = dir.join(entry.file_name());
             if !target.exists() {
                 promoted += fs::read_dir(entry.path())?.count().saturating_sub(1);
                 fs::rename(entry.path(), &target)?;
@@ -112,13 +133,16 @@ impl CompileCache {
                 }
             }
         }
-        fs::remove_dir_all(&self.staging)?;
+        fs::remove_dir_all(staging)?;
         Ok(promoted)
     }
+}
 
-    /// Drops whatever was staged (copy failed: nothing it compiled may be reused).
-    pub fn discard(&self) {
-        let _ = fs::remove_dir_all(&self.staging);
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = fs::remove_dir_all(&self.cache.staging);
+        }
     }
 }
 
@@ -215,34 +239,29 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = parser(d.path());
         let cache = CompileCache::open(&d.path().join("cache"), &p).unwrap();
-        let set = cache.staging().unwrap().join("abc.0");
-        fs::create_dir_all(&set).unwrap();
-        fs::write(set.join(".features"), "f").unwrap();
-        fs::write(set.join("k1"), "policy").unwrap();
-        cache.discard();
+        let stage = |file: &str, content: &str| {
+            let staging = cache.staging().unwrap();
+            let set = staging.path().join("abc.0");
+            fs::create_dir_all(&set).unwrap();
+            fs::write(set.join(".features"), "f").unwrap();
+            fs::write(set.join(file), content).unwrap();
+            staging
+        };
+        drop(stage("k1", "policy"));
         assert!(!cache.dir.join("abc.0").exists());
+        assert!(!cache.staging.exists(), "dropped unpromoted: discarded");
 
-        let set = cache.staging().unwrap().join("abc.0");
-        fs::create_dir_all(&set).unwrap();
-        fs::write(set.join(".features"), "f").unwrap();
-        fs::write(set.join("k1"), "policy").unwrap();
-        assert_eq!(cache.promote().unwrap(), 1);
+        assert_eq!(stage("k1", "policy").promote().unwrap(), 1);
         assert_eq!(fs::read(cache.dir.join("abc.0/k1")).unwrap(), b"policy");
 
         // A second promotion merges into the same feature set.
-        let set = cache.staging().unwrap().join("abc.0");
-        fs::create_dir_all(&set).unwrap();
-        fs::write(set.join(".features"), "f").unwrap();
-        fs::write(set.join("k2"), "policy2").unwrap();
-        assert_eq!(cache.promote().unwrap(), 1);
+        assert_eq!(stage("k2", "policy2").promote().unwrap(), 1);
         assert!(cache.dir.join("abc.0/k1").exists() && cache.dir.join("abc.0/k2").exists());
 
-        // Staging left by a crash is dropped when the cache is opened again.
-        let set = cache.staging().unwrap().join("abc.0");
-        fs::create_dir_all(&set).unwrap();
-        fs::write(set.join("k3"), "half").unwrap();
+        // Staging left by a crash (never dropped) is dropped when the cache is opened again.
+        std::mem::forget(stage("k3", "half"));
         let reopened = CompileCache::open(&d.path().join("cache"), &p).unwrap();
-        assert_eq!(reopened.promote().unwrap(), 0);
+        assert_eq!(reopened.staging().unwrap().promote().unwrap(), 0);
         assert!(!reopened.dir.join("abc.0/k3").exists());
     }
 
@@ -270,7 +289,7 @@ mod tests {
                 .is_dir()
         );
         assert!(cache.dir.starts_with(cache_dir.join("policy")));
-        cache.staging().unwrap();
+        let _staging = cache.staging().unwrap();
         assert!(
             fs::symlink_metadata(cache_dir.join("staging"))
                 .unwrap()

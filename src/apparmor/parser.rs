@@ -1,19 +1,18 @@
 //! `apparmor_parser`: the only program that turns profile text into kernel policy.
 //!
-//! This module is a wrapper of the parser process and nothing else: it builds command lines,
-//! runs them bounded by a timeout (the parser's DFA construction can run for hours on a small
-//! pathological profile), and turns what the parser printed into typed results. We never
+//! This module is the parser's command-line semantics and nothing else: it builds command lines,
+//! runs them bounded by a timeout ([`process`]: the parser's DFA construction can run for hours
+//! on a small pathological profile), and turns what the parser printed into typed results. We never
 //! interpret profile syntax ourselves: whether a file compiles, which profile names it defines
 //! (`--names`) and which mode each asks for (the debug dump) all come from the parser.
 
-use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::apparmor::features::Features;
 use crate::apparmor::pool;
+use crate::apparmor::process::{self, Finished, ProcessError};
 
 /// Where `apparmor_parser` usually lives when it is not on `PATH` (non-root `PATH`s often
 /// lack the `sbin` directories).
@@ -21,9 +20,6 @@ const FALLBACK_DIRS: &[&str] = &["/usr/sbin", "/sbin"];
 
 /// How often a long parser run says it is still working, so `kubectl logs` never shows silence.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
-
-/// How often a running parser is checked for exit or timeout.
-const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// How to run the parser: the same options for checking, loading and removing.
 #[derive(Debug, Clone)]
@@ -138,13 +134,6 @@ pub enum Cache<'a> {
     ReadWrite(&'a Path),
     /// `--cache-loc DIR --skip-read-cache --write-cache`: compile afresh and store the result.
     Refresh(&'a Path),
-}
-
-/// What a finished parser run printed.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
 }
 
 impl Parser {
@@ -326,60 +315,38 @@ impl Parser {
 
     // === Running the process ===
 
-    /// Runs one parser command in its own process group, bounded by the timeout, logging
-    /// progress while it runs. On timeout the whole group is killed.
+    /// Runs one parser command (see [`process::run`]), logging progress while it runs, and
+    /// names what went wrong in the parser's terms.
     fn execute(
         &self,
-        mut cmd: Command,
+        cmd: Command,
         action: &'static str,
         files: &str,
         merged: bool,
     ) -> Result<Finished, ParserError> {
-        let output_err = |source| ParserError::Output {
-            binary: self.binary.clone(),
-            source,
+        let progress = |elapsed: Duration| {
+            tracing::warn!(
+                elapsed_s = elapsed.as_secs(),
+                "still {action} after {} s (--parser-timeout {:?}): {files}",
+                elapsed.as_secs(),
+                self.timeout
+            );
         };
-        cmd.process_group(0);
-        let merged_reader = if merged {
-            let (reader, writer) = std::io::pipe().map_err(output_err)?;
-            cmd.stdout(writer.try_clone().map_err(output_err)?)
-                .stderr(writer);
-            Some(reader)
-        } else {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-            None
-        };
-        cmd.stdin(Stdio::null());
-        let mut child = cmd.spawn().map_err(|e| spawn_error(&self.binary, e))?;
-        // The command holds the pipe's write ends; drop it so the readers see EOF.
-        drop(cmd);
-        let stdout: Option<Box<dyn Read + Send>> = match merged_reader {
-            Some(reader) => Some(Box::new(reader)),
-            None => child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        };
-        let stderr = child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>);
-        let stdout_reader = reader_thread(stdout);
-        let stderr_reader = reader_thread(stderr);
-        let status = self.wait(&mut child, action, files)?;
-        let stdout = stdout_reader
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        let stderr = stderr_reader
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        let finished = Finished {
-            status,
-            stdout: stdout.map_err(output_err)?,
-            stderr: stderr.map_err(output_err)?,
-        };
-        if let Some(signal) = finished.status.signal() {
-            return Err(ParserError::Killed {
+        process::run(cmd, merged, self.timeout, PROGRESS_EVERY, progress).map_err(|e| match e {
+            ProcessError::Spawn(e) => ParserError::Spawn {
+                binary: self.binary.clone(),
+                reason: process::spawn_failure(&self.binary, &e),
+            },
+            ProcessError::Output(source) => ParserError::Output {
+                binary: self.binary.clone(),
+                source,
+            },
+            ProcessError::TimedOut => ParserError::TimedOut {
+                action,
+                timeout: self.timeout,
+                files: files.to_string(),
+            },
+            ProcessError::Killed(signal) => ParserError::Killed {
                 action,
                 signal,
                 hint: if signal == 9 {
@@ -388,48 +355,8 @@ impl Parser {
                 } else {
                     ""
                 },
-            });
-        }
-        Ok(finished)
-    }
-
-    /// Waits for the child, logging progress; kills its process group at the timeout.
-    fn wait(
-        &self,
-        child: &mut Child,
-        action: &'static str,
-        files: &str,
-    ) -> Result<ExitStatus, ParserError> {
-        let started = Instant::now();
-        let deadline = started + self.timeout;
-        let mut next_progress = started + PROGRESS_EVERY;
-        loop {
-            if let Some(status) = child.try_wait().map_err(|source| ParserError::Output {
-                binary: self.binary.clone(),
-                source,
-            })? {
-                return Ok(status);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                kill_group(child);
-                return Err(ParserError::TimedOut {
-                    action,
-                    timeout: self.timeout,
-                    files: files.to_string(),
-                });
-            }
-            if now >= next_progress {
-                tracing::warn!(
-                    elapsed_s = started.elapsed().as_secs(),
-                    "still {action} after {} s (--parser-timeout {:?}): {files}",
-                    started.elapsed().as_secs(),
-                    self.timeout
-                );
-                next_progress += PROGRESS_EVERY;
-            }
-            std::thread::sleep(POLL_EVERY);
-        }
+            },
+        })
     }
 }
 
@@ -438,32 +365,6 @@ impl Parser {
 /// The keys of a batch, for progress and timeout messages.
 fn keys<F: ParserInput>(files: &[F]) -> String {
     files.iter().map(|f| f.key()).collect::<Vec<_>>().join(", ")
-}
-
-/// Reads a pipe to its end on a thread of its own, so a chatty parser never blocks on a full
-/// pipe while we wait for it.
-fn reader_thread(
-    pipe: Option<Box<dyn Read + Send>>,
-) -> std::thread::JoinHandle<std::io::Result<String>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut p) = pipe {
-            p.read_to_end(&mut bytes)?;
-        }
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    })
-}
-
-/// Kills the child's whole process group (the parser runs in one of its own), then reaps it.
-fn kill_group(child: &mut Child) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn failed(action: &'static str, out: &Finished) -> ParserError {
@@ -484,55 +385,6 @@ fn failed(action: &'static str, out: &Finished) -> ParserError {
         status: out.status.to_string(),
         stderr,
     }
-}
-
-/// Says which file was missing when a spawn fails with ENOENT: the parser itself, the
-/// `/dev/null` its stdin is bound to, or its dynamic loader.
-fn spawn_error(binary: &Path, e: std::io::Error) -> ParserError {
-    let reason = if e.kind() != std::io::ErrorKind::NotFound {
-        e.to_string()
-    } else if !binary.exists() {
-        format!("{} does not exist", binary.display())
-    } else if !Path::new("/dev/null").exists() {
-        "/dev/null does not exist in this container (the runtime normally provides it)".into()
-    } else {
-        match elf_interpreter(binary) {
-            Some(interp) if !interp.exists() => format!(
-                "its dynamic loader {} does not exist (the image lacks the parser's libraries)",
-                interp.display()
-            ),
-            _ => format!("{e} (a file it needs to start is missing)"),
-        }
-    };
-    ParserError::Spawn {
-        binary: binary.to_path_buf(),
-        reason,
-    }
-}
-
-/// The `PT_INTERP` path of a 64-bit little-endian ELF executable, if it has one.
-fn elf_interpreter(path: &Path) -> Option<PathBuf> {
-    let bytes = std::fs::read(path).ok()?;
-    if bytes.get(0..5)? != b"\x7fELF\x02" {
-        return None;
-    }
-    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?));
-    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
-    let phentsize = usize::from(u16_at(0x36)?);
-    let phnum = usize::from(u16_at(0x38)?);
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        if u32_at(ph)? == 3 {
-            let offset = usize::try_from(u64_at(ph + 8)?).ok()?;
-            let size = usize::try_from(u64_at(ph + 32)?).ok()?;
-            let raw = bytes.get(offset..offset + size)?;
-            let text = raw.split(|b| *b == 0).next()?;
-            return Some(PathBuf::from(String::from_utf8_lossy(text).into_owned()));
-        }
-    }
-    None
 }
 
 /// The parser's stderr without the noise it prints on machines whose kernel lacks AppArmor.
@@ -591,6 +443,7 @@ fn parse_debug_modes(dump: &str) -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::time::Instant;
 
     struct File(PathBuf);
     impl ParserInput for File {
@@ -747,13 +600,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("a file it needs to start is missing"), "{msg}");
-    }
-
-    #[test]
-    fn elf_interpreter_of_a_dynamic_executable() {
-        // /bin/sh on Debian (dash) is dynamically linked.
-        let interp = elf_interpreter(Path::new("/bin/sh")).expect("/bin/sh has an interpreter");
-        assert!(interp.to_string_lossy().contains("ld-linux"), "{interp:?}");
-        assert_eq!(elf_interpreter(Path::new("/etc/hostname")), None);
     }
 }

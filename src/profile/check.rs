@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
 use crate::apparmor::pool;
 use crate::exit_code::{self, ExitStatus};
-use crate::profile::files::{ProfileInput, Rejection, Source};
 use crate::profile::names::{check_name_set, check_profile_name};
+use crate::profile::ownership;
 use crate::profile::records::Inventory;
+use crate::profile::source::{ProfileInput, Rejection, Source};
 
 /// A profile file that compiles, with what it defines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,10 +81,7 @@ pub fn check(
     known: &Inventory,
     cache: Cache<'_>,
 ) -> Result<Vec<CompiledProfile>, CheckError> {
-    let fresh: Vec<&ProfileInput> = inputs
-        .iter()
-        .filter(|i| known.describes(&i.key, &i.sha256).is_none())
-        .collect();
+    let fresh = ownership::unproven(known, inputs);
     // Names and modes come from parse-only passes that do not need the compile's output, so
     // they run beside it, on CPU the compile leaves idle (its start, its last file). Should the
     // compile fail, their answer is dropped and the compile's error is the one reported.
@@ -258,21 +256,6 @@ fn refusals(p: &CompiledProfile) -> Vec<String> {
         out.push(format!("key {key:?}: {reason}"));
     }
     out
-}
-
-/// The profile names our files define that the kernel has loaded although none of our records
-/// (`ours`) lists them: someone else's. One line per name, naming the file that defines it.
-pub fn loaded_by_someone_else(
-    compiled: &[CompiledProfile],
-    loaded: &BTreeMap<String, String>,
-    ours: &BTreeSet<String>,
-) -> Vec<String> {
-    compiled
-        .iter()
-        .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
-        .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
-        .map(|(name, key)| format!("{name:?} (our file {key:?}; loaded, but not by us)"))
-        .collect()
 }
 
 /// Refuses a set of files in which two define the same profile name: one would silently

@@ -9,7 +9,7 @@
 //!
 //! Both records are host files read back on every run, and their entries become paths and
 //! profile names. So every entry is checked when read, with the rules its origin had to pass:
-//! a file name must be a valid ConfigMap key ([`profile::files::validate_key`]: no `/`, no
+//! a file name must be a valid ConfigMap key ([`profile::keys::validate_key`]: no `/`, no
 //! `..`, no dot-file) and each profile name one this tool could have loaded
 //! ([`profile_names`]), children only beside their parent. A record with an entry that fails
 //! is corrupt: the run stops (exit 1) before anything is touched, naming the file and entry.
@@ -132,7 +132,7 @@ impl Inventory {
     /// offending entry (the file name) and why.
     fn check_entries(&self) -> Result<(), (String, String)> {
         for (key, entry) in &self.files {
-            profile::files::validate_key(key).map_err(|e| {
+            profile::keys::validate_key(key).map_err(|e| {
                 (
                     key.clone(),
                     format!("is not a file name this tool writes: {e}"),

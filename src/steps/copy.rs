@@ -26,8 +26,9 @@ use crate::host::atomic_file;
 use crate::host::lock::{self, LockError, LockOptions};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
-use crate::profile::files::{ProfileFile, ProfileInput};
-use crate::profile::records::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::profile::ownership::{self, Claimant, SomeoneElses};
+use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::profile::source::{ProfileFile, ProfileInput};
 
 /// Profile files are world-readable, like the distribution's own.
 const PROFILE_MODE: u32 = 0o644;
@@ -63,7 +64,7 @@ pub struct CopyReport {
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error(transparent)]
-    Source(#[from] profile::files::SourceError),
+    Source(#[from] profile::source::SourceError),
     #[error(transparent)]
     Check(#[from] CheckError),
     #[error("the ConfigMap volume {0} holds no profiles; refusing to remove every profile")]
@@ -76,14 +77,8 @@ pub enum CopyError {
         .clashes.join(", ")
     )]
     Clash { dest: PathBuf, clashes: Vec<String> },
-    #[error(
-        "profiles already loaded by someone else would be replaced, nothing was changed: {}. \
-         Replacing them would change the confinement of every process using them (a \
-         distribution profile, or one loaded by hand). Rename the profiles in the ConfigMap; \
-         if you really mean to take them over, pass --adopt-loaded once",
-        .0.join(", ")
-    )]
-    Foreign(Vec<String>),
+    #[error(transparent)]
+    Foreign(#[from] SomeoneElses),
     #[error(
         "the node runs {os}, whose own AppArmor 3 parser loads our files at every boot, and it \
          cannot compile them, nothing was changed: {source}. Write these profiles in AppArmor 3 \
@@ -133,6 +128,7 @@ impl ExitStatus for CopyError {
 /// Nothing is written unless every key is valid and compiles. Ownership is recorded before a
 /// file is created, so a crash mid-run never leaves a file we wrote but do not own.
 pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError> {
+    // === Prepare: the lock, the source, our records, the cache ===
     let lock = lock::acquire(&opts.dest, "copy", &opts.lock)?;
     lock.remove_stale_temps(&opts.dest)?;
     tracing::info!("compiling for {}", parser.features.explain());
@@ -142,7 +138,7 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
             opts.v3_parser.binary.display()
         );
     }
-    let source = profile::files::read_source_dir(&opts.source, opts.max_size)?;
+    let source = profile::source::read_source_dir(&opts.source, opts.max_size)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {
         return Err(CopyError::Empty(opts.source.clone()));
     }
@@ -164,38 +160,28 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
     // What the record says a file defines holds only for the toolchain that said it.
     let known = owned.if_compiled_by(&toolchain);
 
-    // Compile a private snapshot: never the volume, which the kubelet may swap meanwhile.
+    // === Compile: a private snapshot, never the volume (the kubelet may swap it meanwhile) ===
     let mtime = SystemTime::now();
     let snapshot = tempfile::Builder::new()
         .prefix("apparmor-profile-loader-")
         .tempdir_in(&opts.scratch_dir)
         .map_err(|source| io("create a snapshot directory in", &opts.scratch_dir, source))?;
     let inputs = write_snapshot(snapshot.path(), &source.profiles, &known, mtime)?;
+    // Every early return from here on drops the staging, which discards what was compiled.
     let staging = match &cache {
         Some(c) => Some(c.staging().map_err(|source| io("create", &c.dir, source))?),
         None => None,
     };
-    let checked = profile::check::check(
-        &inputs,
-        parser,
-        &known,
-        staging.map_or(Cache::Skip, Cache::Refresh),
-    )
-    .map_err(CopyError::from)
-    .and_then(|compiled| {
-        check_reboot_parity(opts, &known, &inputs)?;
-        let seen = refuse_foreign(opts, &owned, &compiled)?;
-        Ok((compiled, seen))
-    });
-    let (compiled, kernel_seen) = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(c) = &cache {
-                c.discard();
-            }
-            return Err(e);
-        }
-    };
+    let cache_mode = staging
+        .as_ref()
+        .map_or(Cache::Skip, |s| Cache::Refresh(s.path()));
+    let compiled = profile::check::check(&inputs, parser, &known, cache_mode)?;
+
+    // === Guard: the node's own parser, and names someone else loaded ===
+    check_reboot_parity(opts, &known, &inputs)?;
+    let kernel_seen = refuse_foreign(opts, &owned, &compiled)?;
+
+    // === Apply: the destination, then the compiled policy into the cache ===
     let report = write_destination(
         opts,
         &owned,
@@ -204,23 +190,18 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
         mtime,
         toolchain,
         kernel_seen,
-    );
-    if let Some(c) = &cache {
-        match &report {
-            Ok(_) => {
-                let promoted = c
-                    .promote()
-                    .map_err(|source| io("promote compiled policy into", &c.dir, source))?;
-                tracing::debug!(
-                    promoted,
-                    "compiled policy promoted into {}",
-                    c.dir.display()
-                );
-            }
-            Err(_) => c.discard(),
-        }
+    )?;
+    if let (Some(c), Some(staging)) = (&cache, staging) {
+        let promoted = staging
+            .promote()
+            .map_err(|source| io("promote compiled policy into", &c.dir, source))?;
+        tracing::debug!(
+            promoted,
+            "compiled policy promoted into {}",
+            c.dir.display()
+        );
     }
-    report
+    Ok(report)
 }
 
 /// Writes the destination: ownership first, then the files, then the stale files removed.
@@ -252,13 +233,7 @@ fn write_destination(
             .is_some_and(|e| !e.unverified && e.profiles == compiled.names);
         wanted.files.insert(
             compiled.key.clone(),
-            Entry {
-                sha256: compiled.sha256.clone(),
-                profiles: compiled.names.clone(),
-                modes: compiled.modes.clone(),
-                policy_sha1: Default::default(),
-                unverified: !(kernel_seen || checked_before),
-            },
+            ownership::entry(compiled, !(kernel_seen || checked_before)),
         );
     }
 
@@ -286,10 +261,7 @@ fn write_destination(
     }
 
     // Own first, then write: the union of old and new ownership covers every file on disk.
-    let mut intent = owned.clone();
-    intent.files.extend(wanted.files.clone());
-    intent.toolchain.clear();
-    intent.save(&opts.dest, OWNED_FILES)?;
+    ownership::record_before_acting(owned, &wanted, "", &opts.dest, OWNED_FILES)?;
 
     for file in to_write {
         atomic_file::write_at(
@@ -360,11 +332,7 @@ fn check_reboot_parity(
             path: v3.binary.clone(),
         });
     }
-    let fresh: Vec<&ProfileInput> = inputs
-        .iter()
-        .filter(|i| owned.describes(&i.key, &i.sha256).is_none())
-        .collect();
-    v3.compile(&fresh, Cache::Skip)
+    v3.compile(&ownership::unproven(owned, inputs), Cache::Skip)
         .map_err(|source| CopyError::NodeParser {
             os: os.clone(),
             source,
@@ -403,16 +371,13 @@ fn refuse_foreign(
     if opts.adopt_loaded {
         return Ok(true);
     }
-    let mut ours = owned.verified_names();
-    if let Some(dir) = &opts.cache_dir {
-        ours.extend(Inventory::load(dir, LOADED_PROFILES)?.claimed_names());
-    }
-    let foreign = profile::check::loaded_by_someone_else(compiled, &loaded, &ours);
-    if foreign.is_empty() {
-        Ok(true)
-    } else {
-        Err(CopyError::Foreign(foreign))
-    }
+    let loaded_record = match &opts.cache_dir {
+        Some(dir) => Some(Inventory::load(dir, LOADED_PROFILES)?),
+        None => None,
+    };
+    let ours = ownership::our_names(owned, loaded_record.as_ref());
+    ownership::refuse_someone_elses(compiled, &loaded, &ours, Claimant::Copy)?;
+    Ok(true)
 }
 
 fn io(action: &'static str, path: &Path, source: std::io::Error) -> CopyError {

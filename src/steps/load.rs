@@ -34,9 +34,10 @@ use crate::host::host_file::{self, Links};
 use crate::host::lock::{self, LockError, LockOptions};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
-use crate::profile::files::{ProfileInput, sha256_hex};
 use crate::profile::node_labels::NodeReport;
-use crate::profile::records::{Entry, Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::profile::ownership::{self, Claimant, SomeoneElses};
+use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::profile::source::{ProfileInput, sha256_hex};
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -77,14 +78,8 @@ pub enum LoadError {
          init container ran against the same --dest"
     )]
     NotCopied(PathBuf),
-    #[error(
-        "profiles already loaded by someone else would be replaced, nothing was changed: {}. \
-         Our records (what copy claimed and what load loaded) do not list them; replacing them \
-         would change the confinement of every process using them. Rename the profiles in the \
-         ConfigMap; if you really mean to take them over, pass --adopt-loaded once",
-        .0.join(", ")
-    )]
-    Foreign(Vec<String>),
+    #[error(transparent)]
+    Foreign(#[from] SomeoneElses),
     #[error(
         "profile file {0:?} is listed in the state file but missing from the profile directory"
     )]
@@ -170,6 +165,7 @@ impl ExitStatus for LoadError {
 
 /// Loads, verifies and prunes; see the module docs for the order and why.
 pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError> {
+    // === Prepare: the lock, AppArmor on, our records, the cache ===
     let lock = lock::acquire(&opts.dest, "load", &opts.lock)?;
     lock.remove_stale_temps(&opts.cache_dir)?;
     tracing::info!("compiling for {}", parser.features.explain());
@@ -187,6 +183,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     let previous = Inventory::load(&opts.cache_dir, LOADED_PROFILES)?;
     let cache = CompileCache::open(&opts.cache_dir, parser).map_err(cache_err)?;
 
+    // === Compile, the kernel untouched ===
     // Compile what is on disk now (that is what the host loads at boot), not what a record says.
     let inputs = read_owned_files(opts, &owned)?;
     // A file copy wrote, byte for byte, with this toolchain compiled then (copy records only
@@ -194,10 +191,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     // Anything else (edited behind copy's back, or recorded by another parser or include tree)
     // is compiled afresh now, before the kernel is touched.
     let known = owned.if_compiled_by(&cache.toolchain);
-    let unproven: Vec<&ProfileInput> = inputs
-        .iter()
-        .filter(|i| known.describes(&i.key, &i.sha256).is_none())
-        .collect();
+    let unproven = ownership::unproven(&known, &inputs);
     for i in &unproven {
         tracing::info!(file = %i.key, "{} was not compiled by copy with this parser; compiling it now", i.key);
     }
@@ -206,34 +200,22 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         .map_err(CheckError::from)?;
     let compiled = profile::check::check(&inputs, parser, &known, Cache::ReadWrite(&cache.dir))?;
 
+    // === Guard: nothing of someone else's replaced; what we load recorded first ===
     refuse_foreign(opts, &compiled, &previous, &owned)?;
 
     // Record before loading, as copy records before writing: if the load or its verification
     // fails half-way, whatever reached the kernel is still ours to unload later.
     let current = record(&compiled);
-    let mut intent = previous.clone();
-    intent.files.extend(current.files.clone());
-    intent.save(&opts.cache_dir, LOADED_PROFILES)?;
+    ownership::record_before_acting(
+        &previous,
+        &current,
+        &previous.toolchain,
+        &opts.cache_dir,
+        LOADED_PROFILES,
+    )?;
 
-    let hashes_before = opts.kernel.policy_hashes();
-    let parser_failure = if inputs.is_empty()
-        || unchanged_in_kernel(&compiled, &previous, &hashes_before, &cache.toolchain)
-    {
-        tracing::info!(
-            "every profile is in the kernel from exactly these bytes (the kernel's policy hashes \
-             match our record): nothing to load"
-        );
-        None
-    } else {
-        match parser.replace(&inputs, Cache::ReadWrite(&cache.dir)) {
-            Ok(()) => None,
-            // The parser ran to its end and said no: what reached the kernel is verified below,
-            // and the parser's words go with the verdict.
-            Err(e @ ParserError::Failed { .. }) => Some(e),
-            // Killed (OOM), timed out, could not start: keep what happened, and its exit code.
-            Err(e) => return Err(LoadError::Parser(e)),
-        }
-    };
+    // === Apply, then verify in the kernel's own list ===
+    let parser_failure = apply(opts, parser, &inputs, &compiled, &previous, &cache)?;
     let loaded = verify(&opts.kernel, &compiled, parser_failure)?;
     let mut current = current;
     current.toolchain = cache.toolchain.clone();
@@ -257,6 +239,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         }
     }
 
+    // === Prune: retire what left, neutralise stale children, never unload ===
     let retired = retire(&loaded, &previous, &current);
     for name in &retired {
         tracing::warn!(
@@ -291,27 +274,62 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
              allowed nothing; nobody can enter it with its old rules)"
         );
     }
+    // === Report, to the log and to `untaint` ===
     if let Some(path) = &opts.node_report {
-        let for_untaint = NodeReport {
-            loader: env!("CARGO_PKG_VERSION").into(),
-            profiles: current
-                .files
-                .values()
-                .flat_map(|e| {
-                    e.profiles
-                        .iter()
-                        .filter(|n| !n.contains("//"))
-                        .map(|n| (n.clone(), format!("sha256:{}", e.sha256)))
-                })
-                .collect(),
-            retired: current.retired.clone(),
-        };
-        for_untaint.save(path)?;
+        node_report(&current).save(path)?;
     }
     report.retired = retired;
     report.neutralised = neutralised.into_keys().collect();
     report.took_ms = started.elapsed().as_millis();
     Ok(report)
+}
+
+/// Loads every file in one parser call, unless the kernel provably holds exactly these bytes
+/// already. Returns the parser's complaint when it ran to its end and said no (what reached the
+/// kernel is verified next, and the parser's words go with the verdict).
+fn apply(
+    opts: &LoadOptions,
+    parser: &Parser,
+    inputs: &[ProfileInput],
+    compiled: &[CompiledProfile],
+    previous: &Inventory,
+    cache: &CompileCache,
+) -> Result<Option<ParserError>, LoadError> {
+    let hashes_before = opts.kernel.policy_hashes();
+    if inputs.is_empty()
+        || unchanged_in_kernel(compiled, previous, &hashes_before, &cache.toolchain)
+    {
+        tracing::info!(
+            "every profile is in the kernel from exactly these bytes (the kernel's policy hashes \
+             match our record): nothing to load"
+        );
+        return Ok(None);
+    }
+    match parser.replace(inputs, Cache::ReadWrite(&cache.dir)) {
+        Ok(()) => Ok(None),
+        Err(e @ ParserError::Failed { .. }) => Ok(Some(e)),
+        // Killed (OOM), timed out, could not start: keep what happened, and its exit code.
+        Err(e) => Err(LoadError::Parser(e)),
+    }
+}
+
+/// What `untaint` labels the node with: each top-level profile with its file's digest, and the
+/// retired ones.
+fn node_report(current: &Inventory) -> NodeReport {
+    NodeReport {
+        loader: env!("CARGO_PKG_VERSION").into(),
+        profiles: current
+            .files
+            .values()
+            .flat_map(|e| {
+                e.profiles
+                    .iter()
+                    .filter(|n| !n.contains("//"))
+                    .map(|n| (n.clone(), format!("sha256:{}", e.sha256)))
+            })
+            .collect(),
+        retired: current.retired.clone(),
+    }
 }
 
 /// Reads every file `copy` recorded. Only a file that does not exist is "missing" (exit 3);
@@ -355,15 +373,10 @@ fn refuse_foreign(
         return Ok(());
     }
     let loaded = opts.kernel.loaded_profiles()?;
-    let mut ours = previous.claimed_names();
     // copy's claims count only where copy saw the kernel's list when it made them.
-    ours.extend(owned.verified_names());
-    let foreign = profile::check::loaded_by_someone_else(compiled, &loaded, &ours);
-    if foreign.is_empty() {
-        Ok(())
-    } else {
-        Err(LoadError::Foreign(foreign))
-    }
+    let ours = ownership::our_names(owned, Some(previous));
+    ownership::refuse_someone_elses(compiled, &loaded, &ours, Claimant::Load)?;
+    Ok(())
 }
 
 /// Whether the kernel already holds exactly what we would load: every file is byte for byte
@@ -569,16 +582,7 @@ fn quote_name(name: &str) -> String {
 fn record(compiled: &[CompiledProfile]) -> Inventory {
     let mut inv = Inventory::default();
     for p in compiled {
-        inv.files.insert(
-            p.key.clone(),
-            Entry {
-                sha256: p.sha256.clone(),
-                profiles: p.names.clone(),
-                modes: p.modes.clone(),
-                policy_sha1: BTreeMap::new(),
-                unverified: false,
-            },
-        );
+        inv.files.insert(p.key.clone(), ownership::entry(p, false));
     }
     inv
 }
@@ -586,6 +590,7 @@ fn record(compiled: &[CompiledProfile]) -> Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::records::Entry;
 
     fn inv(files: &[(&str, &[&str])]) -> Inventory {
         let mut inv = Inventory::default();

@@ -7,7 +7,7 @@ use crate::apparmor::parser::{Cache, Parser};
 use crate::exit_code::{self, ExitStatus};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
-use crate::profile::files::SourceError;
+use crate::profile::source::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -37,7 +37,7 @@ pub fn run(
     max_size: u64,
     parser: &Parser,
 ) -> Result<Vec<CompiledProfile>, ValidateError> {
-    let source = profile::files::read_sources(paths, max_size)?;
+    let source = profile::source::read_sources(paths, max_size)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {
         let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         return Err(ValidateError::Empty(shown.join(", ")));

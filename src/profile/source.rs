@@ -1,5 +1,5 @@
-//! Profile files: which ConfigMap keys may become files in the host's profile directory, and
-//! reading a source directory (a ConfigMap volume or a plain directory) into validated profiles.
+//! The profile source: reading a directory (a ConfigMap volume, one generation of it, or a plain
+//! directory) into profiles whose keys pass the key rules (`keys`).
 //!
 //! Everything here is pure checking and reading; nothing is written. `copy` and `validate` both
 //! start here so that an operator's CI and the node apply exactly the same rules.
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::apparmor::parser::ParserInput;
+use crate::profile::keys::{is_manifest_key, validate_key};
 
 /// Largest profile file accepted, in bytes. Real profiles are a few KiB; a ConfigMap holds at
 /// most 1 MiB in total, so a bigger key is a mistake, not a profile.
@@ -19,94 +20,6 @@ pub const DEFAULT_MAX_SIZE: u64 = 1024 * 1024;
 
 /// The name of the atomic link Kubernetes maintains inside every ConfigMap volume.
 const CONFIGMAP_DATA_LINK: &str = "..data";
-
-/// Suffixes `apparmor_parser` skips when it loads a directory (as Ubuntu's `apparmor.service`
-/// does at boot). A file with such a name would be loaded by us but not after a reboot.
-const PARSER_SKIPPED_SUFFIXES: &[&str] = &[
-    ".dpkg-new",
-    ".dpkg-old",
-    ".dpkg-dist",
-    ".dpkg-bak",
-    ".dpkg-remove",
-    ".pacsave",
-    ".pacnew",
-    ".rpmnew",
-    ".rpmsave",
-    ".orig",
-    ".rej",
-];
-
-/// Longest key a ConfigMap accepts; also keeps file names well below NAME_MAX.
-const MAX_KEY_LEN: usize = 253;
-
-// === Key validation ===
-
-/// Checks that a ConfigMap key can safely become a top-level file name in the host's
-/// profile directory, and that `apparmor_parser` will read it when the host boots.
-///
-/// Returns the reason for the first rule the key breaks.
-pub fn validate_key(key: &str) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("the name is empty".into());
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(format!("the name is longer than {MAX_KEY_LEN} bytes"));
-    }
-    if key.contains('/') {
-        return Err("the name contains '/': profiles are written as top-level files only".into());
-    }
-    if key.contains("..") {
-        return Err("the name contains '..'".into());
-    }
-    let first = key.chars().next().unwrap_or('.');
-    if !first.is_ascii_alphanumeric() {
-        return Err(
-            "the name must start with a letter or digit (apparmor_parser skips dot-files)".into(),
-        );
-    }
-    if let Some(bad) = key
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "the name contains {bad:?}; allowed are letters, digits, '.', '_' and '-'"
-        ));
-    }
-    match parser_skips(key) {
-        Some(reason) => Err(reason),
-        None => Ok(()),
-    }
-}
-
-/// Why `apparmor_parser` skips a file of this name when it loads a directory (as the host's
-/// boot-time `apparmor.service` does), or `None` when it reads it.
-pub fn parser_skips(name: &str) -> Option<String> {
-    if name.starts_with('.') {
-        return Some("apparmor_parser skips dot-files when it loads a directory".into());
-    }
-    if name.ends_with('~') {
-        return Some("apparmor_parser skips backup files ending in ~".into());
-    }
-    if name == "README" {
-        return Some("apparmor_parser skips a file named README when it loads a directory".into());
-    }
-    PARSER_SKIPPED_SUFFIXES
-        .iter()
-        .find(|s| name.ends_with(*s))
-        .map(|suffix| {
-            format!(
-                "apparmor_parser skips files ending in {suffix} when it loads a directory at boot"
-            )
-        })
-}
-
-/// Keys that are Kubernetes manifests living beside the profiles (this repository keeps
-/// `profiles.yaml` and `kustomization.yaml` in `profiles/`), not profiles.
-pub fn is_manifest_key(key: &str) -> bool {
-    key.ends_with(".yaml") || key.ends_with(".yml")
-}
-
-// === Reading a source ===
 
 /// One profile file that passed every check that needs no parser.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,79 +313,7 @@ fn read_profile(path: &Path, root: &Path, max_size: u64) -> Result<(PathBuf, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use std::os::unix::fs::symlink;
-
-    #[test]
-    fn key_rules() {
-        let cases: &[(&str, bool)] = &[
-            ("k8s-nginx", true),
-            ("usr.bin.foo", true),
-            ("A_1-b.c", true),
-            ("", false),
-            (".hidden", false),
-            ("..data", false),
-            ("../x", false),
-            ("a/b", false),
-            ("/etc/passwd", false),
-            ("a..b", false),
-            ("-flag", false),
-            ("_x", false),
-            ("sp ace", false),
-            ("tilde~", false),
-            ("README", false),
-            ("x.dpkg-new", false),
-            ("x.dpkg-old", false),
-            ("x.rpmnew", false),
-            ("x.orig", false),
-            ("x.rej", false),
-            ("x.pacsave", false),
-            ("ümlaut", false),
-        ];
-        for (key, ok) in cases {
-            assert_eq!(validate_key(key).is_ok(), *ok, "key {key:?}");
-        }
-        assert!(validate_key(&"a".repeat(254)).is_err());
-        assert!(validate_key(&"a".repeat(253)).is_ok());
-    }
-
-    #[test]
-    fn boot_loader_skip_rule() {
-        for skipped in [
-            ".hidden",
-            "x~",
-            "README",
-            "x.dpkg-new",
-            "x.rpmsave",
-            "x.pacnew",
-            "x.rej",
-        ] {
-            assert!(parser_skips(skipped).is_some(), "{skipped}");
-        }
-        // Read by the boot loader even though copy would not accept them as keys.
-        for read in ["usr.bin.foo+bar", "README.md", "x.orig.d", "_private"] {
-            assert_eq!(parser_skips(read), None, "{read}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn accepted_keys_are_plain_top_level_names(key in "\\PC{0,40}") {
-            if validate_key(&key).is_ok() {
-                prop_assert!(!key.contains('/'));
-                prop_assert!(!key.contains(".."));
-                prop_assert!(!key.starts_with('.'));
-                let joined = Path::new("/dest").join(&key);
-                prop_assert_eq!(joined.parent(), Some(Path::new("/dest")));
-            }
-        }
-
-        #[test]
-        fn keys_from_the_allowed_alphabet_are_accepted(key in "[A-Za-z0-9][A-Za-z0-9_-]{0,30}") {
-            prop_assume!(key != "README");
-            prop_assert!(validate_key(&key).is_ok());
-        }
-    }
 
     /// Lays out a directory the way the kubelet lays out a ConfigMap volume.
     fn configmap_volume(files: &[(&str, &str)]) -> tempfile::TempDir {
