@@ -32,5 +32,4 @@ pub use profile::node_labels;
 pub use steps::untaint;
 
 #[cfg(test)]
-#[path = "../tests/executable_script/mod.rs"]
 mod executable_script;

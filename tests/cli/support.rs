@@ -2,10 +2,10 @@
 //! fake kernel (securityfs tree) and the real `apparmor_parser`.
 #![allow(dead_code)]
 
-#[path = "../executable_script/mod.rs"]
+#[path = "../../src/executable_script.rs"]
 mod executable_script;
-#[path = "../prereq/mod.rs"]
-mod prereq;
+
+use crate::prereq;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,7 +26,7 @@ pub fn profile(name: &str) -> String {
 pub const BROKEN: &str =
     "abi <abi/3.0>,\nprofile broken {\n  /tmp/** rw,\n  /etc/** rw\n  junk,\n}\n";
 
-/// Writes an executable script (see `tests/executable_script` for why through a child `sh`).
+/// Writes an executable script (see `src/executable_script.rs` for why through a child `sh`).
 pub use executable_script::write as write_executable;
 
 /// The real parser; when it is missing, a skip, or a test failure under CI (`prereq`).

@@ -3,14 +3,12 @@
 //! with the directory untouched; runs that overlap are serialised and each ends with every
 //! file it wrote owned.
 
-mod cli_support;
-
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, ChildStderr, Command, Stdio};
 
-use cli_support::*;
+use crate::support::*;
 
 const LOCK_RECORD: &str = ".apparmor-profile-loader.lock";
 

@@ -4,13 +4,11 @@
 //!
 //! Time is paused (tokio test-util), so backoff pauses cost no wall time.
 
-mod fixtures;
-
 use std::time::Duration;
 
+use crate::fixtures::{NodeFixture, autoscaler_gate, gate, gate_taints, taint};
 use apparmor_profile_loader::node_labels::{DEFAULT_PREFIX, Desired, NodeReport};
 use apparmor_profile_loader::untaint::{self, UntaintError};
-use fixtures::{NodeFixture, autoscaler_gate, gate, gate_taints, taint};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -351,7 +349,7 @@ async fn absent_taint_is_success_without_a_write() {
 
 #[tokio::test(start_paused = true)]
 async fn same_key_with_another_value_is_removed_as_a_near_miss() {
-    // A gate key gates the node whatever its value (see tests/untaint_gate_keys.rs).
+    // A gate key gates the node whatever its value (see untaint_gate_keys.rs).
     let node = Node::test(NODE).with_taints([taint(&format!("{GATE}=false:NoSchedule"))]);
     let ops = json!([
         {"op": "test", "path": "/spec/taints/0",
@@ -620,7 +618,11 @@ async fn the_fake_server_applies_a_patch_or_fails_its_test_like_kube_apiserver()
     let kept = vec![taint("x=y:NoSchedule")];
     for (ops, want, want_taints) in [
         (remove_at(1, GATE), Ok("2"), kept),
-        (remove_at(0, GATE), Err(422), fixtures::taints_of(&node)),
+        (
+            remove_at(0, GATE),
+            Err(422),
+            crate::fixtures::taints_of(&node),
+        ),
     ] {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let mut api = ApiServerVerifier {
@@ -638,6 +640,6 @@ async fn the_fake_server_applies_a_patch_or_fails_its_test_like_kube_apiserver()
         };
         assert_eq!(got.as_deref().map_err(|c| *c), want);
         let stored = api.stored.unwrap();
-        assert_eq!(fixtures::taints_of(&stored), want_taints);
+        assert_eq!(crate::fixtures::taints_of(&stored), want_taints);
     }
 }

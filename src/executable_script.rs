@@ -1,5 +1,6 @@
 //! Writing an executable script that a test then runs, shared by the library's unit tests
-//! (`src/lib.rs` includes this file) and the CLI fixtures (`cli_support`).
+//! (a `#[cfg(test)]` module of the library) and the CLI tests (`tests/cli/support.rs`
+//! includes this file).
 //!
 //! The file is written by a child `sh`, never through a file descriptor of the test process:
 //! test threads spawn processes all the time, and a forked child that has not yet exec'd holds

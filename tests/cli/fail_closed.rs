@@ -2,9 +2,7 @@
 //! as paths or names, and temporary file names that neither depend on a key's length nor
 //! outlive a crash.
 
-mod cli_support;
-
-use cli_support::*;
+use crate::support::*;
 use predicates::prelude::*;
 
 const USAGE: i32 = 2;

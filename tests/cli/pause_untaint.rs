@@ -1,13 +1,11 @@
 //! `pause` and the `untaint` command line, as the built binary.
 
-mod cli_support;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::support::loader;
 use apparmor_profile_loader::exit_code;
-use cli_support::loader;
 use predicates::prelude::*;
 
 /// Bound on the anonymous memory (heap, stacks, written data pages) of the release build's
@@ -77,7 +75,7 @@ fn pause_exits_zero_on_sigterm_with_one_thread() {
 
 #[test]
 fn pause_release_build_stays_under_its_anonymous_memory_bound() {
-    let Some(binary) = cli_support::release_binary("pause memory bound") else {
+    let Some(binary) = crate::support::release_binary("pause memory bound") else {
         return;
     };
     let pause = Pause::start(&binary);

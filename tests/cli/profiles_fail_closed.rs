@@ -1,17 +1,15 @@
 //! Fail-closed behaviour of `copy`, `load` and `validate` as the built binary (issue 9): who
 //! owns a loaded profile, children that leave the ConfigMap, names `load` could not prove,
 //! a compile that never ends, and the compile-once cache that must never serve stale policy.
-//! The fake kernel of `cli_support` stands in for securityfs; `kernel_e2e.rs` repeats the
+//! The fake kernel of `support` stands in for securityfs; `kernel_e2e.rs` repeats the
 //! kernel-facing cases on a real AppArmor kernel.
-
-mod cli_support;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::support::*;
 use apparmor_profile_loader::exit_code::{INVALID_PROFILES, NOT_LOADED};
-use cli_support::*;
 use predicates::prelude::*;
 
 const INVALID: i32 = INVALID_PROFILES as i32;

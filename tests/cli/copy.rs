@@ -1,13 +1,11 @@
 //! `copy` and `validate` run as the built binary with the real `apparmor_parser`: what reaches
 //! the host directory, what is refused, and that a refusal leaves the host untouched.
 
-mod cli_support;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
 
+use crate::support::*;
 use apparmor_profile_loader::exit_code;
-use cli_support::*;
 use predicates::prelude::*;
 
 const INVALID: i32 = exit_code::INVALID_PROFILES as i32;

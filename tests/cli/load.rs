@@ -2,12 +2,10 @@
 //! that delegates compiling to the real one). The real-kernel runs are in `kernel_e2e.rs`; these
 //! cover the decision logic: refuse, verify, prune, and never touch what is not ours.
 
-mod cli_support;
-
 use std::fs;
 
+use crate::support::*;
 use apparmor_profile_loader::exit_code;
-use cli_support::*;
 use predicates::prelude::*;
 
 const INVALID: i32 = exit_code::INVALID_PROFILES as i32;
