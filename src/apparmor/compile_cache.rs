@@ -44,7 +44,7 @@ impl CompileCache {
         fs::create_dir_all(cache_dir)?;
         let root = cache_dir.join(POLICY_DIR);
         real_dir(&root)?;
-        let id = toolchain::fingerprint(parser, Some(cache_dir))?;
+        let id = toolchain::fingerprint(parser)?;
         for entry in fs::read_dir(&root)? {
             let entry = entry?;
             let ours = entry

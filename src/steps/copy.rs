@@ -154,7 +154,7 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
     };
     let toolchain = match &cache {
         Some(c) => c.toolchain.clone(),
-        None => toolchain::fingerprint(parser, None)
+        None => toolchain::fingerprint(parser)
             .map_err(|source| io("fingerprint the parser", &parser.binary, source))?,
     };
     // What the record says a file defines holds only for the toolchain that said it.
