@@ -162,20 +162,7 @@ pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
             action: "start the runtime",
             source,
         })?;
-    let desired = match &args.node_report {
-        Some(path) => {
-            let report = NodeReport::load(path).map_err(UntaintError::Report)?;
-            let desired = Desired::from_report(args.label_prefix.clone(), &report);
-            for name in &desired.unlabelled {
-                tracing::warn!(profile = %name,
-                    "profile {name:?} cannot be a node label name (at most 63 letters, digits, \
-                     '-', '_' or '.'); it is listed in the annotation {} only",
-                    args.label_prefix.annotation_key());
-            }
-            Some(desired)
-        }
-        None => None,
-    };
+    let desired = desired_labels(&args)?;
     let outcome = runtime.block_on(async {
         let client = client(args.kubeconfig.as_deref()).await?;
         let mut term = signal(SignalKind::terminate()).map_err(|source| UntaintError::Runtime {
@@ -192,6 +179,29 @@ pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
             _ = int.recv() => Err(UntaintError::Stopped("SIGINT")),
         }
     })?;
+    log_outcome(&node, &outcome, desired.as_ref());
+    Ok(outcome)
+}
+
+/// The node labels `load`'s report asks for, when `--node-report` is set; warns about the
+/// profiles whose name cannot be a label.
+fn desired_labels(args: &UntaintOptions) -> Result<Option<Desired>, UntaintError> {
+    let Some(path) = &args.node_report else {
+        return Ok(None);
+    };
+    let report = NodeReport::load(path).map_err(UntaintError::Report)?;
+    let desired = Desired::from_report(args.label_prefix.clone(), &report);
+    for name in &desired.unlabelled {
+        tracing::warn!(profile = %name,
+            "profile {name:?} cannot be a node label name (at most 63 letters, digits, \
+             '-', '_' or '.'); it is listed in the annotation {} only",
+            args.label_prefix.annotation_key());
+    }
+    Ok(Some(desired))
+}
+
+/// The summary line of a run, and a warning per near miss removed.
+fn log_outcome(node: &str, outcome: &UntaintOutcome, desired: Option<&Desired>) {
     for near in &outcome.near_misses {
         tracing::warn!(
             taint = %near,
@@ -199,7 +209,7 @@ pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
              --taint values; whoever set it gated this node the same way"
         );
     }
-    let labels = match (&desired, outcome.label_ops) {
+    let labels = match (desired, outcome.label_ops) {
         (None, _) => String::new(),
         (Some(d), 0) => format!("; labels under {}/ already up to date", d.prefix),
         (Some(d), n) => format!(
@@ -221,7 +231,6 @@ pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
               label_ops = outcome.label_ops,
               "untaint complete: removed {} from node {node}{labels}", outcome.removed.join(", "));
     }
-    Ok(outcome)
 }
 
 // === The API calls ===
