@@ -1,31 +1,20 @@
 //! Wiring: parsed arguments in, one step run, an exit code out. Each step's library function
-//! does the work; this module builds their inputs, logs the outcome, and looks up the exit code
-//! of a failure once, from the typed error that caused it.
+//! does the work; this module builds their inputs from the arguments, logs the outcome, and
+//! exits with the code the failure carries ([`CliError`]).
 
-use std::error::Error as StdError;
-
-use anyhow::{Context, Result};
+use anyhow::Context;
 use tracing::{error, info, info_span};
 
-use crate::cli::{Cli, Command, NodeArgs, ParserArgs};
-use crate::exit_code::{self, ExitStatus};
-use crate::features::{Features, FeaturesError};
-use crate::kernel::{Kernel, KernelError};
-use crate::node_parser::NodeParser;
-use crate::parser::{Parser, ParserError};
-use crate::profile_check::CheckError;
-use crate::{copy, load, pause, untaint, validate};
-
-/// A usage error found after argument parsing (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-impl ExitStatus for UsageError {
-    fn exit_code(&self) -> u8 {
-        exit_code::USAGE
-    }
-}
+use crate::apparmor::features::Features;
+use crate::apparmor::kernel::Kernel;
+use crate::apparmor::node_parser::NodeParser;
+use crate::apparmor::parser::Parser;
+use crate::cli::{
+    Cli, Command, CopyArgs, LoadArgs, NodeArgs, ParserArgs, ProfileDirArgs, ValidateArgs,
+};
+use crate::exit_code::CliError;
+use crate::host::lock::LockOptions;
+use crate::steps::{copy, load, pause, untaint, validate};
 
 /// Runs the selected step and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
@@ -41,134 +30,137 @@ pub fn run(cli: Cli) -> u8 {
     let _entered = span.enter();
     match run_step(cli) {
         Ok(()) => 0,
-        Err(e) => {
-            let code = exit_code_of(&e);
-            error!(exit_code = code, "{e:#}");
-            code
+        Err(CliError { error, exit_code }) => {
+            error!(exit_code, "{error:#}");
+            exit_code
         }
     }
 }
 
-/// The exit code a failure deserves: that of the first error in its chain that knows one.
-pub fn exit_code_of(e: &anyhow::Error) -> u8 {
-    e.chain()
-        .find_map(typed_exit_code)
-        .unwrap_or(exit_code::INTERNAL)
-}
-
-fn typed_exit_code(e: &(dyn StdError + 'static)) -> Option<u8> {
-    macro_rules! try_types {
-        ($($t:ty),* $(,)?) => {
-            $(if let Some(e) = e.downcast_ref::<$t>() { return Some(e.exit_code()); })*
-        };
-    }
-    try_types!(
-        UsageError,
-        copy::CopyError,
-        load::LoadError,
-        validate::ValidateError,
-        untaint::UntaintError,
-        CheckError,
-        ParserError,
-        KernelError,
-        FeaturesError,
-        crate::node_parser::OsReleaseError,
-    );
-    None
-}
-
-fn run_step(cli: Cli) -> Result<()> {
+/// Runs the step the command line names: arguments to the step's options, the step, its
+/// summary line.
+fn run_step(cli: Cli) -> Result<(), CliError> {
     let node = cli.node_name.clone().unwrap_or_else(|| "unknown".into());
     match cli.command {
-        Command::Copy(args) => {
-            let parser = parser(&args.parser, Some(&args.node))?;
-            let node_parser = NodeParser::detect(&args.node.node_root, args.node_apparmor)?;
-            let v3_parser = Parser {
-                binary: args.v3_parser.clone(),
-                base: args.v3_base.clone(),
-                ..parser.clone()
-            };
-            let opts = copy::CopyOptions {
-                lock: args.profile_dir.lock_options(&node),
-                source: args.source,
-                dest: args.profile_dir.dest,
-                max_size: args.max_size,
-                cache_dir: args.cache_dir,
-                kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
-                adopt_loaded: args.adopt_loaded,
-                scratch_dir: args.scratch_dir,
-                node_parser,
-                v3_parser,
-            };
-            let report = copy::run(&opts, &parser)?;
-            if report.written.is_empty() && report.removed.is_empty() {
-                info!(
-                    written = 0,
-                    unchanged = report.unchanged.len(),
-                    removed = 0,
-                    "copy complete: nothing changed, {} profile files up to date in {}",
-                    report.unchanged.len(),
-                    opts.dest.display()
-                );
-            } else {
-                info!(
-                    written = report.written.len(),
-                    unchanged = report.unchanged.len(),
-                    removed = report.removed.len(),
-                    "copy complete: wrote [{}], removed [{}], {} unchanged, in {}",
-                    report.written.join(", "),
-                    report.removed.join(", "),
-                    report.unchanged.len(),
-                    opts.dest.display()
-                );
-            }
-        }
-        Command::Load(args) => {
-            let parser = parser(&args.parser, Some(&args.node))?;
-            let opts = load::LoadOptions {
-                lock: args.profile_dir.lock_options(&node),
-                dest: args.profile_dir.dest,
-                cache_dir: args.cache_dir,
-                kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
-                adopt_loaded: args.adopt_loaded,
-                node_report: args.node_report,
-            };
-            let r = load::run(&opts, &parser)?;
-            info!(loaded = r.loaded, unchanged = r.unchanged, retired = r.retired.len(),
-                  neutralised = r.neutralised.len(), verified = r.verified,
-                  took_ms = r.took_ms as u64,
-                  retired_profiles = %r.retired.join(","),
-                  neutralised_profiles = %r.neutralised.join(","),
-                  "load complete: loaded {}, unchanged {}, retired {}, neutralised {}, took {} ms",
-                  r.loaded, r.unchanged, r.retired.len(), r.neutralised.len(), r.took_ms);
-        }
+        Command::Copy(args) => run_copy(args, &node),
+        Command::Load(args) => run_load(args, &node),
         Command::Untaint(args) => {
-            untaint::run_step(cli.node_name, args)?;
+            untaint::run_step(untaint::UntaintOptions {
+                node: cli.node_name,
+                taints: args.taints,
+                kubeconfig: args.kubeconfig,
+                timeout: args.timeout,
+                node_report: args.node_report,
+                label_prefix: args.label_prefix,
+            })?;
+            Ok(())
         }
         Command::Pause => {
-            let signal =
-                pause::run(|| info!("pausing until SIGTERM")).context("cannot wait for signals")?;
+            let signal = pause::run(|| info!("pausing until SIGTERM"))
+                .context("cannot wait for signals")
+                .map_err(CliError::internal)?;
             info!("received {signal}, exiting");
+            Ok(())
         }
-        Command::Validate(args) => {
-            let parser = parser(&args.parser, None)?;
-            let compiled = validate::run(&args.paths, args.max_size, &parser)?;
-            let names: usize = compiled.iter().map(|c| c.names.len()).sum();
-            info!(
-                files = compiled.len(),
-                profiles = names,
-                "validate complete: {} files defining {} profiles, all valid",
-                compiled.len(),
-                names
-            );
-        }
+        Command::Validate(args) => run_validate(args),
+    }
+}
+
+// === One function per step ===
+
+fn run_copy(args: CopyArgs, node: &str) -> Result<(), CliError> {
+    let parser = parser(&args.parser, Some(&args.node))?;
+    let node_parser = NodeParser::detect(&args.node.node_root, args.node_apparmor)?;
+    let v3_parser = Parser {
+        binary: args.v3_parser.clone(),
+        base: args.v3_base.clone(),
+        ..parser.clone()
+    };
+    let opts = copy::CopyOptions {
+        lock: lock_options(&args.profile_dir, node),
+        source: args.source,
+        dest: args.profile_dir.dest,
+        max_size: args.max_size,
+        cache_dir: args.cache_dir,
+        kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
+        adopt_loaded: args.adopt_loaded,
+        scratch_dir: args.scratch_dir,
+        node_parser,
+        v3_parser,
+    };
+    let report = copy::run(&opts, &parser)?;
+    if report.written.is_empty() && report.removed.is_empty() {
+        info!(
+            written = 0,
+            unchanged = report.unchanged.len(),
+            removed = 0,
+            "copy complete: nothing changed, {} profile files up to date in {}",
+            report.unchanged.len(),
+            opts.dest.display()
+        );
+    } else {
+        info!(
+            written = report.written.len(),
+            unchanged = report.unchanged.len(),
+            removed = report.removed.len(),
+            "copy complete: wrote [{}], removed [{}], {} unchanged, in {}",
+            report.written.join(", "),
+            report.removed.join(", "),
+            report.unchanged.len(),
+            opts.dest.display()
+        );
     }
     Ok(())
 }
 
+fn run_load(args: LoadArgs, node: &str) -> Result<(), CliError> {
+    let parser = parser(&args.parser, Some(&args.node))?;
+    let opts = load::LoadOptions {
+        lock: lock_options(&args.profile_dir, node),
+        dest: args.profile_dir.dest,
+        cache_dir: args.cache_dir,
+        kernel: Kernel::new(&args.node.securityfs, &args.node.enabled_file),
+        adopt_loaded: args.adopt_loaded,
+        node_report: args.node_report,
+    };
+    let r = load::run(&opts, &parser)?;
+    info!(loaded = r.loaded, unchanged = r.unchanged, retired = r.retired.len(),
+          neutralised = r.neutralised.len(), verified = r.verified,
+          took_ms = r.took_ms as u64,
+          retired_profiles = %r.retired.join(","),
+          neutralised_profiles = %r.neutralised.join(","),
+          "load complete: loaded {}, unchanged {}, retired {}, neutralised {}, took {} ms",
+          r.loaded, r.unchanged, r.retired.len(), r.neutralised.len(), r.took_ms);
+    Ok(())
+}
+
+fn run_validate(args: ValidateArgs) -> Result<(), CliError> {
+    let parser = parser(&args.parser, None)?;
+    let compiled = validate::run(&args.paths, args.max_size, &parser)?;
+    let names: usize = compiled.iter().map(|c| c.names.len()).sum();
+    info!(
+        files = compiled.len(),
+        profiles = names,
+        "validate complete: {} files defining {} profiles, all valid",
+        compiled.len(),
+        names
+    );
+    Ok(())
+}
+
+// === Arguments to options ===
+
+/// The run lock's settings for this node.
+fn lock_options(args: &ProfileDirArgs, node: &str) -> LockOptions {
+    LockOptions {
+        timeout: args.lock_timeout,
+        node: node.to_string(),
+    }
+}
+
 /// The parser settings shared by `copy`, `load` and `validate`; on a node, compiling for the
 /// feature set the node's own boot uses.
-fn parser(args: &ParserArgs, node: Option<&NodeArgs>) -> Result<Parser> {
+fn parser(args: &ParserArgs, node: Option<&NodeArgs>) -> Result<Parser, CliError> {
     let binary = Parser::locate(&args.parser)?;
     let jobs = args
         .jobs
@@ -191,6 +183,10 @@ fn parser(args: &ParserArgs, node: Option<&NodeArgs>) -> Result<Parser> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apparmor::kernel::KernelError;
+    use crate::apparmor::parser::ParserError;
+    use crate::profile::check::CheckError;
+    use crate::profile::ownership::{Claimant, SomeoneElses};
     use std::path::PathBuf;
 
     /// Every error variant an operator can meet, driven to the exit code the README promises.
@@ -198,17 +194,16 @@ mod tests {
     fn each_error_maps_to_its_documented_exit_code() {
         let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         let p = PathBuf::from("/x");
-        let cases: Vec<(anyhow::Error, u8)> = vec![
-            (UsageError("x".into()).into(), 2),
+        let cases: Vec<(CliError, u8)> = vec![
             (
-                validate::ValidateError::Source(crate::profile_files::SourceError::NotFound(
+                validate::ValidateError::Source(crate::profile::source::SourceError::NotFound(
                     p.clone(),
                 ))
                 .into(),
                 2,
             ),
             (
-                validate::ValidateError::Source(crate::profile_files::SourceError::Io {
+                validate::ValidateError::Source(crate::profile::source::SourceError::Io {
                     path: p.clone(),
                     source: io(),
                 })
@@ -289,7 +284,14 @@ mod tests {
                 .into(),
                 1,
             ),
-            (load::LoadError::Foreign(vec![]).into(), 3),
+            (
+                load::LoadError::Foreign(SomeoneElses {
+                    names: vec![],
+                    claimant: Claimant::Load,
+                })
+                .into(),
+                3,
+            ),
             (load::LoadError::NotCopied(p.clone()).into(), 3),
             (
                 load::LoadError::NotLoaded {
@@ -300,12 +302,12 @@ mod tests {
                 5,
             ),
             (
-                load::LoadError::NotNeutralised(vec![], "x".into()).into(),
+                load::LoadError::NotNeutralised(vec![], load::NeutraliseFailure::NotInForce).into(),
                 5,
             ),
             // A parser killed (OOM) or timed out during the load itself is not "not loaded".
             (
-                load::LoadError::Parser(crate::parser::ParserError::Killed {
+                load::LoadError::Parser(crate::apparmor::parser::ParserError::Killed {
                     action: "loading",
                     signal: 9,
                     hint: "",
@@ -314,7 +316,7 @@ mod tests {
                 1,
             ),
             (
-                load::LoadError::Parser(crate::parser::ParserError::TimedOut {
+                load::LoadError::Parser(crate::apparmor::parser::ParserError::TimedOut {
                     action: "loading",
                     timeout: std::time::Duration::from_secs(1),
                     files: "k".into(),
@@ -335,7 +337,14 @@ mod tests {
                 3,
             ),
             (copy::CopyError::Empty(p.clone()).into(), 3),
-            (copy::CopyError::Foreign(vec![]).into(), 3),
+            (
+                copy::CopyError::Foreign(SomeoneElses {
+                    names: vec![],
+                    claimant: Claimant::Copy,
+                })
+                .into(),
+                3,
+            ),
             (
                 copy::CopyError::Clash {
                     dest: p.clone(),
@@ -364,16 +373,9 @@ mod tests {
             (untaint::UntaintError::Stopped("SIGTERM").into(), 6),
         ];
         for (err, code) in cases {
-            assert_eq!(exit_code_of(&err), code, "{err:#}");
+            assert_eq!(err.exit_code, code, "{:#}", err.error);
         }
-        // Context added on the way up does not change the code.
-        let wrapped = anyhow::Error::from(load::LoadError::NotLoaded {
-            missing: vec![],
-            parser: None,
-        })
-        .context("while loading");
-        assert_eq!(exit_code_of(&wrapped), 5);
         // An error no step owns is internal.
-        assert_eq!(exit_code_of(&anyhow::anyhow!("bug")), 1);
+        assert_eq!(CliError::internal(anyhow::anyhow!("bug")).exit_code, 1);
     }
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::kernel::{DEFAULT_ENABLED_FILE, DEFAULT_SECURITYFS};
+use crate::apparmor::kernel::{DEFAULT_ENABLED_FILE, DEFAULT_SECURITYFS};
+use crate::kube::taint::{AUTOSCALER_GATE_TAINT, GATE_TAINT, Taint};
 use crate::logging::LogFormat;
-use crate::taint::{AUTOSCALER_GATE_TAINT, GATE_TAINT, Taint};
 
 /// Loads AppArmor profiles from a ConfigMap onto a Kubernetes node before any workload can be
 /// scheduled there.
@@ -154,16 +154,6 @@ pub struct ProfileDirArgs {
     pub lock_timeout: Duration,
 }
 
-impl ProfileDirArgs {
-    /// The run lock's settings for this node.
-    pub fn lock_options(&self, node: &str) -> crate::lock::LockOptions {
-        crate::lock::LockOptions {
-            timeout: self.lock_timeout,
-            node: node.to_string(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct CopyArgs {
     /// The ConfigMap volume (keys are symlinks through `..data`, read as one generation).
@@ -178,7 +168,7 @@ pub struct CopyArgs {
     pub profile_dir: ProfileDirArgs,
 
     /// Largest accepted profile file, in bytes.
-    #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile_files::DEFAULT_MAX_SIZE)]
+    #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile::source::DEFAULT_MAX_SIZE)]
     pub max_size: u64,
 
     /// The compile cache directory `load` uses (its --cache-dir). With it, copy's validating
@@ -207,7 +197,7 @@ pub struct CopyArgs {
         value_enum,
         default_value = "auto"
     )]
-    pub node_apparmor: crate::node_parser::NodeAppArmor,
+    pub node_apparmor: crate::apparmor::node_parser::NodeAppArmor,
 
     /// The AppArmor 3 parser for reboot parity: on a node whose <NODE_ROOT>/etc/os-release
     /// names a release that ships AppArmor 3 (Ubuntu 22.04, Debian 12), every new or changed
@@ -303,9 +293,9 @@ pub struct UntaintArgs {
     #[arg(
         long,
         env = "APPARMOR_LOADER_LABEL_PREFIX",
-        default_value = crate::node_labels::DEFAULT_PREFIX,
+        default_value = crate::profile::node_labels::DEFAULT_PREFIX,
     )]
-    pub label_prefix: crate::node_labels::LabelPrefix,
+    pub label_prefix: crate::profile::node_labels::LabelPrefix,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -315,7 +305,7 @@ pub struct ValidateArgs {
     pub paths: Vec<PathBuf>,
 
     /// Largest accepted profile file, in bytes.
-    #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile_files::DEFAULT_MAX_SIZE)]
+    #[arg(long, env = "APPARMOR_LOADER_MAX_SIZE", default_value_t = crate::profile::source::DEFAULT_MAX_SIZE)]
     pub max_size: u64,
 
     #[command(flatten)]

@@ -49,6 +49,38 @@ pub trait ExitStatus {
     fn exit_code(&self) -> u8;
 }
 
+/// Why a run failed, with the exit code it deserves: the one error value that travels to the
+/// top (cargo's `CliError`). A typed error brings its own code ([`ExitStatus`]) when it becomes
+/// a `CliError`, so there is no second table from error types to codes.
+#[derive(Debug)]
+pub struct CliError {
+    /// What went wrong, with its causes (logged as `{:#}`: the message and each cause).
+    pub error: anyhow::Error,
+    pub exit_code: u8,
+}
+
+impl CliError {
+    /// A failure outside the typed errors (exit 1, [`INTERNAL`]).
+    pub fn internal(error: anyhow::Error) -> Self {
+        CliError {
+            error,
+            exit_code: INTERNAL,
+        }
+    }
+}
+
+impl<E> From<E> for CliError
+where
+    E: ExitStatus + std::error::Error + Send + Sync + 'static,
+{
+    fn from(error: E) -> Self {
+        CliError {
+            exit_code: error.exit_code(),
+            error: error.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,35 +1,35 @@
 //! apparmor-profile-loader: gets AppArmor profiles onto a Kubernetes node, proven loaded, before
-//! the node's gate taint is removed. One module per step of the DaemonSet pod, plus the kernel
-//! interface, the parser and the profile files they share.
+//! the node's gate taint is removed.
 //!
-//! Pod order: [`copy`] → [`load`] → [`untaint`] (init containers), then [`pause`].
+//! The folders are layers; each names only the layers below it:
+//!
+//! - top: [`cli`] (arguments), [`app`] (wiring: arguments to step options, one step run, an exit
+//!   code out), [`logging`], [`exit_code`];
+//! - `steps`: one module per container of the DaemonSet pod, in pod order `copy` → `load` →
+//!   `untaint` (init containers), then `pause`; plus `validate` for an operator's CI;
+//! - `profile`: ConfigMap keys and the profile volume, profile names, checking a set of profile
+//!   files, the ownership records on the host, the node labels `load` reports to `untaint`;
+//! - `kube`: the gate taint;
+//! - `apparmor`: the parser process, its compile cache and toolchain fingerprint, the node's
+//!   feature set and parser generation, the kernel's profile list;
+//! - `host`: crash-safe writes, non-blocking reads of host files, the run lock.
+//!
+//! Public is only what `src/bin/` and the integration tests use.
 
 pub mod app;
-pub mod atomic_file;
 pub mod cli;
-pub mod compile_cache;
-pub mod copy;
 pub mod exit_code;
-pub mod features;
-pub mod host_file;
-pub mod kernel;
-pub mod load;
-pub mod lock;
 pub mod logging;
-pub mod node_labels;
-pub mod node_parser;
-pub mod parser;
-pub mod pause;
-pub mod pool;
-pub mod profile_check;
-pub mod profile_files;
-pub mod profile_names;
-pub mod state;
-pub mod taint;
-pub mod toolchain;
-pub mod untaint;
-pub mod validate;
+
+mod apparmor;
+mod host;
+mod kube;
+mod profile;
+mod steps;
+
+pub use kube::taint;
+pub use profile::node_labels;
+pub use steps::untaint;
 
 #[cfg(test)]
-#[path = "../tests/executable_script/mod.rs"]
-pub(crate) mod executable_script;
+mod executable_script;

@@ -1,0 +1,3 @@
+//! Kubernetes: the gate taint (`taint`).
+
+pub mod taint;

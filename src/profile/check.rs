@@ -1,0 +1,348 @@
+//! Checking a set of profile files: compile them, learn what each defines and in which mode,
+//! and apply our rules on what is defined. `validate`, `copy` and `load` all check through
+//! here, so an operator's CI, the copy step and the load step refuse exactly the same files,
+//! and every name that passes is one `load` can load, verify and unload.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
+use crate::apparmor::pool;
+use crate::exit_code::{self, ExitStatus};
+use crate::profile::names::{check_name_set, check_profile_name};
+use crate::profile::ownership;
+use crate::profile::records::Inventory;
+use crate::profile::source::{ProfileInput, Rejection, Source};
+
+/// A profile file that compiles, with what it defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledProfile {
+    pub key: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Every profile the file defines, from `--names` (children as `parent//child`).
+    pub names: Vec<String>,
+    /// The mode each top-level profile asks for (`enforce` unless its flags say otherwise).
+    pub modes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Parser(#[from] ParserError),
+    #[error("{} of {total} profile files are refused:\n  {}", .refused.len(), .refused.join("\n  "))]
+    Refused { refused: Vec<String>, total: usize },
+    #[error("two files define the same profile name: {0}")]
+    DuplicateNames(String),
+    #[error("{} of the profile keys are invalid, nothing was changed:\n  {}", .0.len(), list(.0))]
+    Rejected(Vec<Rejection>),
+}
+
+fn list(rejections: &[Rejection]) -> String {
+    rejections
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+impl ExitStatus for CheckError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CheckError::Parser(e) => e.exit_code(),
+            CheckError::Refused { .. }
+            | CheckError::DuplicateNames(_)
+            | CheckError::Rejected(_) => exit_code::INVALID_PROFILES,
+        }
+    }
+}
+
+/// Logs the keys skipped on purpose and refuses the source if any key was rejected by the
+/// rules that need no parser.
+pub fn accept_keys(source: &Source) -> Result<(), CheckError> {
+    for key in &source.skipped {
+        tracing::warn!(key = %key, "skipping {key}: a Kubernetes manifest, not a profile");
+    }
+    if source.rejected.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckError::Rejected(source.rejected.clone()))
+    }
+}
+
+/// Compiles the files `known` does not describe (with `cache`), learns what every file
+/// defines, and refuses what we could not prove in the kernel.
+///
+/// A file whose hash matches an entry of `known` (a record this tool wrote after asking the
+/// parser about the same bytes) is not compiled or asked about again.
+pub fn check(
+    inputs: &[ProfileInput],
+    parser: &Parser,
+    known: &Inventory,
+    cache: Cache<'_>,
+) -> Result<Vec<CompiledProfile>, CheckError> {
+    let fresh = ownership::unproven(known, inputs);
+    // Names and modes come from parse-only passes that do not need the compile's output, so
+    // they run beside it, on CPU the compile leaves idle (its start, its last file). Should the
+    // compile fail, their answer is dropped and the compile's error is the one reported.
+    let (described, compiled) = pool::join(
+        || describe_all(parser, &fresh),
+        || parser.compile(&fresh, cache),
+    );
+    compiled?;
+    let mut described: BTreeMap<&str, Described> = fresh
+        .iter()
+        .map(|i| i.key.as_str())
+        .zip(described?)
+        .collect();
+    let mut compiled = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let (names, modes) = match known.describes(&input.key, &input.sha256) {
+            Some(entry) => (entry.profiles.clone(), entry.modes.clone()),
+            None => described.remove(input.key.as_str()).unwrap_or_default(),
+        };
+        compiled.push(CompiledProfile {
+            key: input.key.clone(),
+            path: input.path.clone(),
+            sha256: input.sha256.clone(),
+            names,
+            modes,
+        });
+    }
+    let refused: Vec<String> = compiled.iter().flat_map(refusals).collect();
+    if !refused.is_empty() {
+        return Err(CheckError::Refused {
+            refused,
+            total: inputs.len(),
+        });
+    }
+    reject_duplicate_names(&compiled)?;
+    Ok(compiled)
+}
+
+/// What one file defines: its profile names and the mode of each top-level one.
+type Described = (Vec<String>, BTreeMap<String, String>);
+
+/// A file for the parser: one of ours, or a marker between them.
+struct Item {
+    key: String,
+    path: PathBuf,
+}
+
+impl ParserInput for Item {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// Names (`--names`) and modes (the debug dump) of files that compile, in two parser
+/// processes side by side for all of them rather than two per file (process start-up
+/// dominates on a small node). Marker profiles between the files split the parser's output
+/// per file; should the markers not come back in order, each file is asked about alone.
+fn describe_all(parser: &Parser, files: &[&ProfileInput]) -> Result<Vec<Described>, CheckError> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = tempfile::tempdir().map_err(|source| ParserError::Output {
+        binary: parser.binary.clone(),
+        source,
+    })?;
+    let nonce = format!("{}-{}", std::process::id(), dir.path().display()).replace('/', "_");
+    let marker = |i: usize| format!("apparmor-profile-loader-marker-{i}-{nonce}");
+    let mut sequence = Vec::with_capacity(files.len() * 2 + 1);
+    for i in 0..=files.len() {
+        let path = dir.path().join(format!("marker-{i}"));
+        std::fs::write(&path, format!("profile \"{}\" {{\n}}\n", marker(i))).map_err(|source| {
+            ParserError::Output {
+                binary: parser.binary.clone(),
+                source,
+            }
+        })?;
+        sequence.push(Item {
+            key: format!("(marker {i})"),
+            path,
+        });
+        if let Some(f) = files.get(i) {
+            sequence.push(Item {
+                key: f.key.clone(),
+                path: f.path.clone(),
+            });
+        }
+    }
+    let (names, modes) = pool::join(|| parser.names(&sequence), || parser.modes(&sequence));
+    let names = split_at_markers(names?, files.len(), &marker, |n| n);
+    let modes = split_at_markers(modes?, files.len(), &marker, |(n, _)| n);
+    match (names, modes) {
+        (Some(names), Some(modes)) => Ok(names
+            .into_iter()
+            .zip(modes)
+            .map(|(names, dumped)| with_modes(names, dumped.into_iter().collect()))
+            .collect()),
+        _ => {
+            tracing::debug!("the parser's output did not split at the markers; asking per file");
+            pool::map(parser.jobs, files, |f| {
+                let names = parser.names(&[*f])?;
+                let dumped = parser.modes(&[*f])?;
+                Ok(with_modes(names, dumped.into_iter().collect()))
+            })
+            .into_iter()
+            .collect()
+        }
+    }
+}
+
+/// Splits an ordered output at the marker names `marker(0)` … `marker(files)`, which must each
+/// come exactly once and in order; `None` otherwise.
+fn split_at_markers<T>(
+    items: Vec<T>,
+    files: usize,
+    marker: &dyn Fn(usize) -> String,
+    name: impl Fn(&T) -> &String,
+) -> Option<Vec<Vec<T>>> {
+    let mut groups: Vec<Vec<T>> = Vec::with_capacity(files);
+    let mut seen = 0;
+    for item in items {
+        if *name(&item) == marker(seen) {
+            seen += 1;
+            if seen <= files {
+                groups.push(Vec::new());
+            }
+        } else if (1..=files).contains(&seen) {
+            groups.last_mut()?.push(item);
+        } else {
+            return None;
+        }
+    }
+    (seen == files + 1).then_some(groups)
+}
+
+/// Top-level names with the mode the dump gives them; a name the dump cannot account for (a
+/// quoted name with a newline) stays without a mode and is refused.
+fn with_modes(names: Vec<String>, dumped: BTreeMap<String, String>) -> Described {
+    let modes = names
+        .iter()
+        .filter(|n| !n.contains("//"))
+        .filter_map(|n| dumped.get(n).map(|m| (n.clone(), m.clone())))
+        .collect();
+    (names, modes)
+}
+
+/// Why one compiled file is refused: it defines nothing, or a name we could not prove.
+fn refusals(p: &CompiledProfile) -> Vec<String> {
+    let key = &p.key;
+    if p.names.is_empty() {
+        return vec![format!(
+            "key {key:?}: the file defines no profile (only comments, variables or includes), \
+             so nothing would be loaded from it; remove the key or add the profile"
+        )];
+    }
+    let mut out = Vec::new();
+    for name in &p.names {
+        if let Err(reason) = check_profile_name(name) {
+            out.push(format!(
+                "key {key:?}: profile name {name:?} is refused: {reason}"
+            ));
+        } else if !name.contains("//") && !p.modes.contains_key(name) {
+            out.push(format!(
+                "key {key:?}: profile name {name:?} cannot be read back from the parser (does a \
+                 quoted name contain a newline or another control character?)"
+            ));
+        }
+    }
+    if let Err(reason) = check_name_set(&p.names) {
+        out.push(format!("key {key:?}: {reason}"));
+    }
+    out
+}
+
+/// Refuses a set of files in which two define the same profile name: one would silently
+/// replace the other in the kernel.
+fn reject_duplicate_names(compiled: &[CompiledProfile]) -> Result<(), CheckError> {
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut clashes = BTreeSet::new();
+    for p in compiled {
+        for name in &p.names {
+            if let Some(first) = owner.insert(name, &p.key) {
+                clashes.insert(format!("{name:?} in {first:?} and {:?}", p.key));
+            }
+        }
+    }
+    if clashes.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckError::DuplicateNames(
+            clashes.into_iter().collect::<Vec<_>>().join(", "),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(key: &str, names: &[&str]) -> CompiledProfile {
+        CompiledProfile {
+            key: key.into(),
+            path: PathBuf::from(key),
+            sha256: String::new(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+            modes: names
+                .iter()
+                .filter(|n| !n.contains("//"))
+                .map(|n| (n.to_string(), "enforce".to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn output_splits_at_markers_in_order_or_not_at_all() {
+        let marker = |i: usize| format!("m{i}");
+        let out = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let split = |v: &[&str], n| split_at_markers(out(v), n, &marker, |s| s);
+        assert_eq!(
+            split(&["m0", "a", "a//h", "m1", "m2", "c", "m3"], 3),
+            Some(vec![out(&["a", "a//h"]), out(&[]), out(&["c"])])
+        );
+        assert_eq!(split(&["m0", "a", "m1"], 1), Some(vec![out(&["a"])]));
+        // Missing, out-of-order or surplus markers, or output before the first: no split.
+        assert_eq!(split(&["m0", "a", "m2", "m1"], 2), None);
+        assert_eq!(split(&["m0", "a"], 1), None);
+        assert_eq!(split(&["x", "m0", "a", "m1"], 1), None);
+        assert_eq!(split(&["m0", "a", "m1", "stray"], 1), None);
+    }
+
+    #[test]
+    fn duplicate_names_name_both_files() {
+        let err = reject_duplicate_names(&[p("a", &["x", "y"]), p("b", &["y"])]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "two files define the same profile name: \"y\" in \"a\" and \"b\""
+        );
+        assert!(reject_duplicate_names(&[p("a", &["x"]), p("b", &["y"])]).is_ok());
+    }
+
+    #[test]
+    fn files_and_names_we_could_not_prove_are_refused() {
+        assert!(refusals(&p("ok", &["ok", "ok//hat"])).is_empty());
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "defines no profile"),
+            (&[":ns1:name"], "policy namespace"),
+            (&["a\nb"], "control character"),
+            (&["a//b"], "which is not defined alongside it"),
+            (&["hostprof//x", "mine"], "\"hostprof\""),
+            (&["cri-containerd.apparmor.d"], "container runtime"),
+            (&["docker-default"], "container runtime"),
+        ];
+        let mut unread = p("k", &["a", "b"]);
+        unread.modes.clear();
+        assert!(refusals(&unread).join("; ").contains("cannot be read back"));
+        for (names, expect) in cases {
+            let r = refusals(&p("k", names)).join("; ");
+            assert!(r.contains(expect), "{names:?}: {r}");
+            assert!(r.starts_with("key \"k\""), "{r}");
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! What a node tells the scheduler and the operator about the profiles it enforces: one label per
+//! profile `load` loaded (`<prefix>/<profile>` = a short digest of the file it came from), and one
+//! annotation (`<prefix>/profiles`) with every profile's full digest, the retired ones and the
+//! loader's version.
+//!
+//! `load` writes what it loaded to a pod-local file (the [`NodeReport`]); `untaint`, which has no
+//! host mount, reads it and brings the node's labels and annotation in line in the same JSON
+//! Patch that removes the gate taint. A workload that selects `<prefix>/<profile>` therefore never
+//! lands on a node before its profile is loaded, with or without a taint.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Node;
+use serde::{Deserialize, Serialize};
+
+use crate::host::host_file::{self, Links};
+use crate::profile;
+
+/// The default label prefix.
+pub const DEFAULT_PREFIX: &str = "apparmor-profile-loader";
+
+/// Characters of a profile file's digest a label carries: enough to tell versions apart during
+/// a rollout, short enough to read in `kubectl get nodes -L`.
+const LABEL_DIGEST_LEN: usize = 12;
+
+/// The annotation's name under the prefix.
+const ANNOTATION_NAME: &str = "profiles";
+
+/// A label prefix (a DNS subdomain, as Kubernetes requires of the part before `/`), validated
+/// where it enters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelPrefix(String);
+
+impl std::str::FromStr for LabelPrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if s.len() <= 253 && s.split('.').all(label_ok) {
+            Ok(LabelPrefix(s.to_string()))
+        } else {
+            Err(format!(
+                "invalid label prefix {s:?}: a DNS subdomain is expected (lowercase letters, \
+                 digits, '-' and '.', at most 253 characters), e.g. {DEFAULT_PREFIX}"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for LabelPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl LabelPrefix {
+    /// The node label for a profile, or `None` when the profile name cannot be a label name
+    /// (more than 63 characters, or characters a label name may not have, such as `/`).
+    pub fn label_key(&self, profile: &str) -> Option<String> {
+        let ok = !profile.is_empty()
+            && profile.len() <= 63
+            && profile
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && profile.as_bytes()[0].is_ascii_alphanumeric()
+            && profile.as_bytes()[profile.len() - 1].is_ascii_alphanumeric();
+        ok.then(|| format!("{}/{profile}", self.0))
+    }
+
+    /// The annotation that lists everything.
+    pub fn annotation_key(&self) -> String {
+        format!("{}/{ANNOTATION_NAME}", self.0)
+    }
+
+    fn owns(&self, key: &str) -> bool {
+        key.strip_prefix(&self.0)
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+}
+
+/// What `load` hands to `untaint`: the top-level profiles it verified in the kernel, each with
+/// the SHA-256 of the file it came from, and the retired ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub loader: String,
+    pub profiles: BTreeMap<String, String>,
+    #[serde(default)]
+    pub retired: BTreeSet<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(
+        "cannot read {path}, where load reports what it loaded: {reason}. The load init \
+         container writes it into the pod-local volume both containers mount; check that load \
+         ran in this pod with the same --node-report"
+    )]
+    Read { path: String, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl crate::exit_code::ExitStatus for ReportError {
+    fn exit_code(&self) -> u8 {
+        crate::exit_code::INTERNAL
+    }
+}
+
+impl NodeReport {
+    /// Writes the report atomically (the directory is pod-local).
+    pub fn save(&self, path: &Path) -> Result<(), ReportError> {
+        let write_err = |source| ReportError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| write_err(std::io::Error::other("not a file name")))?;
+        let json = serde_json::to_vec_pretty(self).expect("report serializes");
+        crate::host::atomic_file::write(dir, name, &json, 0o644).map_err(write_err)
+    }
+
+    /// Reads a report, checking every name as `load` checked it.
+    pub fn load(path: &Path) -> Result<Self, ReportError> {
+        let read_err = |reason: String| ReportError::Read {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = host_file::read(path, Links::Refuse).map_err(|e| read_err(e.to_string()))?;
+        let report: NodeReport =
+            serde_json::from_slice(&bytes).map_err(|e| read_err(e.to_string()))?;
+        for name in report.profiles.keys().chain(&report.retired) {
+            profile::names::check_profile_name(name)
+                .map_err(|e| read_err(format!("profile {name:?}: {e}")))?;
+        }
+        Ok(report)
+    }
+}
+
+/// The labels and annotation a node should carry under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub prefix: LabelPrefix,
+    pub labels: BTreeMap<String, String>,
+    pub annotation: String,
+    /// Profiles whose name cannot be a label name: in the annotation only.
+    pub unlabelled: Vec<String>,
+}
+
+impl Desired {
+    pub fn from_report(prefix: LabelPrefix, report: &NodeReport) -> Self {
+        let mut labels = BTreeMap::new();
+        let mut unlabelled = Vec::new();
+        for (name, digest) in &report.profiles {
+            let short: String = digest
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(LABEL_DIGEST_LEN)
+                .collect();
+            match prefix.label_key(name) {
+                Some(key) => {
+                    labels.insert(key, short);
+                }
+                None => unlabelled.push(name.clone()),
+            }
+        }
+        let annotation = serde_json::json!({
+            "loader": report.loader,
+            "profiles": report.profiles,
+            "retired": report.retired,
+        })
+        .to_string();
+        Desired {
+            prefix,
+            labels,
+            annotation,
+            unlabelled,
+        }
+    }
+
+    /// JSON Patch operations that bring `node`'s labels and annotation under the prefix in
+    /// line: labels of profiles that left go, changed digests change, the annotation is set.
+    /// Empty when the node already shows exactly this. Labels and annotations outside the
+    /// prefix are never touched.
+    pub fn patch_ops(&self, node: &Node) -> Vec<serde_json::Value> {
+        let mut ops = Vec::new();
+        let have_labels = node.metadata.labels.clone().unwrap_or_default();
+        let have_annotations = node.metadata.annotations.clone().unwrap_or_default();
+        let changed_labels: Vec<(&String, &String)> = self
+            .labels
+            .iter()
+            .filter(|(k, v)| have_labels.get(*k) != Some(*v))
+            .collect();
+        if node.metadata.labels.is_none() && !changed_labels.is_empty() {
+            ops.push(serde_json::json!({"op": "add", "path": "/metadata/labels", "value": {}}));
+        }
+        for (k, v) in changed_labels {
+            ops.push(serde_json::json!({"op": "add", "path": label_path("labels", k), "value": v}));
+        }
+        for k in have_labels.keys() {
+            if self.prefix.owns(k) && !self.labels.contains_key(k) {
+                ops.push(serde_json::json!({"op": "remove", "path": label_path("labels", k)}));
+            }
+        }
+        let key = self.prefix.annotation_key();
+        if have_annotations.get(&key) != Some(&self.annotation) {
+            if node.metadata.annotations.is_none() {
+                ops.push(
+                    serde_json::json!({"op": "add", "path": "/metadata/annotations", "value": {}}),
+                );
+            }
+            ops.push(serde_json::json!({
+                "op": "add", "path": label_path("annotations", &key), "value": self.annotation,
+            }));
+        }
+        ops
+    }
+}
+
+/// A JSON Pointer to one key of `metadata.<map>` (RFC 6901: `~` → `~0`, `/` → `~1`).
+fn label_path(map: &str, key: &str) -> String {
+    format!(
+        "/metadata/{map}/{}",
+        key.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn prefix() -> LabelPrefix {
+        DEFAULT_PREFIX.parse().unwrap()
+    }
+
+    fn node(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Node {
+        let map = |kv: &[(&str, &str)]| {
+            (!kv.is_empty()).then(|| {
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+        };
+        Node {
+            metadata: ObjectMeta {
+                labels: map(labels),
+                annotations: map(annotations),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        }
+    }
+
+    fn report(profiles: &[(&str, &str)], retired: &[&str]) -> NodeReport {
+        NodeReport {
+            loader: "0.1.0".into(),
+            profiles: profiles
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.to_string()))
+                .collect(),
+            retired: retired.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn prefixes_and_label_names_table() {
+        for ok in ["apparmor-profile-loader", "profiles.example.com", "a"] {
+            assert!(ok.parse::<LabelPrefix>().is_ok(), "{ok}");
+        }
+        for bad in ["", "Upper", "a/b", "-a", "a-", "a..b", "a_b"] {
+            assert!(bad.parse::<LabelPrefix>().is_err(), "{bad}");
+        }
+        let p = prefix();
+        assert_eq!(
+            p.label_key("k8s-nginx").as_deref(),
+            Some("apparmor-profile-loader/k8s-nginx")
+        );
+        for unlabelable in ["/usr/bin/foo", "a b", "-x", &"x".repeat(64), "p//hat", ""] {
+            assert_eq!(p.label_key(unlabelable), None, "{unlabelable:?}");
+        }
+    }
+
+    #[test]
+    fn patch_adds_changes_and_removes_only_under_the_prefix() {
+        let want = Desired::from_report(
+            prefix(),
+            &report(
+                &[
+                    ("k8s-a", "sha256:aaaaaaaaaaaaaaaa"),
+                    ("/usr/bin/x", "sha256:bbbb"),
+                ],
+                &["k8s-old"],
+            ),
+        );
+        assert_eq!(want.unlabelled, ["/usr/bin/x"]);
+        // A fresh node without labels or annotations.
+        let ops = want.patch_ops(&Node::default());
+        let paths: Vec<_> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/metadata/labels",
+                "/metadata/labels/apparmor-profile-loader~1k8s-a",
+                "/metadata/annotations",
+                "/metadata/annotations/apparmor-profile-loader~1profiles",
+            ]
+        );
+        assert_eq!(ops[1]["value"], "aaaaaaaaaaaa");
+        let annotation: serde_json::Value =
+            serde_json::from_str(ops[3]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(annotation["retired"], serde_json::json!(["k8s-old"]));
+        assert_eq!(annotation["profiles"]["/usr/bin/x"], "sha256:bbbb");
+
+        // A node that shows exactly this: nothing to do.
+        let current = node(
+            &[
+                ("apparmor-profile-loader/k8s-a", "aaaaaaaaaaaa"),
+                ("kubernetes.io/os", "linux"),
+            ],
+            &[("apparmor-profile-loader/profiles", &want.annotation)],
+        );
+        assert!(want.patch_ops(&current).is_empty());
+
+        // A profile left, another changed; other labels stay.
+        let stale = node(
+            &[
+                ("apparmor-profile-loader/k8s-a", "000000000000"),
+                ("apparmor-profile-loader/k8s-gone", "111111111111"),
+                ("apparmor-profile-loader-other/x", "1"),
+                ("kubernetes.io/os", "linux"),
+            ],
+            &[("apparmor-profile-loader/profiles", &want.annotation)],
+        );
+        let ops = want.patch_ops(&stale);
+        assert_eq!(
+            ops,
+            [
+                serde_json::json!({"op": "add", "path": "/metadata/labels/apparmor-profile-loader~1k8s-a", "value": "aaaaaaaaaaaa"}),
+                serde_json::json!({"op": "remove", "path": "/metadata/labels/apparmor-profile-loader~1k8s-gone"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_round_trip_and_bad_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loaded-profiles.json");
+        let r = report(&[("k8s-a", "sha256:aa")], &["k8s-old"]);
+        r.save(&path).unwrap();
+        assert_eq!(NodeReport::load(&path).unwrap(), r);
+        std::fs::write(
+            &path,
+            r#"{"loader":"x","profiles":{"unconfined":"sha256:aa"}}"#,
+        )
+        .unwrap();
+        assert!(NodeReport::load(&path).is_err());
+        let err = NodeReport::load(&dir.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("--node-report"), "{err}");
+    }
+}

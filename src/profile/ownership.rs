@@ -1,0 +1,119 @@
+//! Ownership: which files and profile names are ours, one set of rules for `copy` and `load`.
+//!
+//! Both steps share the host with the distribution and with whoever loads profiles by hand, so
+//! both follow the same three rules:
+//! - a profile name the kernel has loaded is ours only if one of our records lists it (`load`'s
+//!   record of what it loaded, retired or neutralised; `copy`'s claims checked against the
+//!   kernel's list); anything else is someone else's and is never replaced;
+//! - what a run is about to write or load is recorded before it acts, so a crash half-way never
+//!   leaves a file or a loaded profile we made but do not own;
+//! - a record vouches for a file only when it describes exactly these bytes (with the toolchain
+//!   that compiled them): anything else is compiled and asked about again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use crate::profile::check::CompiledProfile;
+use crate::profile::records::{Entry, Inventory, StateError};
+use crate::profile::source::ProfileInput;
+
+/// Which step refuses someone else's profiles (the explanation differs, the rule does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimant {
+    Copy,
+    Load,
+}
+
+/// Profiles someone else loaded that the run would replace; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "profiles already loaded by someone else would be replaced, nothing was changed: {}. {}Rename \
+     the profiles in the ConfigMap; if you really mean to take them over, pass --adopt-loaded once",
+    .names.join(", "),
+    why(*.claimant)
+)]
+pub struct SomeoneElses {
+    /// One line per name, naming our file that defines it.
+    pub names: Vec<String>,
+    pub claimant: Claimant,
+}
+
+fn why(claimant: Claimant) -> &'static str {
+    match claimant {
+        Claimant::Copy => {
+            "Replacing them would change the confinement of every process using them (a \
+             distribution profile, or one loaded by hand). "
+        }
+        Claimant::Load => {
+            "Our records (what copy claimed and what load loaded) do not list them; replacing \
+             them would change the confinement of every process using them. "
+        }
+    }
+}
+
+/// The profile names our records prove are ours: `copy`'s claims made while it saw the
+/// kernel's list (`owned`), and every name `load` loaded, retired or neutralised (`loaded`).
+pub fn our_names(owned: &Inventory, loaded: Option<&Inventory>) -> BTreeSet<String> {
+    let mut ours = owned.verified_names();
+    if let Some(loaded) = loaded {
+        ours.extend(loaded.claimed_names());
+    }
+    ours
+}
+
+/// Refuses to replace a profile the kernel has loaded that `ours` does not list: the names
+/// our files define that are someone else's, one line per name, naming the file.
+pub fn refuse_someone_elses(
+    compiled: &[CompiledProfile],
+    loaded: &BTreeMap<String, String>,
+    ours: &BTreeSet<String>,
+    claimant: Claimant,
+) -> Result<(), SomeoneElses> {
+    let names: Vec<String> = compiled
+        .iter()
+        .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
+        .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
+        .map(|(name, key)| format!("{name:?} (our file {key:?}; loaded, but not by us)"))
+        .collect();
+    if names.is_empty() {
+        Ok(())
+    } else {
+        Err(SomeoneElses { names, claimant })
+    }
+}
+
+/// The inputs `known` does not vouch for (not these bytes, or not with this toolchain): the
+/// ones to compile and ask about now.
+pub fn unproven<'a>(known: &Inventory, inputs: &'a [ProfileInput]) -> Vec<&'a ProfileInput> {
+    inputs
+        .iter()
+        .filter(|i| known.describes(&i.key, &i.sha256).is_none())
+        .collect()
+}
+
+/// The record entry for a compiled file (`unverified`: claimed without the kernel's list).
+pub fn entry(compiled: &CompiledProfile, unverified: bool) -> Entry {
+    Entry {
+        sha256: compiled.sha256.clone(),
+        profiles: compiled.names.clone(),
+        modes: compiled.modes.clone(),
+        policy_sha1: BTreeMap::new(),
+        unverified,
+    }
+}
+
+/// Records before acting: saves `record` with `wanted`'s files added, so that whatever the run
+/// writes or loads next, and however far it gets, is ours. `toolchain` is what the union may
+/// say compiled it (`copy`: nothing, its entries come from two toolchains).
+pub fn record_before_acting(
+    record: &Inventory,
+    wanted: &Inventory,
+    toolchain: &str,
+    dir: &Path,
+    name: &str,
+) -> Result<(), StateError> {
+    let mut intent = record.clone();
+    intent.files.extend(wanted.files.clone());
+    intent.toolchain = toolchain.to_string();
+    intent.save(dir, name)
+}

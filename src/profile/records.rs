@@ -1,0 +1,380 @@
+//! What this tool owns, recorded on the host so every run can tell its own files and profiles
+//! from everyone else's.
+//!
+//! Two records share one format:
+//! - `copy` keeps `<dest>/.apparmor-profile-loader.json`: the files it wrote to the profile
+//!   directory and the profile names each defines. A file not listed there is never touched.
+//! - `load` keeps `<cache-dir>/loaded.json`: what it loaded and verified in the kernel. Only
+//!   names listed there are ever unloaded.
+//!
+//! Both records are host files read back on every run, and their entries become paths and
+//! profile names. So every entry is checked when read, with the rules its origin had to pass:
+//! a file name must be a valid ConfigMap key ([`profile::keys::validate_key`]: no `/`, no
+//! `..`, no dot-file) and each profile name one this tool could have loaded
+//! ([`profile_names`]), children only beside their parent. A record with an entry that fails
+//! is corrupt: the run stops (exit 1) before anything is touched, naming the file and entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::atomic_file;
+use crate::host::host_file::{self, Links};
+use crate::profile;
+
+/// File name of `copy`'s ownership record in the profile directory. A dot-file, so
+/// `apparmor_parser` never reads it as a profile.
+pub const OWNED_FILES: &str = ".apparmor-profile-loader.json";
+/// File name of `load`'s record in the cache directory.
+pub const LOADED_PROFILES: &str = "loaded.json";
+
+const FORMAT_VERSION: u32 = 1;
+
+/// One profile file and what it defines, as the parser reported it for these exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub sha256: String,
+    pub profiles: Vec<String>,
+    /// The mode each top-level profile asks for.
+    #[serde(default)]
+    pub modes: BTreeMap<String, String>,
+    /// `load`'s record only: the kernel's hash (securityfs `sha1`) of each profile's policy as
+    /// loaded and verified, so a re-run can prove nothing changed without loading again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy_sha1: BTreeMap<String, String>,
+    /// `copy`'s record only: the names were claimed without seeing the kernel's list (AppArmor
+    /// was not running), so they do not prove the names are ours: `load` does not count them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
+}
+
+/// Files by name, as written to disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub version: u32,
+    /// Fingerprint of the parser, include tree and feature set that compiled and described
+    /// the entries (`toolchain::fingerprint`); entries are reused only under the same one.
+    #[serde(default)]
+    pub toolchain: String,
+    pub files: BTreeMap<String, Entry>,
+    /// `load`'s record only: top-level profiles of ours that left the ConfigMap and stay in the
+    /// kernel, as last loaded, until the node reboots (unloading would unconfine every task
+    /// under them). Their files are gone, so the node's next boot does not load them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub retired: BTreeSet<String>,
+    /// `load`'s record only: children (hats, child profiles) that our files no longer define,
+    /// replaced in the kernel by a deny-everything profile of the same name, with the kernel's
+    /// hash of that stub (empty when the kernel keeps none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub neutralised: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "state file {path} is corrupt ({source}); it lists what this tool owns, so it is not \
+         guessed: restore it or remove it together with the files it listed"
+    )]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "state file {path} is corrupt: entry {entry:?} {reason}; this tool never writes such an \
+         entry, so the file was changed by hand or damaged. It lists what this tool owns, so it \
+         is not guessed: restore it or remove it together with the files it listed"
+    )]
+    BadEntry {
+        path: PathBuf,
+        entry: String,
+        reason: String,
+    },
+    #[error("cannot write state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Inventory {
+    /// Reads a record; a missing file is an empty inventory (first run on this node).
+    pub fn load(dir: &Path, name: &str) -> Result<Self, StateError> {
+        let path = dir.join(name);
+        let inventory: Self = match host_file::read(&path, Links::Refuse) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                path: path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        inventory
+            .check_entries()
+            .map_err(|(entry, reason)| StateError::BadEntry {
+                path,
+                entry,
+                reason,
+            })?;
+        Ok(inventory)
+    }
+
+    /// Checks every entry as its origin was checked: the file name as a ConfigMap key, each
+    /// profile name as a name this tool loads, each child beside its parent. Returns the first
+    /// offending entry (the file name) and why.
+    fn check_entries(&self) -> Result<(), (String, String)> {
+        for (key, entry) in &self.files {
+            profile::keys::validate_key(key).map_err(|e| {
+                (
+                    key.clone(),
+                    format!("is not a file name this tool writes: {e}"),
+                )
+            })?;
+            for name in &entry.profiles {
+                profile::names::check_profile_name(name).map_err(|e| {
+                    (
+                        key.clone(),
+                        format!("lists profile {name:?}, a name this tool never loads: {e}"),
+                    )
+                })?;
+            }
+            profile::names::check_name_set(&entry.profiles).map_err(|e| {
+                (
+                    key.clone(),
+                    format!("lists a child without its parent: {e}"),
+                )
+            })?;
+        }
+        let names = |kind: &str, name: &String, child: bool| {
+            profile::names::check_profile_name(name)
+                .map_err(|e| format!("is a name this tool never loads: {e}"))
+                .and_then(|()| match (child, name.contains("//")) {
+                    (true, false) => Err("is not a child profile or hat (parent//child)".into()),
+                    (false, true) => Err("is a child; only top-level profiles are retired".into()),
+                    _ => Ok(()),
+                })
+                .map_err(|reason| (format!("{kind} {name:?}"), reason))
+        };
+        for name in &self.retired {
+            names("retired", name, false)?;
+        }
+        for name in self.neutralised.keys() {
+            names("neutralised", name, true)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a record exists at all.
+    pub fn exists(dir: &Path, name: &str) -> bool {
+        dir.join(name).exists()
+    }
+
+    /// Writes the record atomically (mode 0644: it holds names and hashes, nothing secret).
+    pub fn save(&self, dir: &Path, name: &str) -> Result<(), StateError> {
+        let mut record = self.clone();
+        record.version = FORMAT_VERSION;
+        let mut json = serde_json::to_vec_pretty(&record).expect("inventory serializes");
+        json.push(b'\n');
+        atomic_file::write(dir, name, &json, 0o644)
+            .and_then(|()| atomic_file::sync_dir(dir))
+            .map_err(|source| StateError::Write {
+                path: dir.join(name),
+                source,
+            })
+    }
+
+    /// This record if the toolchain that wrote it is `toolchain`, else an empty one: what a
+    /// record says a file compiles to and defines holds only for the parser that said it.
+    pub fn if_compiled_by(&self, toolchain: &str) -> Inventory {
+        if self.toolchain == toolchain {
+            self.clone()
+        } else {
+            Inventory::default()
+        }
+    }
+
+    /// The entry for `key` if it describes exactly the content hashed `sha256`.
+    pub fn describes(&self, key: &str, sha256: &str) -> Option<&Entry> {
+        self.files
+            .get(key)
+            .filter(|e| e.sha256 == sha256 && !e.modes.is_empty())
+    }
+
+    /// Every name this record proves is ours: the profiles of its files, the retired ones and
+    /// the neutralised children. A loaded profile of one of these names is ours to replace.
+    pub fn claimed_names(&self) -> BTreeSet<String> {
+        let mut names = self.profile_names();
+        names.extend(self.retired.iter().cloned());
+        names.extend(self.neutralised.keys().cloned());
+        names
+    }
+
+    /// The names of the files whose claim was checked against the kernel's list.
+    pub fn verified_names(&self) -> BTreeSet<String> {
+        self.files
+            .values()
+            .filter(|e| !e.unverified)
+            .flat_map(|e| e.profiles.iter().cloned())
+            .collect()
+    }
+
+    /// Every profile name the inventory's files define.
+    pub fn profile_names(&self) -> BTreeSet<String> {
+        self.files
+            .values()
+            .flat_map(|e| e.profiles.iter().cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn round_trips_and_missing_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Inventory::load(dir.path(), OWNED_FILES).unwrap(),
+            Inventory::default()
+        );
+        let mut inv = Inventory::default();
+        inv.files.insert(
+            "p".into(),
+            Entry {
+                sha256: "ab".into(),
+                profiles: vec!["p".into(), "p//hat".into()],
+                modes: BTreeMap::from([("p".into(), "enforce".into())]),
+                policy_sha1: BTreeMap::new(),
+                unverified: false,
+            },
+        );
+        inv.save(dir.path(), OWNED_FILES).unwrap();
+        let back = Inventory::load(dir.path(), OWNED_FILES).unwrap();
+        assert_eq!(back.files, inv.files);
+        assert_eq!(back.version, 1);
+        assert_eq!(back.profile_names().len(), 2);
+        assert!(back.describes("p", "ab").is_some());
+        assert!(back.describes("p", "cd").is_none());
+        assert!(back.describes("q", "ab").is_none());
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_not_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(OWNED_FILES), "{not json").unwrap();
+        let err = Inventory::load(dir.path(), OWNED_FILES).unwrap_err();
+        assert!(err.to_string().contains("corrupt"));
+    }
+
+    /// A record whose entries name `files` as (file name, profile names), as written by hand.
+    fn record_json(files: &[(&str, &[&str])]) -> String {
+        let files: serde_json::Map<String, serde_json::Value> = files
+            .iter()
+            .map(|(key, names)| {
+                (
+                    key.to_string(),
+                    serde_json::json!({"sha256": "ab", "profiles": names}),
+                )
+            })
+            .collect();
+        serde_json::json!({"version": 1, "files": files}).to_string()
+    }
+
+    #[test]
+    fn entries_that_are_not_keys_or_loadable_names_make_the_record_corrupt() {
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("../x", &["p"], "'/'"),
+            ("..x", &["p"], "'..'"),
+            ("/etc/passwd", &["p"], "'/'"),
+            ("dir/x", &["p"], "'/'"),
+            (".hidden", &["p"], "letter or digit"),
+            ("", &["p"], "empty"),
+            ("x", &[""], "empty"),
+            ("x", &["a\nb"], "control character"),
+            ("x", &[":ns:p"], "namespace"),
+            ("x", &["p//"], "'//'"),
+            ("x", &["hostprof//kid"], "without its parent"),
+            ("x", &["p", "p//a//b"], "without its parent"),
+        ];
+        for record in [OWNED_FILES, LOADED_PROFILES] {
+            for (key, names, why) in cases {
+                let dir = tempfile::tempdir().unwrap();
+                let json = record_json(&[("good", &["good"]), (key, names)]);
+                fs::write(dir.path().join(record), json).unwrap();
+                let err = Inventory::load(dir.path(), record).unwrap_err();
+                let msg = err.to_string();
+                assert!(matches!(err, StateError::BadEntry { .. }), "{key:?}: {msg}");
+                assert!(
+                    msg.contains(&dir.path().join(record).display().to_string()),
+                    "{msg}"
+                );
+                assert!(msg.contains(&format!("entry {key:?}")), "{msg}");
+                assert!(msg.contains(why), "{key:?} {names:?}: {msg}");
+            }
+        }
+    }
+
+    /// A record is the proof of ownership, and `load` unloads, replaces or retires what it
+    /// lists: a container runtime's own profile can never have been loaded from a file of ours
+    /// (`validate` refuses the name, `--adopt-loaded` or not), so a record that lists one is
+    /// corrupt, whoever wrote it.
+    #[test]
+    fn a_record_that_lists_a_runtime_default_or_unconfined_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "docker-default",
+            "cri-containerd.apparmor.d",
+            "unconfined",
+            " p",
+        ] {
+            let json = record_json(&[("never-written", &[name])]);
+            fs::write(dir.path().join(LOADED_PROFILES), json).unwrap();
+            let err = Inventory::load(dir.path(), LOADED_PROFILES).unwrap_err();
+            assert!(
+                matches!(err, StateError::BadEntry { .. }),
+                "{name:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn retired_and_neutralised_names_pass_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inv = Inventory::default();
+        inv.retired.insert("k8s-old".into());
+        inv.neutralised.insert("p//kid".into(), "abc".into());
+        inv.save(dir.path(), LOADED_PROFILES).unwrap();
+        let back = Inventory::load(dir.path(), LOADED_PROFILES).unwrap();
+        assert_eq!(back.retired, inv.retired);
+        assert_eq!(back.neutralised, inv.neutralised);
+        assert!(back.claimed_names().contains("k8s-old"));
+        assert!(back.claimed_names().contains("p//kid"));
+        for (retired, neutralised) in [
+            ("cri-containerd.apparmor.d", "p//kid"),
+            ("k8s-old", "top-level"),
+            ("k8s-old", "docker-default//x"),
+            ("k8s-old//kid", "p//kid"),
+        ] {
+            let json = serde_json::json!({
+                "version": 1, "files": {},
+                "retired": [retired], "neutralised": { neutralised: "abc" },
+            });
+            fs::write(dir.path().join(LOADED_PROFILES), json.to_string()).unwrap();
+            let err = Inventory::load(dir.path(), LOADED_PROFILES).unwrap_err();
+            assert!(
+                matches!(err, StateError::BadEntry { .. }),
+                "{retired:?} {neutralised:?}: {err}"
+            );
+        }
+    }
+}

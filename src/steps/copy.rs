@@ -1,0 +1,413 @@
+//! `copy`: profiles from the ConfigMap volume into the host's profile directory.
+//!
+//! The default destination is the top level of the host's `/etc/apparmor.d`, because that is
+//! what the host's own `apparmor.service` loads at boot, before the kubelet starts; after a
+//! reboot (which does not re-taint the node) our profiles are therefore in force before any pod
+//! runs. Sharing that directory with the distribution's profiles is why ownership is strict:
+//! only files listed in our state file are ever replaced or deleted, and a profile name the
+//! kernel already has from someone else is never claimed.
+//!
+//! Validation is a full compile (a parse-only pass misses errors found after parsing). With a
+//! cache directory, that compile is the node's only one: it compiles for the node's feature
+//! set into the cache `load` reads, and the files it writes keep the modification time the
+//! cache entries were made for.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::apparmor::compile_cache::CompileCache;
+use crate::apparmor::kernel::{Kernel, KernelError};
+use crate::apparmor::node_parser::NodeParser;
+use crate::apparmor::parser::{Cache, Parser, ParserError};
+use crate::apparmor::toolchain;
+use crate::exit_code::{self, ExitStatus};
+use crate::host::atomic_file;
+use crate::host::lock::{self, LockError, LockOptions};
+use crate::profile;
+use crate::profile::check::{CheckError, CompiledProfile};
+use crate::profile::ownership::{self, Claimant, SomeoneElses};
+use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::profile::source::{ProfileFile, ProfileInput};
+
+/// Profile files are world-readable, like the distribution's own.
+const PROFILE_MODE: u32 = 0o644;
+
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub max_size: u64,
+    /// The compile cache shared with `load` (and its record of loaded profiles); without one,
+    /// `copy` compiles for validation only and `load` compiles again.
+    pub cache_dir: Option<PathBuf>,
+    /// The node's kernel, read-only: which profile names are already loaded.
+    pub kernel: Kernel,
+    /// Claim profile names the kernel already has from someone else.
+    pub adopt_loaded: bool,
+    /// Where the private snapshot of the ConfigMap is compiled (the pod's `/tmp`).
+    pub scratch_dir: PathBuf,
+    /// The node's own parser generation, and the parser that stands in for an AppArmor 3 one.
+    pub node_parser: NodeParser,
+    pub v3_parser: Parser,
+    pub lock: LockOptions,
+}
+
+/// What a run changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    pub written: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Source(#[from] profile::source::SourceError),
+    #[error(transparent)]
+    Check(#[from] CheckError),
+    #[error("the ConfigMap volume {0} holds no profiles; refusing to remove every profile")]
+    Empty(PathBuf),
+    #[error(
+        "{} not owned by apparmor-profile-loader already exist in {dest}, nothing was changed: \
+         {}. Rename the ConfigMap keys (or remove those host files if you are sure they are \
+         unused)",
+        if .clashes.len() == 1 { "a file" } else { "files" },
+        .clashes.join(", ")
+    )]
+    Clash { dest: PathBuf, clashes: Vec<String> },
+    #[error(transparent)]
+    Foreign(#[from] SomeoneElses),
+    #[error(
+        "the node runs {os}, whose own AppArmor 3 parser loads our files at every boot, and it \
+         cannot compile them, nothing was changed: {source}. Write these profiles in AppArmor 3 \
+         syntax (no `userns,`, no `abi <abi/4.0>` rules), or keep them off {os} nodes"
+    )]
+    NodeParser {
+        os: String,
+        #[source]
+        source: ParserError,
+    },
+    #[error(
+        "the node runs {os} (AppArmor 3) but the AppArmor 3 parser {path} is not in this image, \
+         so reboot parity cannot be checked; use the project's image or pass --v3-parser"
+    )]
+    NoV3Parser { os: String, path: PathBuf },
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ExitStatus for CopyError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CopyError::Check(e) => e.exit_code(),
+            CopyError::NodeParser { source, .. } => source.exit_code(),
+            CopyError::Kernel(e) => e.exit_code(),
+            CopyError::Empty(_) | CopyError::Clash { .. } | CopyError::Foreign(_) => {
+                exit_code::INVALID_PROFILES
+            }
+            _ => exit_code::INTERNAL,
+        }
+    }
+}
+
+/// Validates the whole source, then brings the destination in line with it.
+///
+/// Nothing is written unless every key is valid and compiles. Ownership is recorded before a
+/// file is created, so a crash mid-run never leaves a file we wrote but do not own.
+pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError> {
+    // === Prepare: the lock, the source, our records, the cache ===
+    let lock = lock::acquire(&opts.dest, "copy", &opts.lock)?;
+    lock.remove_stale_temps(&opts.dest)?;
+    tracing::info!("compiling for {}", parser.features.explain());
+    if let NodeParser::V3 { os } = &opts.node_parser {
+        tracing::info!(
+            "the node runs {os} (AppArmor 3): new files must also compile with {}",
+            opts.v3_parser.binary.display()
+        );
+    }
+    let source = profile::source::read_source_dir(&opts.source, opts.max_size)?;
+    if source.profiles.is_empty() && source.rejected.is_empty() {
+        return Err(CopyError::Empty(opts.source.clone()));
+    }
+    profile::check::accept_keys(&source)?;
+    let owned = Inventory::load(&opts.dest, OWNED_FILES)?;
+
+    let cache = match &opts.cache_dir {
+        Some(dir) => Some(
+            CompileCache::open(dir, parser)
+                .map_err(|source| io("prepare the compile cache in", dir, source))?,
+        ),
+        None => None,
+    };
+    let toolchain = match &cache {
+        Some(c) => c.toolchain.clone(),
+        None => toolchain::fingerprint(parser)
+            .map_err(|source| io("fingerprint the parser", &parser.binary, source))?,
+    };
+    // What the record says a file defines holds only for the toolchain that said it.
+    let known = owned.if_compiled_by(&toolchain);
+
+    // === Compile: a private snapshot, never the volume (the kubelet may swap it meanwhile) ===
+    let mtime = SystemTime::now();
+    let snapshot = tempfile::Builder::new()
+        .prefix("apparmor-profile-loader-")
+        .tempdir_in(&opts.scratch_dir)
+        .map_err(|source| io("create a snapshot directory in", &opts.scratch_dir, source))?;
+    let inputs = write_snapshot(snapshot.path(), &source.profiles, &known, mtime)?;
+    // Every early return from here on drops the staging, which discards what was compiled.
+    let staging = match &cache {
+        Some(c) => Some(c.staging().map_err(|source| io("create", &c.dir, source))?),
+        None => None,
+    };
+    let cache_mode = staging
+        .as_ref()
+        .map_or(Cache::Skip, |s| Cache::Refresh(s.path()));
+    let compiled = profile::check::check(&inputs, parser, &known, cache_mode)?;
+
+    // === Guard: the node's own parser, and names someone else loaded ===
+    check_reboot_parity(opts, &known, &inputs)?;
+    let kernel_seen = refuse_foreign(opts, &owned, &compiled)?;
+
+    // === Apply: the destination, then the compiled policy into the cache ===
+    let report = write_destination(
+        opts,
+        &owned,
+        &source.profiles,
+        &compiled,
+        mtime,
+        toolchain,
+        kernel_seen,
+    )?;
+    if let (Some(c), Some(staging)) = (&cache, staging) {
+        let promoted = staging
+            .promote()
+            .map_err(|source| io("promote compiled policy into", &c.dir, source))?;
+        tracing::debug!(
+            promoted,
+            "compiled policy promoted into {}",
+            c.dir.display()
+        );
+    }
+    Ok(report)
+}
+
+/// Writes the destination: ownership first, then the files, then the stale files removed.
+fn write_destination(
+    opts: &CopyOptions,
+    owned: &Inventory,
+    files: &[ProfileFile],
+    compiled: &[CompiledProfile],
+    mtime: SystemTime,
+    toolchain: String,
+    kernel_seen: bool,
+) -> Result<CopyReport, CopyError> {
+    let clashes = foreign_files(&opts.dest, owned, files.iter().map(|p| &p.key));
+    if !clashes.is_empty() {
+        return Err(CopyError::Clash {
+            dest: opts.dest.clone(),
+            clashes,
+        });
+    }
+    let mut wanted = Inventory {
+        toolchain,
+        ..Inventory::default()
+    };
+    for compiled in compiled {
+        // A claim checked against the kernel once stays checked while the names are the same.
+        let checked_before = owned
+            .files
+            .get(&compiled.key)
+            .is_some_and(|e| !e.unverified && e.profiles == compiled.names);
+        wanted.files.insert(
+            compiled.key.clone(),
+            ownership::entry(compiled, !(kernel_seen || checked_before)),
+        );
+    }
+
+    let mut report = CopyReport::default();
+    let mut to_write = Vec::new();
+    for file in files {
+        if is_current(&opts.dest.join(&file.key), file.content.as_bytes()) {
+            report.unchanged.push(file.key.clone());
+        } else {
+            to_write.push(file);
+        }
+    }
+    report.removed = owned
+        .files
+        .keys()
+        .filter(|k| !wanted.files.contains_key(*k))
+        .cloned()
+        .collect();
+    if to_write.is_empty()
+        && report.removed.is_empty()
+        && owned.files == wanted.files
+        && owned.toolchain == wanted.toolchain
+    {
+        return Ok(report);
+    }
+
+    // Own first, then write: the union of old and new ownership covers every file on disk.
+    ownership::record_before_acting(owned, &wanted, "", &opts.dest, OWNED_FILES)?;
+
+    for file in to_write {
+        atomic_file::write_at(
+            &opts.dest,
+            &file.key,
+            file.content.as_bytes(),
+            PROFILE_MODE,
+            Some(mtime),
+        )
+        .map_err(|source| io("write", &opts.dest.join(&file.key), source))?;
+        report.written.push(file.key.clone());
+    }
+    for key in &report.removed {
+        let path = opts.dest.join(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(io("remove", &path, source)),
+        }
+    }
+    atomic_file::sync_dir(&opts.dest).map_err(|source| io("sync", &opts.dest, source))?;
+    wanted.save(&opts.dest, OWNED_FILES)?;
+    Ok(report)
+}
+
+/// The profiles as inputs for the parser, each at its path in the snapshot directory under its
+/// key (the parser's cache names entries after the file name), all with one modification time.
+///
+/// Only the files `known` does not describe are written: they are the only ones compiled
+/// (and asked about). A file the record vouches for is never read from the snapshot.
+fn write_snapshot(
+    dir: &Path,
+    files: &[ProfileFile],
+    known: &Inventory,
+    mtime: SystemTime,
+) -> Result<Vec<ProfileInput>, CopyError> {
+    files
+        .iter()
+        .map(|file| {
+            let input = file.input(dir.join(&file.key));
+            if known.describes(&input.key, &input.sha256).is_none() {
+                let written = fs::File::create(&input.path).and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, file.content.as_bytes())?;
+                    f.set_modified(mtime)
+                });
+                written.map_err(|source| io("write the snapshot file", &input.path, source))?;
+            }
+            Ok(input)
+        })
+        .collect()
+}
+
+/// On a node whose own parser is AppArmor 3, compiles every new or changed file with an
+/// AppArmor 3 parser too: the node's boot loads our files with its own parser.
+fn check_reboot_parity(
+    opts: &CopyOptions,
+    owned: &Inventory,
+    inputs: &[ProfileInput],
+) -> Result<(), CopyError> {
+    let os = match &opts.node_parser {
+        NodeParser::V3 { os } => os,
+        NodeParser::Current { .. } => return Ok(()),
+    };
+    let v3 = &opts.v3_parser;
+    if !v3.binary.is_file() {
+        return Err(CopyError::NoV3Parser {
+            os: os.clone(),
+            path: v3.binary.clone(),
+        });
+    }
+    v3.compile(&ownership::unproven(owned, inputs), Cache::Skip)
+        .map_err(|source| CopyError::NodeParser {
+            os: os.clone(),
+            source,
+        })
+}
+
+/// Refuses to claim a profile name the kernel already has from someone else.
+///
+/// A name is ours when one of our records lists it: `copy`'s (names it claimed earlier) or
+/// `load`'s (names it loaded or retired). A new name that the kernel already has is someone
+/// else's: a distribution profile, one loaded by hand, a runtime's. Writing our file would
+/// replace it at the next boot, and `load` would replace it now, so neither happens unless the
+/// operator passes `--adopt-loaded`.
+///
+/// The kernel's list is read whenever securityfs has it, whatever `--enabled-file` says. Only
+/// when there is no list at all (AppArmor not running here) is nothing loaded that could be
+/// harmed; the claims are then recorded as unverified and `load` does not count them. Returns
+/// whether the kernel's list was seen.
+fn refuse_foreign(
+    opts: &CopyOptions,
+    owned: &Inventory,
+    compiled: &[CompiledProfile],
+) -> Result<bool, CopyError> {
+    let loaded = match opts.kernel.loaded_profiles() {
+        Ok(loaded) => loaded,
+        Err(e) => match opts.kernel.ensure_enabled() {
+            // No AppArmor (and load refuses the node); nothing is loaded to be harmed.
+            Err(KernelError::NoModule { .. } | KernelError::Disabled { .. })
+                if !opts.kernel.has_profile_list() =>
+            {
+                return Ok(false);
+            }
+            _ => return Err(e.into()),
+        },
+    };
+    if opts.adopt_loaded {
+        return Ok(true);
+    }
+    let loaded_record = match &opts.cache_dir {
+        Some(dir) => Some(Inventory::load(dir, LOADED_PROFILES)?),
+        None => None,
+    };
+    let ours = ownership::our_names(owned, loaded_record.as_ref());
+    ownership::refuse_someone_elses(compiled, &loaded, &ours, Claimant::Copy)?;
+    Ok(true)
+}
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> CopyError {
+    CopyError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Keys whose file already exists in the destination but is not ours.
+fn foreign_files<'a>(
+    dest: &Path,
+    owned: &Inventory,
+    keys: impl Iterator<Item = &'a String>,
+) -> Vec<String> {
+    keys.filter(|k| !owned.files.contains_key(*k))
+        .filter(|k| fs::symlink_metadata(dest.join(k)).is_ok())
+        .map(|k| format!("{k:?} ({})", dest.join(k).display()))
+        .collect()
+}
+
+/// Whether the destination already holds exactly this content as a regular file with our mode,
+/// so an unchanged profile keeps its mtime (and the parser's cache stays valid).
+fn is_current(path: &Path, content: &[u8]) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o777 == PROFILE_MODE => {
+            fs::read(path).is_ok_and(|existing| existing == content)
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,387 @@
+//! Shared fixtures for the CLI tests: ConfigMap-shaped source volumes, host directories, a
+//! fake kernel (securityfs tree) and the real `apparmor_parser`.
+#![allow(dead_code)]
+
+#[path = "../../src/executable_script.rs"]
+mod executable_script;
+
+use crate::prereq;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// A valid profile that compiles with Debian's and Ubuntu's include trees.
+pub fn profile(name: &str) -> String {
+    format!(
+        "abi <abi/3.0>,\n#include <tunables/global>\nprofile {name} flags=(attach_disconnected) {{\n  \
+         #include <abstractions/base>\n  /tmp/** rw,\n  deny /etc/** w,\n}}\n"
+    )
+}
+
+/// A profile with a syntax error: line 4 lacks its comma, which the parser reports at line 5.
+pub const BROKEN: &str =
+    "abi <abi/3.0>,\nprofile broken {\n  /tmp/** rw,\n  /etc/** rw\n  junk,\n}\n";
+
+/// Writes an executable script (see `src/executable_script.rs` for why through a child `sh`).
+pub use executable_script::write as write_executable;
+
+/// The real parser; when it is missing, a skip, or a test failure under CI (`prereq`).
+pub fn real_parser() -> Option<PathBuf> {
+    let found = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| "apparmor_parser is not installed (apt-get install apparmor)".to_string());
+    prereq::require("CLI tests with the real apparmor_parser", found)
+}
+
+/// The release build of the executable (what the image ships), for measurements that only
+/// mean something there; a skip, or a failure under CI (`prereq`), when it is missing or older
+/// than the sources. `tests/run-all` builds it before the tests.
+pub fn release_binary(what: &str) -> Option<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary = repo.join("target/x86_64-unknown-linux-gnu/release/apparmor-loader");
+    let found = match modified(&binary) {
+        None => Err(format!("{} is missing", binary.display())),
+        Some(built) if built < newest_source(repo) => {
+            Err(format!("{} is older than the sources", binary.display()))
+        }
+        Some(_) => Ok(binary),
+    };
+    let found = found.map_err(|e| format!("{e}: run `cargo build --release --locked` first"));
+    prereq::require(&format!("{what} (release build)"), found)
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of Cargo.toml, Cargo.lock and the files under src/.
+fn newest_source(repo: &Path) -> std::time::SystemTime {
+    let mut dirs = vec![repo.join("src")];
+    let mut newest = [repo.join("Cargo.toml"), repo.join("Cargo.lock")]
+        .iter()
+        .filter_map(|p| modified(p))
+        .max()
+        .unwrap_or(std::time::UNIX_EPOCH);
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else if let Some(t) = modified(&entry.path()) {
+                newest = newest.max(t);
+            }
+        }
+    }
+    newest
+}
+
+/// A directory laid out like a ConfigMap volume: `key -> ..data/key`, `..data -> ..<ts>`.
+pub struct Volume {
+    pub dir: tempfile::TempDir,
+    generation: u32,
+}
+
+impl Volume {
+    pub fn new(files: &[(&str, &str)]) -> Self {
+        let mut v = Volume {
+            dir: tempfile::tempdir().unwrap(),
+            generation: 0,
+        };
+        v.update(files);
+        v
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Publishes a new generation the way the kubelet does: new timestamped dir, swap `..data`.
+    pub fn update(&mut self, files: &[(&str, &str)]) {
+        self.generation += 1;
+        let gen_name = format!("..2026_11_24_06_00_00.{:09}", self.generation);
+        let generation_dir = self.dir.path().join(&gen_name);
+        fs::create_dir(&generation_dir).unwrap();
+        for (key, content) in files {
+            fs::write(generation_dir.join(key), content).unwrap();
+        }
+        let tmp = self.dir.path().join("..data_tmp");
+        symlink(&gen_name, &tmp).unwrap();
+        fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+        for entry in fs::read_dir(self.dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("..") {
+                fs::remove_file(entry.path()).unwrap();
+            }
+        }
+        for (key, _) in files {
+            symlink(format!("..data/{key}"), self.dir.path().join(key)).unwrap();
+        }
+    }
+}
+
+/// Every file in a directory with its content (what "untouched" is compared against).
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+pub fn loader() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_apparmor-loader"));
+    // These tests run copy on this machine, whose os-release is not a node's: declare the
+    // node's AppArmor (tests of the os-release lookup pass `--node-apparmor auto`).
+    cmd.env_clear()
+        .env("NODE_NAME", "test-node")
+        .env("APPARMOR_LOADER_NODE_APPARMOR", "4");
+    cmd
+}
+
+/// `apparmor-loader copy` from a volume into a destination with the real parser.
+pub fn copy(parser: &Path, source: &Path, dest: &Path) -> Command {
+    let mut cmd = loader();
+    cmd.arg("copy")
+        .arg("--source")
+        .arg(source)
+        .arg("--dest")
+        .arg(dest)
+        .arg("--parser")
+        .arg(parser);
+    cmd
+}
+
+/// `apparmor-loader validate PATH` with the real parser.
+pub fn validate(parser: &Path, path: &Path) -> Command {
+    let mut cmd = loader();
+    cmd.arg("validate").arg(path).arg("--parser").arg(parser);
+    cmd
+}
+
+/// The file names `copy`'s ownership record lists, in order.
+pub fn owned_keys(dest: &Path) -> Vec<String> {
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(dest.join(".apparmor-profile-loader.json")).unwrap())
+            .unwrap();
+    record["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// A fake kernel: `enabled` switch and a securityfs tree whose `profiles` file a fake parser
+/// edits. The fake parser delegates compiling, `--names` and `--debug` to the real parser and
+/// emulates `--replace`/`--remove` by editing the profiles file, so the loader's load, verify
+/// and unload logic runs unchanged against it.
+pub struct FakeKernel {
+    pub dir: tempfile::TempDir,
+}
+
+impl FakeKernel {
+    pub fn new(real_parser: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("security/apparmor")).unwrap();
+        fs::write(dir.path().join("security/apparmor/profiles"), "").unwrap();
+        fs::write(dir.path().join("enabled"), "Y\n").unwrap();
+        let script = format!(
+            r#"#!/bin/sh
+# Fake apparmor_parser: compile checks go to the real parser, kernel writes to a file. Names
+# and modes come from the real parser the way the loader reads them: `--names` one per line,
+# modes from the `Name:`/`Mode:` pairs of the `--debug` dump (empty mode = enforce).
+real={real}
+profiles={profiles}
+log={log}
+echo "$*" >> "$log"
+mode=check
+for a in "$@"; do
+  case "$a" in
+    --replace) mode=replace ;;
+    --remove) mode=remove ;;
+    --skip-kernel-load|--names|--debug) mode=check ;;
+  esac
+done
+if [ "$mode" = check ]; then exec "$real" "$@"; fi
+skip=""
+[ -f {skipfile} ] && skip=$(cat {skipfile})
+tab=$(printf '\t')
+# File arguments: anything that is an existing regular file.
+for f in "$@"; do
+  [ -f "$f" ] || continue
+  modes=$("$real" --debug --skip-kernel-load --skip-cache "$f" 2>&1 | awk '
+    /^Name:\t\t/ {{ name = substr($0, 8); next }}
+    /^Mode:( |$)/ && name != "" {{
+      m = substr($0, 6); sub(/,.*/, "", m); gsub(/^[ \t]+|[ \t]+$/, "", m)
+      if (!(name in seen)) {{ seen[name] = 1; print name "\t" (m == "" ? "enforce" : m) }}
+      name = ""
+    }}')
+  "$real" --names "$f" | while IFS= read -r name; do
+    awk -v p="$name (" 'index($0, p) != 1' "$profiles" > "$profiles.new"; mv "$profiles.new" "$profiles"
+    if [ "$mode" = replace ] && [ "$name" != "$skip" ]; then
+      asked=$(printf '%s\n' "$modes" | awk -F"$tab" -v n="$name" '$1 == n {{ print $2; exit }}')
+      # The enforce case is spelled out: load_enforce_as_complain() rewrites it.
+      if [ "${{asked:-enforce}}" = enforce ]; then echo "$name (enforce)"; else echo "$name ($asked)"; fi >> "$profiles"
+    fi
+  done
+done
+exit 0
+"#,
+            real = real_parser.display(),
+            profiles = dir.path().join("security/apparmor/profiles").display(),
+            log = dir.path().join("calls.log").display(),
+            skipfile = dir.path().join("skip").display(),
+        );
+        let fake = dir.path().join("fake_parser");
+        write_executable(&fake, &script);
+        FakeKernel { dir }
+    }
+
+    pub fn parser(&self) -> PathBuf {
+        self.dir.path().join("fake_parser")
+    }
+    pub fn securityfs(&self) -> PathBuf {
+        self.dir.path().join("security")
+    }
+    pub fn enabled_file(&self) -> PathBuf {
+        self.dir.path().join("enabled")
+    }
+    pub fn profiles(&self) -> String {
+        fs::read_to_string(self.securityfs().join("apparmor/profiles")).unwrap()
+    }
+    /// Loads a profile "by hand", as an administrator would, outside this tool.
+    pub fn load_by_hand(&self, line: &str) {
+        let mut p = self.profiles();
+        p.push_str(line);
+        p.push('\n');
+        fs::write(self.securityfs().join("apparmor/profiles"), p).unwrap();
+    }
+    /// The node reboots: the kernel forgets every profile, then the node's boot loads `lines`
+    /// (its top-level files, as `apparmor.service` does).
+    pub fn reboot(&self, lines: &[&str]) {
+        fs::write(self.securityfs().join("apparmor/profiles"), "").unwrap();
+        for line in lines {
+            self.load_by_hand(line);
+        }
+    }
+    /// Makes the fake kernel load every profile that asks for enforce in complain mode, as if
+    /// someone flipped it by hand.
+    pub fn load_enforce_as_complain(&self) {
+        let script = fs::read_to_string(self.parser()).unwrap();
+        let flipped = script.replace("echo \"$name (enforce)\"", "echo \"$name (complain)\"");
+        assert_ne!(
+            script, flipped,
+            "the fake parser has no enforce case to flip"
+        );
+        write_executable(&self.parser(), &flipped);
+    }
+    /// Makes the fake parser run `shell` (one or more lines of sh) first in every call, before it
+    /// hands checks to the real parser: a fault to inject (`$mode` is `check`, `replace` or
+    /// `remove`; `$*` the arguments).
+    pub fn run_first(&self, shell: &str) {
+        let anchor = "if [ \"$mode\" = check ]; then";
+        let script = fs::read_to_string(self.parser()).unwrap();
+        assert!(script.contains(anchor), "the fake parser has no {anchor:?}");
+        write_executable(
+            &self.parser(),
+            &script.replacen(anchor, &format!("{shell}\n{anchor}"), 1),
+        );
+    }
+    /// Makes the fake parser skip one profile silently, as the real one does for
+    /// `disable/<file>`.
+    pub fn skip_silently(&self, name: &str) {
+        fs::write(self.dir.path().join("skip"), name).unwrap();
+    }
+    pub fn clear_parser_calls(&self) {
+        let _ = fs::remove_file(self.dir.path().join("calls.log"));
+    }
+    pub fn parser_calls(&self) -> String {
+        fs::read_to_string(self.dir.path().join("calls.log")).unwrap_or_default()
+    }
+
+    /// `apparmor-loader load` against this fake kernel.
+    pub fn load(&self, dest: &Path, cache: &Path) -> Command {
+        let mut cmd = loader();
+        cmd.arg("load")
+            .arg("--dest")
+            .arg(dest)
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--securityfs")
+            .arg(self.securityfs())
+            .arg("--enabled-file")
+            .arg(self.enabled_file())
+            .arg("--parser")
+            .arg(self.parser());
+        cmd
+    }
+}
+
+/// A node for `copy` and `load`: fake kernel (with a feature file, so the parser's cache works
+/// without AppArmor on this machine), host profile directory, cache directory, ConfigMap volume.
+/// `copy_cmd`/`load_cmd` run the steps as the DaemonSet does: `copy` sees the node's kernel
+/// (read-only) and fills the cache `load` reads.
+pub struct Node {
+    pub kernel: FakeKernel,
+    pub dest: tempfile::TempDir,
+    pub cache: tempfile::TempDir,
+    pub volume: Volume,
+}
+
+impl Node {
+    pub fn with(files: &[(&str, &str)]) -> Option<Self> {
+        let parser = real_parser()?;
+        let kernel = FakeKernel::new(&parser);
+        fs::copy(
+            "/usr/share/apparmor-features/features",
+            kernel.securityfs().join("apparmor/features"),
+        )
+        .expect("Debian's apparmor package ships /usr/share/apparmor-features/features");
+        Some(Node {
+            kernel,
+            dest: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+            volume: Volume::new(files),
+        })
+    }
+
+    pub fn copy_cmd(&self) -> Command {
+        let mut cmd = copy(&self.kernel.parser(), self.volume.path(), self.dest.path());
+        cmd.arg("--securityfs")
+            .arg(self.kernel.securityfs())
+            .arg("--enabled-file")
+            .arg(self.kernel.enabled_file())
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .arg("--node-root")
+            .arg(self.cache.path().join("no-node-root"));
+        cmd
+    }
+
+    pub fn load_cmd(&self) -> Command {
+        let mut cmd = self.kernel.load(self.dest.path(), self.cache.path());
+        cmd.arg("--node-root")
+            .arg(self.cache.path().join("no-node-root"));
+        cmd
+    }
+
+    pub fn copy(&self) -> assert_cmd::assert::Assert {
+        self.copy_cmd().assert()
+    }
+
+    pub fn load(&self) -> assert_cmd::assert::Assert {
+        self.load_cmd().assert()
+    }
+}
