@@ -12,7 +12,7 @@
 //! tests print how to build it and pass, unless env `CI` is set: then they fail.
 //!
 //! The helpers (the shared server, objects, nodes, tokens, running the loader) are in
-//! tests/apiserver_common; nodes and taints come from the fixtures shared with untaint_mock.rs.
+//! tests/apiserver_common; nodes and taints come from the fixtures shared with tests/cli/untaint_mock.rs.
 
 mod apiserver_common;
 

@@ -1,5 +1,5 @@
 //! One rule for a missing test prerequisite (a harness not built, a tool not installed), shared by
-//! every harness module (`vm_common`, `apiserver_common`, `node_common`, `cli_support`): under CI
+//! every harness module (`vm_common`, `apiserver_common`, `node_common`, `tests/cli/support.rs`): under CI
 //! the test fails; elsewhere it is skipped, loudly.
 //!
 //! "Under CI" means env `CI` is set to a non-empty value other than `0` or `false` (any case): CI
