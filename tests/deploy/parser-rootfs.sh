@@ -1,11 +1,14 @@
 #!/bin/sh
-# parser-rootfs.sh [--vm] DESTDIR
+# parser-rootfs.sh [--vm] [--arch amd64|arm64] [--refresh-lock] DESTDIR
 #
-# Lays out in DESTDIR, as the image's root filesystem, the AppArmor parsers the loader runs:
+# Lays out in DESTDIR, as the image's root filesystem for ARCH (default amd64), the AppArmor parsers the loader
+# runs, all from Debian .debs of that architecture:
 #
 #   /usr/sbin/apparmor_parser                     Debian trixie's apparmor 4.1.x (reads 3.0 and 4.0 syntax)
-#   /usr/lib/x86_64-linux-gnu/{libc.so.6,ld-linux-x86-64.so.2}, /usr/lib64/ld-linux-x86-64.so.2 -> ...,
-#   /lib -> usr/lib, /lib64 -> usr/lib64          trixie's libc6 (glibc >= 2.38, which 4.1 needs): the
+#   amd64: /usr/lib/x86_64-linux-gnu/{libc.so.6,ld-linux-x86-64.so.2}, /usr/lib64/ld-linux-x86-64.so.2 -> ...,
+#          /lib -> usr/lib, /lib64 -> usr/lib64
+#   arm64: /usr/lib/aarch64-linux-gnu/{libc.so.6,ld-linux-aarch64.so.1}, /usr/lib/ld-linux-aarch64.so.1 -> ...,
+#          /lib -> usr/lib                        trixie's libc6 (glibc >= 2.38, which 4.1 needs): the
 #                                                 rootfs's only libc; exactly the libraries the parser needs
 #   /etc/apparmor.d/{abi,abstractions,tunables}   trixie's include tree, same package as the parser
 #   /etc/apparmor/parser.conf                     comments only: NO policy-features pin. Debian's file pins
@@ -16,7 +19,9 @@
 #                                                 bookworm's apparmor 3.0.x parser and its own include tree,
 #                                                 for checking what an AppArmor 3.x node (AKS Ubuntu 22.04)
 #                                                 accepts at boot; it runs on trixie's libc
-#   /usr/share/doc/apparmor-profile-loader/       copyright files and `parser-packages` (package versions)
+#   /usr/share/doc/apparmor-profile-loader/       copyright files, `parser-packages` (package versions) and
+#                                                 `debian-packages` (one line per .deb unpacked here:
+#                                                 "package version arch suite sha256 file"; the SBOM's input)
 #
 # --vm additionally puts bookworm's AppArmor 3.0 feature file at /usr/share/apparmor-features/features (where
 # Debian's parser.conf pin points), for the VM's pinned-node scenarios. The image does not ship it.
@@ -24,11 +29,15 @@
 # Nothing is installed on the machine and its apt sources are not changed: apt runs with its own source list
 # (the machine's Debian archive, suites trixie and bookworm), its own lists and cache directories, and
 # `apt-get download` fetches the .debs, which are checked against the signed lists and unpacked with
-# `dpkg-deb -x`. The .debs are kept, keyed by version, in ${AAPL_CI_CACHE:-/var/cache/aapl-ci}/trixie/debs;
-# the lists are refreshed at most once a day (APT_LISTS_MAX_AGE_MIN, minutes), and if the archive is
-# unreachable the lists already there are used. Pin versions with APPARMOR4_VERSION, APPARMOR3_VERSION,
-# LIBC6_VERSION (default: the newest in trixie, bookworm, trixie respectively); DEBIAN_MIRROR overrides the
-# archive URI.
+# `dpkg-deb -x`. The .debs are kept, keyed by version, in ${AAPL_CI_CACHE:-/var/cache/aapl-ci}/trixie/debs
+# (arm64: .../trixie-arm64/debs); the lists are refreshed at most once a day (APT_LISTS_MAX_AGE_MIN, minutes), and
+# if the archive is unreachable the lists already there are used. DEBIAN_MIRROR overrides the archive URI.
+#
+# Versions are pinned by the lock file (DEBIAN_PACKAGES_LOCK, default tests/deploy/debian-packages.lock beside
+# this script; lines "arch package suite version"): a build takes exactly those versions and fails if the archive
+# no longer has one. --refresh-lock resolves the newest versions in the archive for ARCH and rewrites that arch's
+# lines of the lock file before building. APPARMOR4_VERSION, APPARMOR3_VERSION, LIBC6_VERSION override a pin
+# for one build (the Containerfile's build-args).
 #
 # Used by the Containerfile's `parser` stage (debian:trixie-slim), by .ci/check-deploy (no registry in CI)
 # and by tests/vm/build-initramfs.sh, so the image and the VM get the same tree.
@@ -37,18 +46,39 @@ set -eu
 
 die() { echo "parser-rootfs.sh: $*" >&2; exit 1; }
 
-vm=0
-if [ "${1:-}" = --vm ]; then
-	vm=1
+usage="usage: parser-rootfs.sh [--vm] [--arch amd64|arm64] [--refresh-lock] DESTDIR"
+vm=0 arch=amd64 refresh=0
+while [ $# -gt 0 ]; do
+	case $1 in
+	--vm) vm=1 ;;
+	--arch) [ $# -ge 2 ] || die "$usage"; arch=$2; shift ;;
+	--arch=*) arch=${1#--arch=} ;;
+	--refresh-lock) refresh=1 ;;
+	-*) die "unknown option $1; $usage" ;;
+	*) break ;;
+	esac
 	shift
-fi
-[ $# -eq 1 ] || die "usage: parser-rootfs.sh [--vm] DESTDIR"
-dest=$1
-for cmd in apt-get apt-cache dpkg-deb; do
-	command -v "$cmd" >/dev/null 2>&1 || die "missing command $cmd (a Debian system is needed)"
 done
+[ $# -eq 1 ] || die "$usage"
+dest=$1
+# triple: Debian's multiarch directory; ldso: the loader's name, as the parser's PT_INTERP names it under /lib*
+case $arch in
+amd64) triple=x86_64-linux-gnu ldso_name=ld-linux-x86-64.so.2 ldso_link=usr/lib64 ;;
+arm64) triple=aarch64-linux-gnu ldso_name=ld-linux-aarch64.so.1 ldso_link=usr/lib ;;
+*) die "unsupported architecture '$arch' (amd64 or arm64)" ;;
+esac
+for cmd in apt-get apt-cache dpkg-deb readelf sha256sum; do
+	command -v "$cmd" >/dev/null 2>&1 || die "missing command $cmd (a Debian system with binutils is needed)"
+done
+lock_file=${DEBIAN_PACKAGES_LOCK:-$(cd "$(dirname "$0")" && pwd)/debian-packages.lock}
+[ "$refresh" = 1 ] || [ -f "$lock_file" ] || die "no lock file $lock_file (create it with --refresh-lock)"
 
-cache=${AAPL_CI_CACHE:-/var/cache/aapl-ci}/trixie
+# amd64 keeps the cache directory it always had; other architectures get their own lists and .debs
+if [ "$arch" = amd64 ]; then
+	cache=${AAPL_CI_CACHE:-/var/cache/aapl-ci}/trixie
+else
+	cache=${AAPL_CI_CACHE:-/var/cache/aapl-ci}/trixie-$arch
+fi
 max_age=${APT_LISTS_MAX_AGE_MIN:-1440}
 mkdir -p "$cache/debs" "$cache/lists/partial" "$cache/apt-cache/archives/partial"
 
@@ -68,13 +98,14 @@ fi
 signed_by=""
 [ -f "$sources" ] && signed_by=$(awk '/^Signed-By:/ { print $2; exit }' "$sources")
 {
-	printf 'Types: deb\nURIs: %s\nSuites: trixie bookworm\nComponents: main\n' "$uri"
+	printf 'Types: deb\nURIs: %s\nSuites: trixie bookworm\nComponents: main\nArchitectures: %s\n' "$uri" "$arch"
 	[ -z "$signed_by" ] || printf 'Signed-By: %s\n' "$signed_by"
 } >"$cache/sources.tmp.$$"
 
 apt_opts() {
 	echo "-q -o Dir::Etc::sourcelist=$cache/trixie.sources -o Dir::Etc::sourceparts=- \
--o Dir::State::Lists=$cache/lists -o Dir::Cache=$cache/apt-cache -o APT::Sandbox::User=root"
+-o Dir::State::Lists=$cache/lists -o Dir::Cache=$cache/apt-cache -o APT::Sandbox::User=root \
+-o APT::Architecture=$arch -o APT::Architectures=$arch"
 }
 
 # One apt run at a time on the shared cache (several worktrees may build at once).
@@ -113,7 +144,7 @@ newest() { awk -v p="$1" -v s="$2" '$1 == p && $2 == s { print $3; exit }' "$ver
 # fetch PACKAGE VERSION: path of the cached .deb, downloading it once
 fetch() {
 	pkg=$1 ver=$2
-	file=$cache/debs/${pkg}_$(echo "$ver" | sed 's/:/%3a/')_amd64.deb
+	file=$cache/debs/${pkg}_$(echo "$ver" | sed 's/:/%3a/')_$arch.deb
 	if [ ! -s "$file" ]; then
 		tmp=$(mktemp -d "$cache/debs/.dl.XXXXXX")
 		# shellcheck disable=SC2046
@@ -127,11 +158,30 @@ fetch() {
 	echo "$file"
 }
 
-aa4_ver=${APPARMOR4_VERSION:-$(newest apparmor trixie)}
-aa3_ver=${APPARMOR3_VERSION:-$(newest apparmor bookworm)}
-libc_ver=${LIBC6_VERSION:-$(newest libc6 trixie)}
+# pinned PACKAGE SUITE: the lock file's version for this arch
+pinned() { awk -v a="$arch" -v p="$1" -v s="$2" '$1 == a && $2 == p && $3 == s { print $4; exit }' "$lock_file"; }
+if [ "$refresh" = 1 ]; then
+	aa4_ver=$(newest apparmor trixie) aa3_ver=$(newest apparmor bookworm) libc_ver=$(newest libc6 trixie)
+	[ -n "$aa4_ver" ] && [ -n "$aa3_ver" ] && [ -n "$libc_ver" ] ||
+		die "cannot resolve the newest versions for $arch (apparmor trixie '$aa4_ver', apparmor bookworm '$aa3_ver', libc6 trixie '$libc_ver')"
+	{
+		if [ -f "$lock_file" ]; then
+			grep -v "^$arch " "$lock_file" || true
+		else
+			echo "# Debian package versions tests/deploy/parser-rootfs.sh builds the image's parser tree from."
+			echo "# arch package suite version; rewritten per arch by \`parser-rootfs.sh --arch ARCH --refresh-lock DIR\`."
+		fi
+		printf '%s apparmor trixie %s\n%s apparmor bookworm %s\n%s libc6 trixie %s\n' \
+			"$arch" "$aa4_ver" "$arch" "$aa3_ver" "$arch" "$libc_ver"
+	} >"$lock_file.tmp.$$"
+	mv "$lock_file.tmp.$$" "$lock_file"
+	echo "parser-rootfs.sh: $lock_file: $arch pinned to apparmor $aa4_ver (trixie), $aa3_ver (bookworm), libc6 $libc_ver" >&2
+fi
+aa4_ver=${APPARMOR4_VERSION:-$(pinned apparmor trixie)}
+aa3_ver=${APPARMOR3_VERSION:-$(pinned apparmor bookworm)}
+libc_ver=${LIBC6_VERSION:-$(pinned libc6 trixie)}
 [ -n "$aa4_ver" ] && [ -n "$aa3_ver" ] && [ -n "$libc_ver" ] ||
-	die "cannot resolve versions (apparmor trixie '$aa4_ver', apparmor bookworm '$aa3_ver', libc6 trixie '$libc_ver')"
+	die "$lock_file pins no version for $arch (apparmor trixie '$aa4_ver', apparmor bookworm '$aa3_ver', libc6 trixie '$libc_ver'); run parser-rootfs.sh --arch $arch --refresh-lock DIR"
 aa4_deb=$(fetch apparmor "$aa4_ver")
 aa3_deb=$(fetch apparmor "$aa3_ver")
 libc_deb=$(fetch libc6 "$libc_ver")
@@ -153,31 +203,44 @@ parser_in() {
 }
 aa4_parser=$(parser_in "$work/aa4" "${aa4_deb##*/}")
 aa3_parser=$(parser_in "$work/aa3" "${aa3_deb##*/}")
-libdir=$work/libc/usr/lib/x86_64-linux-gnu
-ldso=$libdir/ld-linux-x86-64.so.2
-[ -f "$libdir/libc.so.6" ] && [ -f "$ldso" ] || die "${libc_deb##*/} has no usr/lib/x86_64-linux-gnu/{libc.so.6,ld-linux-x86-64.so.2}"
+libdir=$work/libc/usr/lib/$triple
+ldso=$libdir/$ldso_name
+[ -f "$libdir/libc.so.6" ] && [ -f "$ldso" ] || die "${libc_deb##*/} has no usr/lib/$triple/{libc.so.6,$ldso_name}"
 
-mkdir -p "$dest/usr/sbin" "$dest/usr/lib/x86_64-linux-gnu" "$dest/usr/lib64" "$dest/etc/apparmor.d" \
+mkdir -p "$dest/usr/sbin" "$dest/usr/lib/$triple" "$dest/$ldso_link" "$dest/etc/apparmor.d" \
 	"$dest/usr/lib/apparmor-profile-loader/apparmor.d-3"
 [ -e "$dest/lib" ] || ln -s usr/lib "$dest/lib"
-[ -e "$dest/lib64" ] || ln -s usr/lib64 "$dest/lib64"
+[ "$arch" != amd64 ] || [ -e "$dest/lib64" ] || ln -s usr/lib64 "$dest/lib64"
 install -m 0755 "$aa4_parser" "$dest/usr/sbin/apparmor_parser"
 install -m 0755 "$aa3_parser" "$dest/usr/lib/apparmor-profile-loader/apparmor_parser-3"
 
-# Libraries: exactly what trixie's loader resolves for each parser ("name => path (addr)" lines; the loader
-# itself and the vDSO have no "=>"). Anything it cannot find in trixie's libc6 fails the build.
-for p in "$aa4_parser" "$aa3_parser"; do
-	"$ldso" --library-path "$libdir" --list "$p" >"$work/ldd" 2>&1 || { cat "$work/ldd" >&2; die "cannot list the libraries of $p"; }
-	! grep -q 'not found' "$work/ldd" || { cat "$work/ldd" >&2; die "${p##*/} needs a library trixie's libc6 does not ship"; }
-	sed -n 's|.*=> \(/[^ ]*\) (.*|\1|p' "$work/ldd" | while read -r lib; do
-		case $lib in
-		"$libdir"/*) install -m 0755 "$lib" "$dest/usr/lib/x86_64-linux-gnu/${lib##*/}" ;;
-		*) die "${p##*/} resolves $lib outside trixie's libc6" ;;
-		esac
+# Libraries: exactly the parsers' DT_NEEDED entries (and theirs), each found in trixie's libc6; the loader is
+# the parser's PT_INTERP. Anything not in trixie's libc6 fails the build. readelf reads either architecture.
+needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
+: >"$work/libs"
+todo="$aa4_parser $aa3_parser"
+while [ -n "$todo" ]; do
+	set -- $todo
+	f=$1
+	shift
+	todo=$*
+	interp=$(readelf -l "$f" | sed -n 's/.*Requesting program interpreter: \(.*\)\]/\1/p')
+	case $interp in "" | */"$ldso_name") ;; *) die "${f##*/} asks for the loader $interp, not $ldso_name" ;; esac
+	for lib in $(needed "$f"); do
+		[ "$lib" != "$ldso_name" ] || continue
+		grep -qxF "$lib" "$work/libs" && continue
+		[ -f "$libdir/$lib" ] || die "${f##*/} needs $lib, which trixie's libc6 ($arch) does not ship"
+		echo "$lib" >>"$work/libs"
+		install -m 0755 "$libdir/$lib" "$dest/usr/lib/$triple/$lib"
+		todo="$todo $libdir/$lib"
 	done
 done
-install -m 0755 "$ldso" "$dest/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
-ln -sfn ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$dest/usr/lib64/ld-linux-x86-64.so.2"
+install -m 0755 "$ldso" "$dest/usr/lib/$triple/$ldso_name"
+if [ "$arch" = amd64 ]; then
+	ln -sfn "../lib/$triple/$ldso_name" "$dest/usr/lib64/$ldso_name"
+else
+	ln -sfn "$triple/$ldso_name" "$dest/usr/lib/$ldso_name"
+fi
 
 # include trees: the whole abi/, abstractions/ and tunables/ of each package
 for d in abi abstractions tunables; do
@@ -208,15 +271,37 @@ cp "$work/aa3/usr/share/doc/apparmor/copyright" "$doc/apparmor-3.copyright"
 cp "$work/libc/usr/share/doc/libc6/copyright" "$doc/libc6.copyright"
 printf 'apparmor %s /usr/sbin/apparmor_parser\napparmor %s /usr/lib/apparmor-profile-loader/apparmor_parser-3\nlibc6 %s\n' \
 	"$aa4_ver" "$aa3_ver" "$libc_ver" >"$doc/parser-packages"
+# the manifest of every .deb whose files are in the tree (read by tests/deploy/sbom.py)
+for entry in "apparmor $aa4_ver trixie $aa4_deb" "apparmor $aa3_ver bookworm $aa3_deb" "libc6 $libc_ver trixie $libc_deb"; do
+	set -- $entry
+	deb_arch=$(dpkg-deb -f "$4" Architecture)
+	[ "$deb_arch" = "$arch" ] || die "${4##*/} is for $deb_arch, not $arch"
+	printf '%s %s %s %s %s %s\n' "$1" "$2" "$deb_arch" "$3" "$(sha256sum <"$4" | cut -d' ' -f1)" "${4##*/}"
+done >"$doc/debian-packages"
 
 # ===  self-check: both parsers run with the tree's own loader and libc  ===
 
 # one libc only
 n=$(find "$dest" -name 'libc.so.6' | wc -l)
 [ "$n" -eq 1 ] || die "$dest holds $n copies of libc.so.6, expected exactly one"
-lib=$dest/usr/lib/x86_64-linux-gnu
-v4=$("$lib/ld-linux-x86-64.so.2" --library-path "$lib" "$dest/usr/sbin/apparmor_parser" --version | head -n 1)
-v3=$("$lib/ld-linux-x86-64.so.2" --library-path "$lib" "$dest/usr/lib/apparmor-profile-loader/apparmor_parser-3" --version | head -n 1)
+# run TREE-BINARY ARGS...: runs a binary of the tree with the tree's own loader and libc (through qemu-user for a
+# foreign architecture)
+lib=$dest/usr/lib/$triple
+run() {
+	case $arch in
+	amd64) "$lib/$ldso_name" --library-path "$lib" "$@" ;;
+	*)
+		if [ "$(uname -m)" = aarch64 ]; then
+			"$lib/$ldso_name" --library-path "$lib" "$@"
+		else
+			command -v qemu-aarch64 >/dev/null 2>&1 || die "qemu-aarch64 is missing (apt-get install qemu-user) to check the arm64 parsers"
+			qemu-aarch64 -L "$dest" "$lib/$ldso_name" --library-path "$lib" "$@"
+		fi
+		;;
+	esac
+}
+v4=$(run "$dest/usr/sbin/apparmor_parser" --version | head -n 1)
+v3=$(run "$dest/usr/lib/apparmor-profile-loader/apparmor_parser-3" --version | head -n 1)
 case $v4 in *" version 4."*) ;; *) die "/usr/sbin/apparmor_parser reports '$v4', expected 4.x" ;; esac
 case $v3 in *" version 3."*) ;; *) die "apparmor_parser-3 reports '$v3', expected 3.x" ;; esac
-echo "parser-rootfs.sh: $dest: $v4 (apparmor $aa4_ver), $v3 (apparmor $aa3_ver), libc6 $libc_ver" >&2
+echo "parser-rootfs.sh: $dest ($arch): $v4 (apparmor $aa4_ver), $v3 (apparmor $aa3_ver), libc6 $libc_ver" >&2

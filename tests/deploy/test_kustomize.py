@@ -245,6 +245,16 @@ def test_resources_and_node_name(pod):
             assert e["name"] == "NODE_NAME" or e["name"].startswith("APPARMOR_LOADER_"), e
 
 
+def test_runs_on_exactly_the_image_architectures(pod):
+    # The image is a manifest list of linux/amd64 and linux/arm64 (.ci/check-deploy checks both platforms):
+    # the DaemonSet must reach both and nothing else (an s390x node would fail with exec format error).
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [
+        {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}
+    ]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"]["nodeAffinity"]
+
+
 def test_scheduling(rendered, pod):
     ds = one(rendered, "DaemonSet")
     assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"

@@ -11,6 +11,8 @@
 # pinned-node scenarios; our static loader at /usr/local/bin/apparmor-loader (+ busybox-style links);
 # PAYLOAD_DIR at /aapl, and INIT (default: tests/vm/guest/init) at /init.
 # PARSER_ROOTFS=DIR takes that tree from DIR (made by `parser-rootfs.sh --vm DIR`) instead of building it.
+# BUSYBOX=FILE takes another busybox-static; BUSYBOX_LIST=FILE a busybox of the same version that runs here, to
+# list the applets of a foreign-architecture BUSYBOX (tests/kernel_arm64.rs: the arm64 one, listed by the host's).
 set -eu
 
 die() { echo "build-initramfs.sh: $*" >&2; exit 1; }
@@ -20,10 +22,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 init=${4:-$here/guest/init}
 
 busybox=${BUSYBOX:-/bin/busybox}
-for f in "$busybox" "$loader" "$init"; do
+busybox_list=${BUSYBOX_LIST:-$busybox}
+for f in "$busybox" "$busybox_list" "$loader" "$init"; do
     [ -e "$f" ] || die "missing $f"
 done
-"$busybox" --list >/dev/null 2>&1 || die "$busybox is not a busybox binary (install busybox-static)"
+"$busybox_list" --list >/dev/null 2>&1 || die "$busybox_list is not a busybox binary (install busybox-static)"
 file_type=$(LC_ALL=C ldd "$busybox" 2>&1 || true)
 case $file_type in *"not a dynamic executable"*|*"statically linked"*) ;; *) die "$busybox is not static (install busybox-static)";; esac
 
@@ -37,7 +40,7 @@ chmod 1777 "$root"/tmp "$root"/var/tmp
 
 # busybox and its applets
 cp "$busybox" "$root/bin/busybox"
-for applet in $("$busybox" --list); do
+for applet in $("$busybox_list" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
 done
 
