@@ -941,12 +941,10 @@ fn scenario_8(c: &Cluster, f: &mut Findings, node: &str, ni: usize, pods_before:
         f.check("8", false, "the labelled workload has no container ID");
         return;
     };
-    let attr = c.guest.out(&format!(
-        "pid=$(task_pid {id}); cat /proc/$pid/attr/apparmor/current 2>/dev/null || cat /proc/$pid/attr/current"
-    ));
+    let attr = profile_state(c, &id);
     f.check(
         "8",
-        attr.trim() == format!("{PROFILE} (enforce)"),
+        attr == format!("{PROFILE} (enforce)"),
         format!("it runs confined by {PROFILE}: {attr:?}"),
     );
 }
@@ -1648,12 +1646,10 @@ fn scenario_7(c: &Cluster, f: &mut Findings, node: &str, wl_pod: &Value) -> Resu
             && labels["apparmor-profile-loader/k8s-nginx"].is_string(),
         format!("the node no longer advertises {PROFILE}; the others stay: {labels}"),
     );
-    let attr = c.guest.out(&format!(
-        "pid=$(task_pid {id}); cat /proc/$pid/attr/apparmor/current 2>/dev/null || cat /proc/$pid/attr/current"
-    ));
+    let attr = profile_state(c, &id);
     f.check(
         "7",
-        attr.trim() == format!("{PROFILE} (enforce)"),
+        attr == format!("{PROFILE} (enforce)"),
         format!("the running workload is still confined by {PROFILE}, not unconfined: {attr:?}"),
     );
     match c.guest.sh(
@@ -1680,12 +1676,10 @@ fn scenario_2(c: &Cluster, f: &mut Findings, pod: &Value) {
         f.check("2", false, "the workload pod has no container ID");
         return;
     };
-    let attr = c.guest.out(&format!(
-        "pid=$(task_pid {id}); cat /proc/$pid/attr/apparmor/current 2>/dev/null || cat /proc/$pid/attr/current"
-    ));
+    let attr = profile_state(c, &id);
     f.check(
         "2",
-        attr.trim() == format!("{PROFILE} (enforce)"),
+        attr == format!("{PROFILE} (enforce)"),
         format!("the kernel says the workload process runs under {PROFILE} (enforce): {attr:?}"),
     );
     let exec = |n: u32, path: &str| {
