@@ -120,7 +120,13 @@ impl crate::exit_code::ExitStatus for ParserError {
             ParserError::Invalid(..) | ParserError::TimedOut { .. } => {
                 crate::exit_code::INVALID_PROFILES
             }
-            _ => crate::exit_code::INTERNAL,
+            // The parser could not run, was killed (OOM) or failed for a reason that is not a
+            // profile's: the tool or the node, not the ConfigMap.
+            ParserError::NotFound(_)
+            | ParserError::Spawn { .. }
+            | ParserError::Output { .. }
+            | ParserError::Killed { .. }
+            | ParserError::Failed { .. } => crate::exit_code::INTERNAL,
         }
     }
 }

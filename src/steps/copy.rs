@@ -118,7 +118,13 @@ impl ExitStatus for CopyError {
             CopyError::Empty(_) | CopyError::Clash { .. } | CopyError::Foreign(_) => {
                 exit_code::INVALID_PROFILES
             }
-            _ => exit_code::INTERNAL,
+            // The source unreadable as a whole, the image without its AppArmor 3 parser, our
+            // records, the lock, the host's files: nothing the ConfigMap can fix.
+            CopyError::Source(_)
+            | CopyError::NoV3Parser { .. }
+            | CopyError::State(_)
+            | CopyError::Lock(_)
+            | CopyError::Io { .. } => exit_code::INTERNAL,
         }
     }
 }

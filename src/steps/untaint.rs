@@ -90,7 +90,15 @@ impl ExitStatus for UntaintError {
         match self {
             UntaintError::NoNodeName => exit_code::USAGE,
             UntaintError::Runtime { .. } | UntaintError::Report(_) => exit_code::INTERNAL,
-            _ => exit_code::KUBERNETES_API,
+            // The API server: unreachable, refusing, or not answering before the deadline (or a
+            // signal) ended the retries.
+            UntaintError::Client(_)
+            | UntaintError::NodeNotFound(_)
+            | UntaintError::Unauthorized(_)
+            | UntaintError::Forbidden { .. }
+            | UntaintError::Rejected { .. }
+            | UntaintError::TimedOut { .. }
+            | UntaintError::Stopped(_) => exit_code::KUBERNETES_API,
         }
     }
 }

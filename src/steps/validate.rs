@@ -24,7 +24,7 @@ impl ExitStatus for ValidateError {
         match self {
             // A path that does not exist is a mistyped argument.
             ValidateError::Source(SourceError::NotFound(_)) => exit_code::USAGE,
-            ValidateError::Source(_) => exit_code::INTERNAL,
+            ValidateError::Source(SourceError::Io { .. }) => exit_code::INTERNAL,
             ValidateError::Empty(_) => exit_code::INVALID_PROFILES,
             ValidateError::Check(e) => e.exit_code(),
         }
