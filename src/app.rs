@@ -10,7 +10,8 @@ use crate::apparmor::kernel::Kernel;
 use crate::apparmor::node_parser::NodeParser;
 use crate::apparmor::parser::Parser;
 use crate::cli::{
-    Cli, Command, CopyArgs, LoadArgs, NodeArgs, ParserArgs, ProfileDirArgs, ValidateArgs,
+    Cli, Command, CopyArgs, LoadArgs, NodeAppArmor, NodeArgs, ParserArgs, ProfileDirArgs,
+    ValidateArgs,
 };
 use crate::exit_code::CliError;
 use crate::host::lock::LockOptions;
@@ -70,7 +71,11 @@ fn run_step(cli: Cli) -> Result<(), CliError> {
 
 fn run_copy(args: CopyArgs, node: &str) -> Result<(), CliError> {
     let parser = parser(&args.parser, Some(&args.node))?;
-    let node_parser = NodeParser::detect(&args.node.node_root, args.node_apparmor)?;
+    let node_parser = match args.node_apparmor {
+        NodeAppArmor::Auto => NodeParser::detect(&args.node.node_root)?,
+        NodeAppArmor::V3 => NodeParser::declared_v3(),
+        NodeAppArmor::V4 => NodeParser::declared_v4(),
+    };
     let v3_parser = Parser {
         binary: args.v3_parser.clone(),
         base: args.v3_base.clone(),

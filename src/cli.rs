@@ -197,7 +197,7 @@ pub struct CopyArgs {
         value_enum,
         default_value = "auto"
     )]
-    pub node_apparmor: crate::apparmor::node_parser::NodeAppArmor,
+    pub node_apparmor: NodeAppArmor,
 
     /// The AppArmor 3 parser for reboot parity: on a node whose <NODE_ROOT>/etc/os-release
     /// names a release that ships AppArmor 3 (Ubuntu 22.04, Debian 12), every new or changed
@@ -374,6 +374,19 @@ pub fn args_with_applet(mut args: Vec<OsString>) -> Vec<OsString> {
         args.insert(1, applet);
     }
     args
+}
+
+/// What `--node-apparmor` declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeAppArmor {
+    /// Read the node's os-release (mounted under the node root) and look the release up.
+    Auto,
+    /// The node boots with AppArmor 3 userspace: files must also compile with a 3.x parser.
+    #[value(name = "3")]
+    V3,
+    /// The node boots with AppArmor 4 userspace: the image's parser decides.
+    #[value(name = "4")]
+    V4,
 }
 
 #[cfg(test)]

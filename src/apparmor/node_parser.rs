@@ -28,19 +28,6 @@ pub enum NodeParser {
     Current { os: String },
 }
 
-/// What `--node-apparmor` declares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum NodeAppArmor {
-    /// Read the node's os-release (mounted under the node root) and look the release up.
-    Auto,
-    /// The node boots with AppArmor 3 userspace: files must also compile with a 3.x parser.
-    #[value(name = "3")]
-    V3,
-    /// The node boots with AppArmor 4 userspace: the image's parser decides.
-    #[value(name = "4")]
-    V4,
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error(
     "cannot read the node's os-release ({tried}): copy needs it to know which AppArmor the \
@@ -59,22 +46,23 @@ impl crate::exit_code::ExitStatus for OsReleaseError {
 }
 
 impl NodeParser {
-    /// What the node boots with: declared, or read from `<node_root>/etc/os-release` (else
-    /// `<node_root>/usr/lib/os-release`), symlinks resolved inside the node root.
-    pub fn detect(node_root: &Path, declared: NodeAppArmor) -> Result<Self, OsReleaseError> {
-        match declared {
-            NodeAppArmor::V3 => {
-                return Ok(NodeParser::V3 {
-                    os: "a node declared AppArmor 3 (--node-apparmor)".into(),
-                });
-            }
-            NodeAppArmor::V4 => {
-                return Ok(NodeParser::Current {
-                    os: "a node declared AppArmor 4 (--node-apparmor)".into(),
-                });
-            }
-            NodeAppArmor::Auto => {}
+    /// A node the operator declared to boot with AppArmor 3 (`--node-apparmor 3`).
+    pub fn declared_v3() -> Self {
+        NodeParser::V3 {
+            os: "a node declared AppArmor 3 (--node-apparmor)".into(),
         }
+    }
+
+    /// A node the operator declared to boot with AppArmor 4 (`--node-apparmor 4`).
+    pub fn declared_v4() -> Self {
+        NodeParser::Current {
+            os: "a node declared AppArmor 4 (--node-apparmor)".into(),
+        }
+    }
+
+    /// What the node boots with, read from `<node_root>/etc/os-release` (else
+    /// `<node_root>/usr/lib/os-release`), symlinks resolved inside the node root.
+    pub fn detect(node_root: &Path) -> Result<Self, OsReleaseError> {
         let mut tried = Vec::new();
         for rel in NODE_OS_RELEASE {
             let read = resolve_in_root(node_root, Path::new(rel)).and_then(|path| {
@@ -232,7 +220,7 @@ mod tests {
         .unwrap();
         std::os::unix::fs::symlink("../usr/lib/os-release", root.path().join("etc/os-release"))
             .unwrap();
-        let found = NodeParser::detect(root.path(), NodeAppArmor::Auto).unwrap();
+        let found = NodeParser::detect(root.path()).unwrap();
         assert_eq!(
             found,
             NodeParser::V3 {
@@ -244,13 +232,13 @@ mod tests {
         std::os::unix::fs::symlink("/usr/lib/os-release", root.path().join("etc/os-release"))
             .unwrap();
         assert!(matches!(
-            NodeParser::detect(root.path(), NodeAppArmor::Auto).unwrap(),
+            NodeParser::detect(root.path()).unwrap(),
             NodeParser::V3 { .. }
         ));
         // Only /usr/lib/os-release (the fallback os-release(5) names).
         std::fs::remove_file(root.path().join("etc/os-release")).unwrap();
         assert!(matches!(
-            NodeParser::detect(root.path(), NodeAppArmor::Auto).unwrap(),
+            NodeParser::detect(root.path()).unwrap(),
             NodeParser::V3 { .. }
         ));
     }
@@ -258,7 +246,7 @@ mod tests {
     #[test]
     fn an_unreadable_os_release_fails_closed_unless_declared() {
         let root = tempfile::tempdir().unwrap();
-        let err = NodeParser::detect(root.path(), NodeAppArmor::Auto).unwrap_err();
+        let err = NodeParser::detect(root.path()).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("etc/os-release") && msg.contains("--node-apparmor"),
@@ -268,13 +256,10 @@ mod tests {
         std::fs::create_dir_all(root.path().join("etc")).unwrap();
         std::os::unix::fs::symlink("../../../../nowhere", root.path().join("etc/os-release"))
             .unwrap();
-        assert!(NodeParser::detect(root.path(), NodeAppArmor::Auto).is_err());
+        assert!(NodeParser::detect(root.path()).is_err());
+        assert!(matches!(NodeParser::declared_v3(), NodeParser::V3 { .. }));
         assert!(matches!(
-            NodeParser::detect(root.path(), NodeAppArmor::V3).unwrap(),
-            NodeParser::V3 { .. }
-        ));
-        assert!(matches!(
-            NodeParser::detect(root.path(), NodeAppArmor::V4).unwrap(),
+            NodeParser::declared_v4(),
             NodeParser::Current { .. }
         ));
     }
