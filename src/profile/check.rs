@@ -36,6 +36,13 @@ pub enum CheckError {
     DuplicateNames(String),
     #[error("{} of the profile keys are invalid, nothing was changed:\n  {}", .0.len(), list(.0))]
     Rejected(Vec<Rejection>),
+    #[error(
+        "{} did not print the marker profiles between the files once each and in order, so \
+         which file defines which profile cannot be told; this tool does not understand that \
+         parser's output and refuses to guess (nothing was changed)",
+        .binary.display()
+    )]
+    Unsplittable { binary: PathBuf },
 }
 
 fn list(rejections: &[Rejection]) -> String {
@@ -53,6 +60,8 @@ impl ExitStatus for CheckError {
             CheckError::Refused { .. }
             | CheckError::DuplicateNames(_)
             | CheckError::Rejected(_) => exit_code::INVALID_PROFILES,
+            // The parser, not the profiles: no ConfigMap change can fix it.
+            CheckError::Unsplittable { .. } => exit_code::INTERNAL,
         }
     }
 }
@@ -141,7 +150,9 @@ impl ParserInput for Item {
 /// Names (`--names`) and modes (the debug dump) of files that compile, in two parser
 /// processes side by side for all of them rather than two per file (process start-up
 /// dominates on a small node). Marker profiles between the files split the parser's output
-/// per file; should the markers not come back in order, each file is asked about alone.
+/// per file. With one job the parser prints its input files in order, so markers that do not
+/// come back once each and in order mean a parser whose output we do not understand: that is
+/// refused ([`CheckError::Unsplittable`]), not worked around.
 fn describe_all(parser: &Parser, files: &[&ProfileInput]) -> Result<Vec<Described>, CheckError> {
     if files.is_empty() {
         return Ok(Vec::new());
@@ -181,16 +192,9 @@ fn describe_all(parser: &Parser, files: &[&ProfileInput]) -> Result<Vec<Describe
             .zip(modes)
             .map(|(names, dumped)| with_modes(names, dumped.into_iter().collect()))
             .collect()),
-        _ => {
-            tracing::debug!("the parser's output did not split at the markers; asking per file");
-            pool::map(parser.jobs, files, |f| {
-                let names = parser.names(&[*f])?;
-                let dumped = parser.modes(&[*f])?;
-                Ok(with_modes(names, dumped.into_iter().collect()))
-            })
-            .into_iter()
-            .collect()
-        }
+        _ => Err(CheckError::Unsplittable {
+            binary: parser.binary.clone(),
+        }),
     }
 }
 
@@ -312,6 +316,41 @@ mod tests {
         assert_eq!(split(&["m0", "a"], 1), None);
         assert_eq!(split(&["x", "m0", "a", "m1"], 1), None);
         assert_eq!(split(&["m0", "a", "m1", "stray"], 1), None);
+    }
+
+    /// A parser whose `--names` and `--debug` output lacks the marker profiles (here: one that
+    /// prints the same name for any input) is refused, not asked again file by file.
+    #[test]
+    fn a_parser_that_drops_the_markers_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("fake_parser");
+        crate::executable_script::write(
+            &binary,
+            "#!/bin/sh\necho 'Name:\t\tp'; echo 'Mode: '; echo p\n",
+        );
+        let parser = Parser {
+            binary: binary.clone(),
+            base: dir.path().to_path_buf(),
+            includes: vec![],
+            jobs: 1,
+            features: crate::apparmor::features::Features::ParserDefault,
+            timeout: std::time::Duration::from_secs(30),
+        };
+        let file = dir.path().join("k");
+        std::fs::write(&file, "profile p {}\n").unwrap();
+        let inputs = [ProfileInput {
+            key: "k".into(),
+            path: file,
+            sha256: "ab".into(),
+        }];
+        let err = check(&inputs, &parser, &Inventory::default(), Cache::Skip).unwrap_err();
+        assert!(matches!(err, CheckError::Unsplittable { .. }), "{err}");
+        assert_eq!(err.exit_code(), exit_code::INTERNAL);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&binary.display().to_string()) && msg.contains("refuses to guess"),
+            "{msg}"
+        );
     }
 
     #[test]
