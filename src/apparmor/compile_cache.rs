@@ -15,6 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::apparmor::parser::Parser;
+use crate::apparmor::parser_cache;
 use crate::apparmor::toolchain;
 
 /// Sub-directory of the cache directory that holds one directory per fingerprint.
@@ -96,43 +97,16 @@ impl Staging<'_> {
         &self.cache.staging
     }
 
-    /// Moves every staged entry into the cache (call once the compiled files are on disk).
-    ///
-    /// The parser keeps one sub-directory per feature set (`<hash>.N`, with the set in
-    /// `.features`). A staged sub-directory whose set matches the cache's is merged into it;
-    /// one with no counterpart is moved as a whole; a conflicting one is dropped (`load`
-    /// then compiles those files itself).
+    /// Moves every staged entry into the cache (call once the compiled files are on disk), as
+    /// the parser's cache layout allows ([`parser_cache::merge`]: a staged feature set that
+    /// conflicts with the cache's is dropped, and `load` then compiles those files itself).
     pub fn promote(mut self) -> io::Result<usize> {
         self.settled = true;
         let (staging, dir) = (&self.cache.staging, &self.cache.dir);
-        let mut promoted = 0;
         if !staging.exists() {
             return Ok(0);
         }
-        for entry in fs::read_dir(staging)? {
-            let entry = entry?;
-            if !entry.file_type()?.is_dir() {
-                continue;
-            }
-            let target = dir.join(entry.file_name());
-            if !target.exists() {
-                promoted += fs::read_dir(entry.path())?.count().saturating_sub(1);
-                fs::rename(entry.path(), &target)?;
-                continue;
-            }
-            let same_set = fs::read(entry.path().join(".features")).ok()
-                == fs::read(target.join(".features")).ok();
-            if !same_set {
-                continue;
-            }
-            for file in fs::read_dir(entry.path())? {
-                let file = file?;
-                if file.file_name() != ".features" {
-                    fs::rename(file.path(), target.join(file.file_name()))?;
-                    promoted += 1;
-                }
-            }
-        }
+        let promoted = parser_cache::merge(staging, dir)?;
         fs::remove_dir_all(staging)?;
         Ok(promoted)
     }

@@ -14,6 +14,7 @@ mod copy;
 mod fail_closed;
 mod load;
 mod lock;
+mod parser_cache;
 mod pause_untaint;
 mod prereq_rule;
 mod profiles_fail_closed;

@@ -29,6 +29,10 @@ pub const BROKEN: &str =
 /// Writes an executable script (see `src/executable_script.rs` for why through a child `sh`).
 pub use executable_script::write as write_executable;
 
+/// A kernel feature set the parser can compile (and cache) for on a machine whose own kernel has
+/// no AppArmor: the one Debian's `apparmor` package ships.
+pub const DEBIAN_FEATURES: &str = "/usr/share/apparmor-features/features";
+
 /// The real parser; when it is missing, a skip, or a test failure under CI (`prereq`).
 pub fn real_parser() -> Option<PathBuf> {
     let found = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]
@@ -345,7 +349,7 @@ impl Node {
         let parser = real_parser()?;
         let kernel = FakeKernel::new(&parser);
         fs::copy(
-            "/usr/share/apparmor-features/features",
+            DEBIAN_FEATURES,
             kernel.securityfs().join("apparmor/features"),
         )
         .expect("Debian's apparmor package ships /usr/share/apparmor-features/features");
