@@ -280,7 +280,11 @@ mod tests {
                 .into(),
                 1,
             ),
-            (load::LoadError::MissingFile("k".into()).into(), 3),
+            (
+                load::LoadError::MissingFile(crate::profile::keys::Key::try_from("k").unwrap())
+                    .into(),
+                3,
+            ),
             (
                 load::LoadError::Read {
                     path: p.clone(),

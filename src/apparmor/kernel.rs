@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::apparmor::mode::Mode;
 use crate::exit_code::{self, ExitStatus};
 
 /// Default mount point of securityfs on a node (and where the DaemonSet mounts it).
@@ -121,8 +122,10 @@ impl Kernel {
         std::fs::symlink_metadata(self.profiles_file()).is_ok()
     }
 
-    /// The loaded profiles and their modes, e.g. `k8s-nginx` → `enforce`.
-    pub fn loaded_profiles(&self) -> Result<BTreeMap<String, String>, KernelError> {
+    /// The loaded profiles and their modes, e.g. `k8s-nginx` → `enforce`. Keyed by the names
+    /// as the kernel lists them: other people's profiles are there too, under names this tool
+    /// would never load.
+    pub fn loaded_profiles(&self) -> Result<BTreeMap<String, Mode>, KernelError> {
         let path = self.profiles_file();
         let text = fs::read_to_string(&path).map_err(|source| KernelError::Io {
             path: path.clone(),
@@ -151,14 +154,15 @@ fn collect_hashes(dir: &Path, out: &mut BTreeMap<String, String>) {
 }
 
 /// Parses the kernel's `profiles` file: one `name (mode)` per line; names may contain spaces
-/// and parentheses, the mode is always the last parenthesised word.
-pub fn parse_profiles(text: &str) -> BTreeMap<String, String> {
+/// and parentheses, the mode is always the last parenthesised word (kept as printed when it is
+/// not one this tool names: [`Mode::Other`]).
+pub fn parse_profiles(text: &str) -> BTreeMap<String, Mode> {
     text.lines()
         .filter_map(|line| {
             let line = line.trim_end();
             let open = line.rfind(" (")?;
             let mode = line[open + 2..].strip_suffix(')')?;
-            Some((line[..open].to_string(), mode.to_string()))
+            Some((line[..open].to_string(), Mode::from(mode)))
         })
         .collect()
 }
@@ -188,13 +192,14 @@ mod tests {
     #[test]
     fn profiles_file_is_parsed() {
         let text = "k8s-nginx (enforce)\n/usr/bin/man (complain)\nodd (name) (kill)\n\
-                    p//hat (enforce)\ngarbage\n";
+                    p//hat (enforce)\nasking (prompt)\ngarbage\n";
         let p = parse_profiles(text);
-        assert_eq!(p["k8s-nginx"], "enforce");
-        assert_eq!(p["/usr/bin/man"], "complain");
-        assert_eq!(p["odd (name)"], "kill");
-        assert_eq!(p["p//hat"], "enforce");
-        assert_eq!(p.len(), 4);
+        assert_eq!(p["k8s-nginx"], Mode::Enforce);
+        assert_eq!(p["/usr/bin/man"], Mode::Complain);
+        assert_eq!(p["odd (name)"], Mode::Kill);
+        assert_eq!(p["p//hat"], Mode::Enforce);
+        assert_eq!(p["asking"], Mode::Other("prompt".into()));
+        assert_eq!(p.len(), 5);
     }
 
     fn fake(enabled: Option<&str>, mounted: bool) -> (tempfile::TempDir, Kernel) {

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::apparmor::features::Features;
+use crate::apparmor::mode::Mode;
 use crate::apparmor::pool;
 use crate::apparmor::process::{self, Finished, ProcessError};
 
@@ -279,7 +280,7 @@ impl Parser {
 
     /// The mode each profile of the files asks for, from the parser's debug dump (`enforce`
     /// unless its flags say otherwise), as `(name, mode)` in file order (one process, one job).
-    pub fn modes<F: ParserInput>(&self, files: &[F]) -> Result<Vec<(String, String)>, ParserError> {
+    pub fn modes<F: ParserInput>(&self, files: &[F]) -> Result<Vec<(String, Mode)>, ParserError> {
         let mut cmd = self.command();
         cmd.arg("--debug")
             .arg("--skip-kernel-load")
@@ -426,7 +427,7 @@ fn error_message(stderr: &str) -> String {
 /// hats print `Mode: , Hat`; child profiles print `Local To:` before their mode. A name that
 /// is not followed by one of those lines spans several lines (it contains a newline) and is
 /// left out, so its caller sees a name it cannot account for.
-fn parse_debug_modes(dump: &str) -> Vec<(String, String)> {
+fn parse_debug_modes(dump: &str) -> Vec<(String, Mode)> {
     let mut modes = Vec::new();
     let mut name: Option<String> = None;
     for line in dump.lines() {
@@ -435,8 +436,12 @@ fn parse_debug_modes(dump: &str) -> Vec<(String, String)> {
         } else if let Some(m) = line.strip_prefix("Mode:") {
             if let Some(n) = name.take() {
                 let mode = m.split(',').next().unwrap_or("").trim();
-                let mode = if mode.is_empty() { "enforce" } else { mode };
-                modes.push((n, mode.to_string()));
+                let mode = if mode.is_empty() {
+                    Mode::Enforce
+                } else {
+                    Mode::from(mode)
+                };
+                modes.push((n, mode));
             }
         } else if !line.starts_with("Local To:") {
             name = None;
@@ -493,14 +498,14 @@ mod tests {
                     Mode:\trwa:rwa\tName:\t(/dev/full)\nName:\t\tq\nMode: complain\n\
                     Name:\t\that\nMode: , Hat\n";
         let modes: BTreeMap<_, _> = parse_debug_modes(dump).into_iter().collect();
-        assert_eq!(modes["p"], "enforce");
-        assert_eq!(modes["q"], "complain");
-        assert_eq!(modes["hat"], "enforce");
+        assert_eq!(modes["p"], Mode::Enforce);
+        assert_eq!(modes["q"], Mode::Complain);
+        assert_eq!(modes["hat"], Mode::Enforce);
         assert_eq!(modes.len(), 3);
         // A child profile says where it belongs first; a name with a newline spans lines.
         let dump = "Name:\t\tkid\nLocal To:\tp\nMode: \nName:\t\ta\nb\nMode: \n";
         let modes: BTreeMap<_, _> = parse_debug_modes(dump).into_iter().collect();
-        assert_eq!(modes["kid"], "enforce");
+        assert_eq!(modes["kid"], Mode::Enforce);
         assert!(
             !modes.contains_key("a") && !modes.contains_key("b"),
             "{modes:?}"

@@ -6,10 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use crate::apparmor::mode::Mode;
 use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
 use crate::apparmor::pool;
 use crate::exit_code::{self, ExitStatus};
-use crate::profile::names::{check_name_set, check_profile_name};
+use crate::profile::keys::Key;
+use crate::profile::names::{ProfileName, check_name_set, check_profile_name};
 use crate::profile::ownership;
 use crate::profile::records::Inventory;
 use crate::profile::source::{ProfileInput, Rejection, Source};
@@ -17,13 +19,13 @@ use crate::profile::source::{ProfileInput, Rejection, Source};
 /// A profile file that compiles, with what it defines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledProfile {
-    pub key: String,
+    pub key: Key,
     pub path: PathBuf,
     pub sha256: String,
     /// Every profile the file defines, from `--names` (children as `parent//child`).
-    pub names: Vec<String>,
+    pub names: Vec<ProfileName>,
     /// The mode each top-level profile asks for (`enforce` unless its flags say otherwise).
-    pub modes: BTreeMap<String, String>,
+    pub modes: BTreeMap<ProfileName, Mode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,20 +107,30 @@ pub fn check(
         .zip(described?)
         .collect();
     let mut compiled = Vec::with_capacity(inputs.len());
+    let mut refused = Vec::new();
     for input in inputs {
-        let (names, modes) = match known.describes(&input.key, &input.sha256) {
-            Some(entry) => (entry.profiles.clone(), entry.modes.clone()),
-            None => described.remove(input.key.as_str()).unwrap_or_default(),
+        // What the parser said enters here, as plain strings, and becomes profile names only
+        // once it passes our rules. A record's entry was read back as profile names already.
+        let checked = match known.describes(&input.key, &input.sha256) {
+            Some(entry) => refused_or(refusals(&input.key, &entry.profiles, &entry.modes), || {
+                (entry.profiles.clone(), entry.modes.clone())
+            }),
+            None => {
+                let (names, modes) = described.remove(input.key.as_str()).unwrap_or_default();
+                refused_or(refusals(&input.key, &names, &modes), || named(names, modes))
+            }
         };
-        compiled.push(CompiledProfile {
-            key: input.key.clone(),
-            path: input.path.clone(),
-            sha256: input.sha256.clone(),
-            names,
-            modes,
-        });
+        match checked {
+            Ok((names, modes)) => compiled.push(CompiledProfile {
+                key: input.key.clone(),
+                path: input.path.clone(),
+                sha256: input.sha256.clone(),
+                names,
+                modes,
+            }),
+            Err(why) => refused.extend(why),
+        }
     }
-    let refused: Vec<String> = compiled.iter().flat_map(refusals).collect();
     if !refused.is_empty() {
         return Err(CheckError::Refused {
             refused,
@@ -129,8 +141,33 @@ pub fn check(
     Ok(compiled)
 }
 
-/// What one file defines: its profile names and the mode of each top-level one.
-type Described = (Vec<String>, BTreeMap<String, String>);
+/// What one file defines, as the parser printed it: its profile names and the mode of each
+/// top-level one.
+type Described = (Vec<String>, BTreeMap<String, Mode>);
+
+/// What a file defines, typed: `Ok` when nothing was refused.
+type Named = (Vec<ProfileName>, BTreeMap<ProfileName, Mode>);
+
+fn refused_or(refused: Vec<String>, named: impl FnOnce() -> Named) -> Result<Named, Vec<String>> {
+    if refused.is_empty() {
+        Ok(named())
+    } else {
+        Err(refused)
+    }
+}
+
+/// The parser's names as profile names, once [`refusals`] found nothing to refuse (so every
+/// name passes).
+fn named(names: Vec<String>, modes: BTreeMap<String, Mode>) -> Named {
+    let name = |n: String| ProfileName::try_from(n).ok();
+    (
+        names.into_iter().filter_map(name).collect(),
+        modes
+            .into_iter()
+            .filter_map(|(n, m)| Some((name(n)?, m)))
+            .collect(),
+    )
+}
 
 /// A file for the parser: one of ours, or a marker between them.
 struct Item {
@@ -178,7 +215,7 @@ fn describe_all(parser: &Parser, files: &[&ProfileInput]) -> Result<Vec<Describe
         });
         if let Some(f) = files.get(i) {
             sequence.push(Item {
-                key: f.key.clone(),
+                key: f.key.to_string(),
                 path: f.path.clone(),
             });
         }
@@ -225,7 +262,7 @@ fn split_at_markers<T>(
 
 /// Top-level names with the mode the dump gives them; a name the dump cannot account for (a
 /// quoted name with a newline) stays without a mode and is refused.
-fn with_modes(names: Vec<String>, dumped: BTreeMap<String, String>) -> Described {
+fn with_modes(names: Vec<String>, dumped: BTreeMap<String, Mode>) -> Described {
     let modes = names
         .iter()
         .filter(|n| !n.contains("//"))
@@ -234,29 +271,29 @@ fn with_modes(names: Vec<String>, dumped: BTreeMap<String, String>) -> Described
     (names, modes)
 }
 
-/// Why one compiled file is refused: it defines nothing, or a name we could not prove.
-fn refusals(p: &CompiledProfile) -> Vec<String> {
-    let key = &p.key;
-    if p.names.is_empty() {
+/// Why one file is refused: it defines nothing, or a name we could not prove.
+fn refusals<N: AsRef<str> + Ord>(key: &Key, names: &[N], modes: &BTreeMap<N, Mode>) -> Vec<String> {
+    if names.is_empty() {
         return vec![format!(
             "key {key:?}: the file defines no profile (only comments, variables or includes), \
              so nothing would be loaded from it; remove the key or add the profile"
         )];
     }
     let mut out = Vec::new();
-    for name in &p.names {
-        if let Err(reason) = check_profile_name(name) {
+    for name in names {
+        let text = name.as_ref();
+        if let Err(reason) = check_profile_name(text) {
             out.push(format!(
-                "key {key:?}: profile name {name:?} is refused: {reason}"
+                "key {key:?}: profile name {text:?} is refused: {reason}"
             ));
-        } else if !name.contains("//") && !p.modes.contains_key(name) {
+        } else if !text.contains("//") && !modes.contains_key(name) {
             out.push(format!(
-                "key {key:?}: profile name {name:?} cannot be read back from the parser (does a \
+                "key {key:?}: profile name {text:?} cannot be read back from the parser (does a \
                  quoted name contain a newline or another control character?)"
             ));
         }
     }
-    if let Err(reason) = check_name_set(&p.names) {
+    if let Err(reason) = check_name_set(names) {
         out.push(format!("key {key:?}: {reason}"));
     }
     out
@@ -287,17 +324,24 @@ fn reject_duplicate_names(compiled: &[CompiledProfile]) -> Result<(), CheckError
 mod tests {
     use super::*;
 
+    /// What the parser would print for a file defining `names`, every top-level one enforced.
+    fn described(names: &[&str]) -> Described {
+        let modes = names
+            .iter()
+            .filter(|n| !n.contains("//"))
+            .map(|n| (n.to_string(), Mode::Enforce))
+            .collect();
+        (names.iter().map(|s| s.to_string()).collect(), modes)
+    }
+
     fn p(key: &str, names: &[&str]) -> CompiledProfile {
+        let (names, modes) = named(described(names).0, described(names).1);
         CompiledProfile {
-            key: key.into(),
+            key: Key::try_from(key).unwrap(),
             path: PathBuf::from(key),
             sha256: String::new(),
-            names: names.iter().map(|s| s.to_string()).collect(),
-            modes: names
-                .iter()
-                .filter(|n| !n.contains("//"))
-                .map(|n| (n.to_string(), "enforce".to_string()))
-                .collect(),
+            names,
+            modes,
         }
     }
 
@@ -339,7 +383,7 @@ mod tests {
         let file = dir.path().join("k");
         std::fs::write(&file, "profile p {}\n").unwrap();
         let inputs = [ProfileInput {
-            key: "k".into(),
+            key: Key::try_from("k").unwrap(),
             path: file,
             sha256: "ab".into(),
         }];
@@ -365,7 +409,9 @@ mod tests {
 
     #[test]
     fn files_and_names_we_could_not_prove_are_refused() {
-        assert!(refusals(&p("ok", &["ok", "ok//hat"])).is_empty());
+        let k = Key::try_from("k").unwrap();
+        let refused = |(names, modes): Described| refusals(&k, &names, &modes).join("; ");
+        assert!(refused(described(&["ok", "ok//hat"])).is_empty());
         let cases: &[(&[&str], &str)] = &[
             (&[], "defines no profile"),
             (&[":ns1:name"], "policy namespace"),
@@ -375,11 +421,10 @@ mod tests {
             (&["cri-containerd.apparmor.d"], "container runtime"),
             (&["docker-default"], "container runtime"),
         ];
-        let mut unread = p("k", &["a", "b"]);
-        unread.modes.clear();
-        assert!(refusals(&unread).join("; ").contains("cannot be read back"));
+        let (names, _) = described(&["a", "b"]);
+        assert!(refused((names, BTreeMap::new())).contains("cannot be read back"));
         for (names, expect) in cases {
-            let r = refusals(&p("k", names)).join("; ");
+            let r = refused(described(names));
             assert!(r.contains(expect), "{names:?}: {r}");
             assert!(r.starts_with("key \"k\""), "{r}");
         }

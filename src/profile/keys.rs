@@ -21,11 +21,45 @@ const PARSER_SKIPPED_SUFFIXES: &[&str] = &[
 /// Longest key a ConfigMap accepts; also keeps file names well below NAME_MAX.
 const MAX_KEY_LEN: usize = 253;
 
+/// A ConfigMap key that passed [`validate_key`]: safe as a top-level file name in the host's
+/// profile directory, and one the host's boot-time parser reads. Made only through
+/// `TryFrom<String>`, so a record read back from the host is checked as it is parsed.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Key(String);
+
+/// A string that is not a [`Key`], and the first rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key:?} is not a file name this tool writes: {reason}")]
+pub struct BadKey {
+    pub key: String,
+    pub reason: String,
+}
+
+impl TryFrom<String> for Key {
+    type Error = BadKey;
+    fn try_from(key: String) -> Result<Self, BadKey> {
+        match validate_key(&key) {
+            Ok(()) => Ok(Key(key)),
+            Err(reason) => Err(BadKey { key, reason }),
+        }
+    }
+}
+
+crate::profile::validated_string!(Key);
+
+/// A key is a file name in the profile directory.
+impl AsRef<std::path::Path> for Key {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
 /// Checks that a ConfigMap key can safely become a top-level file name in the host's
 /// profile directory, and that `apparmor_parser` will read it when the host boots.
 ///
 /// Returns the reason for the first rule the key breaks.
-pub fn validate_key(key: &str) -> Result<(), String> {
+fn validate_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("the name is empty".into());
     }
@@ -123,6 +157,13 @@ mod tests {
         }
         assert!(validate_key(&"a".repeat(254)).is_err());
         assert!(validate_key(&"a".repeat(253)).is_ok());
+        assert_eq!(Key::try_from("k8s-nginx").unwrap().as_str(), "k8s-nginx");
+        let err = Key::try_from("../x").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"../x\" is not a file name this tool writes: the name contains '/': profiles \
+             are written as top-level files only"
+        );
     }
 
     #[test]

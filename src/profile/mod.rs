@@ -10,3 +10,60 @@ pub mod node_labels;
 pub(crate) mod ownership;
 pub(crate) mod records;
 pub(crate) mod source;
+
+/// The accessors of a validated string newtype (`Key`, `ProfileName`): read as a `str`, shown
+/// as the string, looked up in maps by `&str`, written back to records as the string. Its
+/// `TryFrom<String>` (its rules) is the only way in.
+macro_rules! validated_string {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        /// As the string (quoted), so messages read the same as before the type.
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&self.0, f)
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl TryFrom<&str> for $name {
+            type Error = <$name as TryFrom<String>>::Error;
+            fn try_from(s: &str) -> Result<Self, Self::Error> {
+                $name::try_from(s.to_string())
+            }
+        }
+    };
+}
+pub(crate) use validated_string;

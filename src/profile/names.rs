@@ -26,6 +26,48 @@ pub const RUNTIME_DEFAULT_PROFILES: &[&str] = &[
     "containers-default-",
 ];
 
+/// A profile name that passed [`check_profile_name`]: one this tool can load, find in the
+/// kernel's list, verify and replace. Made only through `TryFrom<String>`, so names from the
+/// parser and from the records read back from the host are checked where they enter.
+///
+/// The kernel's own list holds other people's names too (`docker-default`), so it stays keyed
+/// by plain strings; a `ProfileName` looks itself up there as a `&str`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProfileName(String);
+
+/// A string that is not a [`ProfileName`], and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("profile {name:?}, a name this tool never loads: {reason}")]
+pub struct BadProfileName {
+    pub name: String,
+    pub reason: String,
+}
+
+impl TryFrom<String> for ProfileName {
+    type Error = BadProfileName;
+    fn try_from(name: String) -> Result<Self, BadProfileName> {
+        match check_profile_name(&name) {
+            Ok(()) => Ok(ProfileName(name)),
+            Err(reason) => Err(BadProfileName { name, reason }),
+        }
+    }
+}
+
+crate::profile::validated_string!(ProfileName);
+
+impl ProfileName {
+    /// Whether this is a child profile or hat (`parent//child`).
+    pub fn is_child(&self) -> bool {
+        self.0.contains(CHILD_SEPARATOR)
+    }
+
+    /// The top-level profile this name is, or is a child of.
+    pub fn top_level(&self) -> &str {
+        self.0.split(CHILD_SEPARATOR).next().unwrap_or(&self.0)
+    }
+}
+
 /// Why a profile name is one this tool refuses, or `Ok` when it is handled end to end.
 ///
 /// Refused: an empty name; control characters (a newline would split the kernel's profile list
@@ -99,9 +141,9 @@ pub fn check_profile_name(name: &str) -> Result<(), String> {
 /// Checks that every child (`a//b`, `a//b//c`) has its parent (`a`, `a//b`) in the same set:
 /// the kernel only has a child under a loaded parent, so a parentless child can never be
 /// verified or removed. Names are assumed to have passed [`check_profile_name`].
-pub fn check_name_set(names: &[String]) -> Result<(), String> {
-    let set: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    for name in names {
+pub fn check_name_set<N: AsRef<str>>(names: &[N]) -> Result<(), String> {
+    let set: std::collections::BTreeSet<&str> = names.iter().map(AsRef::as_ref).collect();
+    for name in names.iter().map(AsRef::as_ref) {
         if let Some((parent, _)) = name.rsplit_once(CHILD_SEPARATOR)
             && !set.contains(parent)
         {

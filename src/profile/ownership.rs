@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::apparmor::mode::Mode;
 use crate::profile::check::CompiledProfile;
+use crate::profile::names::ProfileName;
 use crate::profile::records::{Entry, Inventory, StateError};
 use crate::profile::source::ProfileInput;
 
@@ -53,7 +55,7 @@ fn why(claimant: Claimant) -> &'static str {
 
 /// The profile names our records prove are ours: `copy`'s claims made while it saw the
 /// kernel's list (`owned`), and every name `load` loaded, retired or neutralised (`loaded`).
-pub fn our_names(owned: &Inventory, loaded: Option<&Inventory>) -> BTreeSet<String> {
+pub fn our_names(owned: &Inventory, loaded: Option<&Inventory>) -> BTreeSet<ProfileName> {
     let mut ours = owned.verified_names();
     if let Some(loaded) = loaded {
         ours.extend(loaded.claimed_names());
@@ -65,14 +67,14 @@ pub fn our_names(owned: &Inventory, loaded: Option<&Inventory>) -> BTreeSet<Stri
 /// our files define that are someone else's, one line per name, naming the file.
 pub fn refuse_someone_elses(
     compiled: &[CompiledProfile],
-    loaded: &BTreeMap<String, String>,
-    ours: &BTreeSet<String>,
+    loaded: &BTreeMap<String, Mode>,
+    ours: &BTreeSet<ProfileName>,
     claimant: Claimant,
 ) -> Result<(), SomeoneElses> {
     let names: Vec<String> = compiled
         .iter()
         .flat_map(|c| c.names.iter().map(move |n| (n, &c.key)))
-        .filter(|(name, _)| loaded.contains_key(*name) && !ours.contains(*name))
+        .filter(|(name, _)| loaded.contains_key(name.as_str()) && !ours.contains(*name))
         .map(|(name, key)| format!("{name:?} (our file {key:?}; loaded, but not by us)"))
         .collect();
     if names.is_empty() {

@@ -8,20 +8,26 @@
 //!   names listed there are ever unloaded.
 //!
 //! Both records are host files read back on every run, and their entries become paths and
-//! profile names. So every entry is checked when read, with the rules its origin had to pass:
-//! a file name must be a valid ConfigMap key ([`profile::keys::validate_key`]: no `/`, no
-//! `..`, no dot-file) and each profile name one this tool could have loaded
-//! ([`profile_names`]), children only beside their parent. A record with an entry that fails
-//! is corrupt: the run stops (exit 1) before anything is touched, naming the file and entry.
+//! profile names. So every entry is checked as it is read, with the rules its origin had to
+//! pass, by the types it is read into: a file name is a [`Key`] (no `/`, no `..`, no
+//! dot-file), each profile name a [`ProfileName`] this tool could have loaded, each mode a
+//! [`Mode`]; an entry's names list children only beside their parent ([`read_files`]). A
+//! record with an entry that fails is corrupt: the run stops (exit 1) before anything is
+//! touched, naming the file and the entry.
+//!
+//! Hashes (`sha256`, the kernel's `sha1`, the toolchain fingerprint) stay strings: this tool
+//! only compares them with hashes it computed or read itself, so a type would check nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::apparmor::mode::Mode;
 use crate::host::atomic_file;
 use crate::host::host_file::{self, Links};
-use crate::profile;
+use crate::profile::keys::Key;
+use crate::profile::names::{ProfileName, check_name_set};
 
 /// File name of `copy`'s ownership record in the profile directory. A dot-file, so
 /// `apparmor_parser` never reads it as a profile.
@@ -35,14 +41,14 @@ const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub sha256: String,
-    pub profiles: Vec<String>,
+    pub profiles: Vec<ProfileName>,
     /// The mode each top-level profile asks for.
     #[serde(default)]
-    pub modes: BTreeMap<String, String>,
+    pub modes: BTreeMap<ProfileName, Mode>,
     /// `load`'s record only: the kernel's hash (securityfs `sha1`) of each profile's policy as
     /// loaded and verified, so a re-run can prove nothing changed without loading again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub policy_sha1: BTreeMap<String, String>,
+    pub policy_sha1: BTreeMap<ProfileName, String>,
     /// `copy`'s record only: the names were claimed without seeing the kernel's list (AppArmor
     /// was not running), so they do not prove the names are ours: `load` does not count them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -57,17 +63,55 @@ pub struct Inventory {
     /// the entries (`toolchain::fingerprint`); entries are reused only under the same one.
     #[serde(default)]
     pub toolchain: String,
-    pub files: BTreeMap<String, Entry>,
+    #[serde(deserialize_with = "read_files")]
+    pub files: BTreeMap<Key, Entry>,
     /// `load`'s record only: top-level profiles of ours that left the ConfigMap and stay in the
     /// kernel, as last loaded, until the node reboots (unloading would unconfine every task
     /// under them). Their files are gone, so the node's next boot does not load them.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub retired: BTreeSet<String>,
+    pub retired: BTreeSet<ProfileName>,
     /// `load`'s record only: children (hats, child profiles) that our files no longer define,
     /// replaced in the kernel by a deny-everything profile of the same name, with the kernel's
     /// hash of that stub (empty when the kernel keeps none).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub neutralised: BTreeMap<String, String>,
+    pub neutralised: BTreeMap<ProfileName, String>,
+}
+
+/// Reads a record's `files`, naming the entry in any error: each file name a [`Key`], each
+/// entry's names [`ProfileName`]s (and its modes [`Mode`]s), children only beside their parent.
+fn read_files<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Key, Entry>, D::Error> {
+    struct Files;
+    impl<'de> serde::de::Visitor<'de> for Files {
+        type Value = BTreeMap<Key, Entry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map from file name to entry")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut files = BTreeMap::new();
+            while let Some(raw) = map.next_key::<String>()? {
+                let bad = |why: &dyn std::fmt::Display| {
+                    serde::de::Error::custom(format!("entry {raw:?} {why}"))
+                };
+                let key = Key::try_from(raw.as_str()).map_err(|e| {
+                    bad(&format_args!(
+                        "is not a file name this tool writes: {}",
+                        e.reason
+                    ))
+                })?;
+                let entry: Entry = map
+                    .next_value()
+                    .map_err(|e| bad(&format_args!("lists {e}")))?;
+                check_name_set(&entry.profiles)
+                    .map_err(|e| bad(&format_args!("lists a child without its parent: {e}")))?;
+                files.insert(key, entry);
+            }
+            Ok(files)
+        }
+    }
+    d.deserialize_map(Files)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,16 +131,13 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
+    /// Well-formed JSON with an entry this tool never writes (`reason` names the entry).
     #[error(
-        "state file {path} is corrupt: entry {entry:?} {reason}; this tool never writes such an \
-         entry, so the file was changed by hand or damaged. It lists what this tool owns, so it \
-         is not guessed: restore it or remove it together with the files it listed"
+        "state file {path} is corrupt: {reason}; this tool never writes such an entry, so the \
+         file was changed by hand or damaged. It lists what this tool owns, so it is not \
+         guessed: restore it or remove it together with the files it listed"
     )]
-    BadEntry {
-        path: PathBuf,
-        entry: String,
-        reason: String,
-    },
+    BadEntry { path: PathBuf, reason: String },
     #[error("cannot write state file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -110,9 +151,19 @@ impl Inventory {
     pub fn load(dir: &Path, name: &str) -> Result<Self, StateError> {
         let path = dir.join(name);
         let inventory: Self = match host_file::read(&path, Links::Refuse) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
-                path: path.clone(),
-                source,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
+                // Data: an entry the types refused (or a value of the wrong kind), not broken JSON.
+                if source.classify() == serde_json::error::Category::Data {
+                    StateError::BadEntry {
+                        path: path.clone(),
+                        reason: source.to_string(),
+                    }
+                } else {
+                    StateError::Corrupt {
+                        path: path.clone(),
+                        source,
+                    }
+                }
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(source) => return Err(StateError::Read { path, source }),
@@ -121,53 +172,30 @@ impl Inventory {
             .check_entries()
             .map_err(|(entry, reason)| StateError::BadEntry {
                 path,
-                entry,
-                reason,
+                reason: format!("entry {entry:?} {reason}"),
             })?;
         Ok(inventory)
     }
 
-    /// Checks every entry as its origin was checked: the file name as a ConfigMap key, each
-    /// profile name as a name this tool loads, each child beside its parent. Returns the first
-    /// offending entry (the file name) and why.
+    /// Checks what the types cannot: a retired name is a top-level profile, a neutralised one
+    /// a child. Returns the first offending entry and why.
     fn check_entries(&self) -> Result<(), (String, String)> {
-        for (key, entry) in &self.files {
-            profile::keys::validate_key(key).map_err(|e| {
-                (
-                    key.clone(),
-                    format!("is not a file name this tool writes: {e}"),
-                )
-            })?;
-            for name in &entry.profiles {
-                profile::names::check_profile_name(name).map_err(|e| {
-                    (
-                        key.clone(),
-                        format!("lists profile {name:?}, a name this tool never loads: {e}"),
-                    )
-                })?;
-            }
-            profile::names::check_name_set(&entry.profiles).map_err(|e| {
-                (
-                    key.clone(),
-                    format!("lists a child without its parent: {e}"),
-                )
-            })?;
-        }
-        let names = |kind: &str, name: &String, child: bool| {
-            profile::names::check_profile_name(name)
-                .map_err(|e| format!("is a name this tool never loads: {e}"))
-                .and_then(|()| match (child, name.contains("//")) {
-                    (true, false) => Err("is not a child profile or hat (parent//child)".into()),
-                    (false, true) => Err("is a child; only top-level profiles are retired".into()),
-                    _ => Ok(()),
-                })
-                .map_err(|reason| (format!("{kind} {name:?}"), reason))
+        let shape = |kind: &str, name: &ProfileName, child: bool| match (child, name.is_child()) {
+            (true, false) => Err((
+                format!("{kind} {name:?}"),
+                "is not a child profile or hat (parent//child)".to_string(),
+            )),
+            (false, true) => Err((
+                format!("{kind} {name:?}"),
+                "is a child; only top-level profiles are retired".to_string(),
+            )),
+            _ => Ok(()),
         };
         for name in &self.retired {
-            names("retired", name, false)?;
+            shape("retired", name, false)?;
         }
         for name in self.neutralised.keys() {
-            names("neutralised", name, true)?;
+            shape("neutralised", name, true)?;
         }
         Ok(())
     }
@@ -210,7 +238,7 @@ impl Inventory {
 
     /// Every name this record proves is ours: the profiles of its files, the retired ones and
     /// the neutralised children. A loaded profile of one of these names is ours to replace.
-    pub fn claimed_names(&self) -> BTreeSet<String> {
+    pub fn claimed_names(&self) -> BTreeSet<ProfileName> {
         let mut names = self.profile_names();
         names.extend(self.retired.iter().cloned());
         names.extend(self.neutralised.keys().cloned());
@@ -218,7 +246,7 @@ impl Inventory {
     }
 
     /// The names of the files whose claim was checked against the kernel's list.
-    pub fn verified_names(&self) -> BTreeSet<String> {
+    pub fn verified_names(&self) -> BTreeSet<ProfileName> {
         self.files
             .values()
             .filter(|e| !e.unverified)
@@ -227,7 +255,7 @@ impl Inventory {
     }
 
     /// Every profile name the inventory's files define.
-    pub fn profile_names(&self) -> BTreeSet<String> {
+    pub fn profile_names(&self) -> BTreeSet<ProfileName> {
         self.files
             .values()
             .flat_map(|e| e.profiles.iter().cloned())
@@ -240,6 +268,71 @@ mod tests {
     use super::*;
     use std::fs;
 
+    fn name(s: &str) -> ProfileName {
+        ProfileName::try_from(s).unwrap()
+    }
+
+    /// A record as this tool wrote it before keys, names and modes were types (here, a
+    /// `loaded.json` with every field; `copy`'s has a subset): it must read back unchanged and
+    /// be written back byte for byte, or nodes already running would lose their records.
+    const RECORD_ON_A_NODE: &str = r#"{
+  "version": 1,
+  "toolchain": "0123456789abcdef01234567",
+  "files": {
+    "k8s-web": {
+      "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+      "profiles": [
+        "k8s-web",
+        "k8s-web//^hat",
+        "k8s-web//kid"
+      ],
+      "modes": {
+        "k8s-web": "enforce"
+      },
+      "policy_sha1": {
+        "k8s-web": "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3",
+        "k8s-web//kid": "b94a8fe5ccb19ba61c4c0873d391e987982fbbd3"
+      }
+    },
+    "usr.bin.odd": {
+      "sha256": "ab",
+      "profiles": [
+        "/usr/bin/odd",
+        "odd (name)"
+      ],
+      "modes": {
+        "/usr/bin/odd": "complain",
+        "odd (name)": "prompt"
+      },
+      "unverified": true
+    }
+  },
+  "retired": [
+    "k8s-old"
+  ],
+  "neutralised": {
+    "k8s-web//gone": "c94a8fe5ccb19ba61c4c0873d391e987982fbbd3"
+  }
+}
+"#;
+
+    #[test]
+    fn a_record_written_before_the_types_reads_back_and_is_rewritten_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(LOADED_PROFILES), RECORD_ON_A_NODE).unwrap();
+        let inv = Inventory::load(dir.path(), LOADED_PROFILES).unwrap();
+        let odd = &inv.files["usr.bin.odd"];
+        assert_eq!(odd.modes[&name("/usr/bin/odd")], Mode::Complain);
+        assert_eq!(odd.modes[&name("odd (name)")], Mode::Other("prompt".into()));
+        assert!(odd.unverified);
+        assert!(inv.neutralised.contains_key("k8s-web//gone"));
+        inv.save(dir.path(), LOADED_PROFILES).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(LOADED_PROFILES)).unwrap(),
+            RECORD_ON_A_NODE
+        );
+    }
+
     #[test]
     fn round_trips_and_missing_is_empty() {
         let dir = tempfile::tempdir().unwrap();
@@ -249,11 +342,11 @@ mod tests {
         );
         let mut inv = Inventory::default();
         inv.files.insert(
-            "p".into(),
+            Key::try_from("p").unwrap(),
             Entry {
                 sha256: "ab".into(),
-                profiles: vec!["p".into(), "p//hat".into()],
-                modes: BTreeMap::from([("p".into(), "enforce".into())]),
+                profiles: vec![name("p"), name("p//hat")],
+                modes: BTreeMap::from([(name("p"), Mode::Enforce)]),
                 policy_sha1: BTreeMap::new(),
                 unverified: false,
             },
@@ -351,29 +444,35 @@ mod tests {
     fn retired_and_neutralised_names_pass_the_same_rules() {
         let dir = tempfile::tempdir().unwrap();
         let mut inv = Inventory::default();
-        inv.retired.insert("k8s-old".into());
-        inv.neutralised.insert("p//kid".into(), "abc".into());
+        inv.retired.insert(name("k8s-old"));
+        inv.neutralised.insert(name("p//kid"), "abc".into());
         inv.save(dir.path(), LOADED_PROFILES).unwrap();
         let back = Inventory::load(dir.path(), LOADED_PROFILES).unwrap();
         assert_eq!(back.retired, inv.retired);
         assert_eq!(back.neutralised, inv.neutralised);
         assert!(back.claimed_names().contains("k8s-old"));
         assert!(back.claimed_names().contains("p//kid"));
-        for (retired, neutralised) in [
-            ("cri-containerd.apparmor.d", "p//kid"),
-            ("k8s-old", "top-level"),
-            ("k8s-old", "docker-default//x"),
-            ("k8s-old//kid", "p//kid"),
+        for (retired, neutralised, offender) in [
+            (
+                "cri-containerd.apparmor.d",
+                "p//kid",
+                "cri-containerd.apparmor.d",
+            ),
+            ("k8s-old", "top-level", "top-level"),
+            ("k8s-old", "docker-default//x", "docker-default//x"),
+            ("k8s-old//kid", "p//kid", "k8s-old//kid"),
         ] {
             let json = serde_json::json!({
                 "version": 1, "files": {},
                 "retired": [retired], "neutralised": { neutralised: "abc" },
             });
             fs::write(dir.path().join(LOADED_PROFILES), json.to_string()).unwrap();
-            let err = Inventory::load(dir.path(), LOADED_PROFILES).unwrap_err();
+            let msg = Inventory::load(dir.path(), LOADED_PROFILES)
+                .unwrap_err()
+                .to_string();
             assert!(
-                matches!(err, StateError::BadEntry { .. }),
-                "{retired:?} {neutralised:?}: {err}"
+                msg.contains("is corrupt") && msg.contains(offender),
+                "{retired:?} {neutralised:?}: {msg}"
             );
         }
     }

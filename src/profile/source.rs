@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::apparmor::parser::ParserInput;
-use crate::profile::keys::{is_manifest_key, validate_key};
+use crate::profile::keys::{Key, is_manifest_key};
 
 /// Largest profile file accepted, in bytes. Real profiles are a few KiB; a ConfigMap holds at
 /// most 1 MiB in total, so a bigger key is a mistake, not a profile.
@@ -25,7 +25,7 @@ const CONFIGMAP_DATA_LINK: &str = "..data";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileFile {
     /// The ConfigMap key, which is also the file name written to the host.
-    pub key: String,
+    pub key: Key,
     /// The resolved file the content was read from (inside the source volume).
     pub path: PathBuf,
     pub content: String,
@@ -52,14 +52,14 @@ impl ProfileFile {
 /// are, and the hash of those bytes (to recognise files a record already describes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileInput {
-    pub key: String,
+    pub key: Key,
     pub path: PathBuf,
     pub sha256: String,
 }
 
 impl ParserInput for ProfileInput {
     fn key(&self) -> &str {
-        &self.key
+        self.key.as_str()
     }
     fn path(&self) -> &Path {
         &self.path
@@ -231,12 +231,11 @@ impl Source {
             self.skipped.push(key.to_string());
             return;
         }
-        match validate_key(key).and_then(|()| read_profile(path, root, max_size)) {
-            Ok((path, content)) => self.profiles.push(ProfileFile {
-                key: key.to_string(),
-                path,
-                content,
-            }),
+        let key_and_file = Key::try_from(key)
+            .map_err(|bad| bad.reason)
+            .and_then(|key| Ok((key, read_profile(path, root, max_size)?)));
+        match key_and_file {
+            Ok((key, (path, content))) => self.profiles.push(ProfileFile { key, path, content }),
             Err(reason) => self.rejected.push(Rejection {
                 key: key.to_string(),
                 reason,
@@ -251,7 +250,7 @@ impl Source {
         for p in std::mem::take(&mut self.profiles) {
             if seen.insert(p.key.clone(), ()).is_some() {
                 self.rejected.push(Rejection {
-                    key: p.key.clone(),
+                    key: p.key.to_string(),
                     reason: "the same file name is given twice".into(),
                 });
             } else {
@@ -397,7 +396,7 @@ mod tests {
     #[test]
     fn sha256_is_hex_of_content() {
         let p = ProfileFile {
-            key: "k".into(),
+            key: Key::try_from("k").unwrap(),
             path: PathBuf::from("k"),
             content: "abc".into(),
         };

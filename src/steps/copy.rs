@@ -26,6 +26,7 @@ use crate::host::atomic_file;
 use crate::host::lock::{self, LockError, LockOptions};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
+use crate::profile::keys::Key;
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
 use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
 use crate::profile::source::{ProfileFile, ProfileInput};
@@ -56,9 +57,9 @@ pub struct CopyOptions {
 /// What a run changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CopyReport {
-    pub written: Vec<String>,
-    pub unchanged: Vec<String>,
-    pub removed: Vec<String>,
+    pub written: Vec<Key>,
+    pub unchanged: Vec<Key>,
+    pub removed: Vec<Key>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -398,7 +399,7 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> CopyError {
 fn foreign_files<'a>(
     dest: &Path,
     owned: &Inventory,
-    keys: impl Iterator<Item = &'a String>,
+    keys: impl Iterator<Item = &'a Key>,
 ) -> Vec<String> {
     keys.filter(|k| !owned.files.contains_key(*k))
         .filter(|k| fs::symlink_metadata(dest.join(k)).is_ok())

@@ -28,12 +28,15 @@ use std::time::Instant;
 
 use crate::apparmor::compile_cache::CompileCache;
 use crate::apparmor::kernel::{Kernel, KernelError};
+use crate::apparmor::mode::Mode;
 use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
 use crate::exit_code::{self, ExitStatus};
 use crate::host::host_file::{self, Links};
 use crate::host::lock::{self, LockError, LockOptions};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
+use crate::profile::keys::Key;
+use crate::profile::names::{BadProfileName, ProfileName};
 use crate::profile::node_labels::NodeReport;
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
 use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
@@ -61,9 +64,9 @@ pub struct LoadReport {
     /// Files identical to the last recorded load (replaced from the cache).
     pub unchanged: usize,
     /// Top-level profiles of ours that left the ConfigMap, kept in the kernel until reboot.
-    pub retired: Vec<String>,
+    pub retired: Vec<ProfileName>,
     /// Children our files no longer define, replaced by a deny-everything profile.
-    pub neutralised: Vec<String>,
+    pub neutralised: Vec<ProfileName>,
     /// Every profile name now verified in the kernel.
     pub verified: usize,
     pub took_ms: u128,
@@ -83,7 +86,7 @@ pub enum LoadError {
     #[error(
         "profile file {0:?} is listed in the state file but missing from the profile directory"
     )]
-    MissingFile(String),
+    MissingFile(Key),
     #[error("cannot read profile file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -135,6 +138,12 @@ pub enum NeutraliseFailure {
     Parser(ParserError),
     #[error("the parser reported success, but the kernel does not list them in enforce mode")]
     NotInForce,
+    #[error(
+        "the kernel lists them under our profiles with names this tool does not load, so no \
+         stub can be proven for them: {}",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    Unnameable(Vec<BadProfileName>),
 }
 
 fn parser_note(parser: &Option<ParserError>) -> String {
@@ -224,7 +233,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         entry.policy_sha1 = entry
             .profiles
             .iter()
-            .filter_map(|n| hashes.get(n).map(|h| (n.clone(), h.clone())))
+            .filter_map(|n| hashes.get(n.as_str()).map(|h| (n.clone(), h.clone())))
             .collect();
     }
 
@@ -249,7 +258,11 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
              file is gone, so the next boot does not load it"
         );
     }
-    for name in previous.retired.iter().filter(|n| !loaded.contains_key(*n)) {
+    for name in previous
+        .retired
+        .iter()
+        .filter(|n| !loaded.contains_key(n.as_str()))
+    {
         tracing::info!(
             profile = %name,
             "{name:?} was retired and the kernel no longer lists it (the node rebooted): dropped \
@@ -257,7 +270,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
         );
     }
     current.retired = retired.iter().cloned().collect();
-    let stale = stale_children(&loaded, &current);
+    let (stale, unnameable) = stale_children(&loaded, &current);
     let neutralised = neutralise(opts, parser, &stale, &previous, &hashes);
     // Keep what is known to be neutralised in the record even when this run failed half-way.
     current.neutralised = match &neutralised {
@@ -266,6 +279,12 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     };
     current.save(&opts.cache_dir, LOADED_PROFILES)?;
     let neutralised = neutralised.map_err(|(_, e)| e)?;
+    if !unnameable.is_empty() {
+        return Err(LoadError::NotNeutralised(
+            unnameable.iter().map(|bad| bad.name.clone()).collect(),
+            NeutraliseFailure::Unnameable(unnameable),
+        ));
+    }
     for name in neutralised.keys() {
         tracing::warn!(
             profile = %name,
@@ -324,11 +343,11 @@ fn node_report(current: &Inventory) -> NodeReport {
             .flat_map(|e| {
                 e.profiles
                     .iter()
-                    .filter(|n| !n.contains("//"))
-                    .map(|n| (n.clone(), format!("sha256:{}", e.sha256)))
+                    .filter(|n| !n.is_child())
+                    .map(|n| (n.to_string(), format!("sha256:{}", e.sha256)))
             })
             .collect(),
-        retired: current.retired.clone(),
+        retired: current.retired.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -397,7 +416,7 @@ fn unchanged_in_kernel(
                     && c.names.iter().all(|n| {
                         e.policy_sha1
                             .get(n)
-                            .is_some_and(|h| hashes.get(n) == Some(h))
+                            .is_some_and(|h| hashes.get(n.as_str()) == Some(h))
                     })
             })
         })
@@ -409,13 +428,13 @@ fn verify(
     kernel: &Kernel,
     compiled: &[CompiledProfile],
     parser_failure: Option<ParserError>,
-) -> Result<BTreeMap<String, String>, LoadError> {
+) -> Result<BTreeMap<String, Mode>, LoadError> {
     let loaded = kernel.loaded_profiles()?;
     let mut missing = Vec::new();
     for profile in compiled {
         for name in &profile.names {
-            let want = profile.modes.get(name).map(String::as_str);
-            match (loaded.get(name), want) {
+            let want = profile.modes.get(name);
+            match (loaded.get(name.as_str()), want) {
                 (None, _) => missing.push(format!(
                     "{name:?} from file {:?} is not in the kernel's profile list (is \
                      disable/{} present in the profile directory?)",
@@ -448,16 +467,16 @@ fn verify(
 /// The top-level profiles of ours that the kernel still has but our files no longer define:
 /// those a previous run loaded or retired. They stay loaded (see the module docs).
 fn retire(
-    loaded: &BTreeMap<String, String>,
+    loaded: &BTreeMap<String, Mode>,
     previous: &Inventory,
     current: &Inventory,
-) -> Vec<String> {
+) -> Vec<ProfileName> {
     let wanted = current.profile_names();
     previous
         .profile_names()
         .into_iter()
         .chain(previous.retired.iter().cloned())
-        .filter(|n| !n.contains("//") && !wanted.contains(n) && loaded.contains_key(n))
+        .filter(|n| !n.is_child() && !wanted.contains(n) && loaded.contains_key(n.as_str()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()
@@ -465,17 +484,27 @@ fn retire(
 
 /// Every child (hat, child profile, at any depth) the kernel has under a profile our files
 /// define, that our files do not define: the kernel kept it across the replace of its parent.
-fn stale_children(loaded: &BTreeMap<String, String>, current: &Inventory) -> Vec<String> {
+/// The kernel's names enter here: one this tool could not load (someone put it under our
+/// profile by hand) cannot be neutralised or recorded, and is returned as refused.
+fn stale_children(
+    loaded: &BTreeMap<String, Mode>,
+    current: &Inventory,
+) -> (Vec<ProfileName>, Vec<BadProfileName>) {
     let wanted = current.profile_names();
-    loaded
-        .keys()
-        .filter(|name| !wanted.contains(*name))
-        .filter(|name| {
-            name.split_once("//")
-                .is_some_and(|(top, _)| wanted.contains(top))
-        })
-        .cloned()
-        .collect()
+    let (mut stale, mut refused) = (Vec::new(), Vec::new());
+    for name in loaded.keys() {
+        let ours = name
+            .split_once("//")
+            .is_some_and(|(top, _)| wanted.contains(top));
+        if !ours || wanted.contains(name.as_str()) {
+            continue;
+        }
+        match ProfileName::try_from(name.as_str()) {
+            Ok(name) => stale.push(name),
+            Err(bad) => refused.push(bad),
+        }
+    }
+    (stale, refused)
 }
 
 /// Replaces each stale child by a deny-everything profile of the same name, in one parser call,
@@ -487,25 +516,26 @@ fn stale_children(loaded: &BTreeMap<String, String>, current: &Inventory) -> Vec
 fn neutralise(
     opts: &LoadOptions,
     parser: &Parser,
-    stale: &[String],
+    stale: &[ProfileName],
     previous: &Inventory,
     hashes: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, (BTreeMap<String, String>, LoadError)> {
-    let already = |name: &String| {
+) -> Result<BTreeMap<ProfileName, String>, (BTreeMap<ProfileName, String>, LoadError)> {
+    let already = |name: &ProfileName| {
         previous
             .neutralised
             .get(name)
-            .is_some_and(|h| !h.is_empty() && hashes.get(name) == Some(h))
+            .is_some_and(|h| !h.is_empty() && hashes.get(name.as_str()) == Some(h))
     };
-    let (mut done, todo): (Vec<&String>, Vec<&String>) = stale.iter().partition(|n| already(n));
-    let mut result: BTreeMap<String, String> = done
+    let (mut done, todo): (Vec<&ProfileName>, Vec<&ProfileName>) =
+        stale.iter().partition(|n| already(n));
+    let mut result: BTreeMap<ProfileName, String> = done
         .drain(..)
-        .map(|n| (n.clone(), hashes[n].clone()))
+        .map(|n| (n.clone(), hashes[n.as_str()].clone()))
         .collect();
     if todo.is_empty() {
         return Ok(result);
     }
-    let fail = |result: &BTreeMap<String, String>, e: LoadError| (result.clone(), e);
+    let fail = |result: &BTreeMap<ProfileName, String>, e: LoadError| (result.clone(), e);
     let outcome = stub_file(&opts.cache_dir, &todo).and_then(|stub| {
         parser
             .replace(&[Stubs(stub.path())], Cache::Skip)
@@ -518,11 +548,12 @@ fn neutralise(
     let hashes = opts.kernel.policy_hashes();
     let mut left = Vec::new();
     for name in todo {
-        match (&outcome, after.get(name).map(String::as_str)) {
-            (Ok(()), Some("enforce")) => {
-                result.insert(name.clone(), hashes.get(name).cloned().unwrap_or_default());
+        match (&outcome, after.get(name.as_str())) {
+            (Ok(()), Some(Mode::Enforce)) => {
+                let hash = hashes.get(name.as_str()).cloned().unwrap_or_default();
+                result.insert(name.clone(), hash);
             }
-            _ => left.push(name.clone()),
+            _ => left.push(name.to_string()),
         }
     }
     match (left.is_empty(), outcome) {
@@ -539,7 +570,7 @@ fn neutralise(
 /// file of its own (created exclusively, with an unpredictable name) in `dir`.
 fn stub_file(
     dir: &std::path::Path,
-    names: &[&String],
+    names: &[&ProfileName],
 ) -> Result<tempfile::NamedTempFile, NeutraliseFailure> {
     use std::io::Write;
     let stub: String = names
@@ -592,14 +623,18 @@ mod tests {
     use super::*;
     use crate::profile::records::Entry;
 
+    fn name(s: &str) -> ProfileName {
+        ProfileName::try_from(s).unwrap()
+    }
+
     fn inv(files: &[(&str, &[&str])]) -> Inventory {
         let mut inv = Inventory::default();
         for (key, names) in files {
             inv.files.insert(
-                key.to_string(),
+                Key::try_from(*key).unwrap(),
                 Entry {
                     sha256: String::new(),
-                    profiles: names.iter().map(|s| s.to_string()).collect(),
+                    profiles: names.iter().map(|s| name(s)).collect(),
                     modes: BTreeMap::new(),
                     policy_sha1: BTreeMap::new(),
                     unverified: false,
@@ -609,10 +644,10 @@ mod tests {
         inv
     }
 
-    fn loaded(names: &[&str]) -> BTreeMap<String, String> {
+    fn loaded(names: &[&str]) -> BTreeMap<String, Mode> {
         names
             .iter()
-            .map(|n| (n.to_string(), "enforce".to_string()))
+            .map(|n| (n.to_string(), Mode::Enforce))
             .collect()
     }
 
@@ -620,7 +655,7 @@ mod tests {
     fn retired_are_our_top_level_profiles_still_loaded_that_left_the_configmap() {
         let kernel = loaded(&["p", "p//kid", "old", "old//hat", "was-retired", "hostprof"]);
         let mut previous = inv(&[("p", &["p", "p//kid"]), ("o", &["old", "old//hat"])]);
-        previous.retired = ["was-retired", "rebooted-away"].map(String::from).into();
+        previous.retired = ["was-retired", "rebooted-away"].map(name).into();
         let current = inv(&[("p", &["p"])]);
         // Not the child (neutralised instead), not someone else's, not what the kernel lost.
         assert_eq!(retire(&kernel, &previous, &current), ["old", "was-retired"]);
@@ -640,21 +675,24 @@ mod tests {
             "old",
             "old//hat",
             "hostprof//x",
+            "p// spaced",
         ]);
         let current = inv(&[("p", &["p", "p//keep"])]);
-        assert_eq!(
-            stale_children(&kernel, &current),
-            ["p//^hat", "p//kid", "p//kid//grandkid"]
-        );
+        let (stale, unnameable) = stale_children(&kernel, &current);
+        assert_eq!(stale, ["p//^hat", "p//kid", "p//kid//grandkid"]);
+        // A child someone loaded under our profile with a name we never load cannot be proven
+        // neutralised: it is named, not skipped.
+        assert_eq!(unnameable.len(), 1);
+        assert_eq!(unnameable[0].name, "p// spaced");
     }
 
     #[test]
     fn a_rerun_skips_loading_only_when_the_kernel_provably_holds_these_bytes() {
         let compiled = vec![CompiledProfile {
-            key: "k".into(),
+            key: Key::try_from("k").unwrap(),
             path: PathBuf::from("k"),
             sha256: "s1".into(),
-            names: vec!["p".into(), "p//hat".into()],
+            names: vec![name("p"), name("p//hat")],
             modes: BTreeMap::new(),
         }];
         let mut previous = inv(&[("k", &["p", "p//hat"])]);
@@ -663,7 +701,7 @@ mod tests {
         entry.sha256 = "s1".into();
         entry.policy_sha1 = [("p", "h1"), ("p//hat", "h2")]
             .iter()
-            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .map(|(n, h)| (name(n), h.to_string()))
             .collect();
         let kernel: BTreeMap<String, String> = [("p", "h1"), ("p//hat", "h2"), ("x", "h9")]
             .iter()
