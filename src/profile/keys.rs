@@ -36,17 +36,7 @@ pub struct BadKey {
     pub reason: String,
 }
 
-impl TryFrom<String> for Key {
-    type Error = BadKey;
-    fn try_from(key: String) -> Result<Self, BadKey> {
-        match validate_key(&key) {
-            Ok(()) => Ok(Key(key)),
-            Err(reason) => Err(BadKey { key, reason }),
-        }
-    }
-}
-
-crate::profile::validated_string!(Key);
+crate::profile::validated_string!(Key, BadKey { key }, validate_key);
 
 /// A key is a file name in the profile directory.
 impl AsRef<std::path::Path> for Key {

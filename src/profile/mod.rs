@@ -11,11 +11,21 @@ pub(crate) mod ownership;
 pub(crate) mod records;
 pub(crate) mod source;
 
-/// The accessors of a validated string newtype (`Key`, `ProfileName`): read as a `str`, shown
-/// as the string, looked up in maps by `&str`, written back to records as the string. Its
-/// `TryFrom<String>` (its rules) is the only way in.
+/// A validated string newtype (`Key`, `ProfileName`): `TryFrom<String>` through its rule
+/// function (`Err(reason)` becomes its error type, naming the string) is the only way in; read
+/// as a `str`, shown as the string, looked up in maps by `&str`, written back to records as the
+/// string.
 macro_rules! validated_string {
-    ($name:ident) => {
+    ($name:ident, $error:ident { $field:ident }, $rule:path) => {
+        impl TryFrom<String> for $name {
+            type Error = $error;
+            fn try_from($field: String) -> Result<Self, $error> {
+                match $rule(&$field) {
+                    Ok(()) => Ok($name($field)),
+                    Err(reason) => Err($error { $field, reason }),
+                }
+            }
+        }
         impl $name {
             pub fn as_str(&self) -> &str {
                 &self.0

@@ -44,17 +44,7 @@ pub struct BadProfileName {
     pub reason: String,
 }
 
-impl TryFrom<String> for ProfileName {
-    type Error = BadProfileName;
-    fn try_from(name: String) -> Result<Self, BadProfileName> {
-        match check_profile_name(&name) {
-            Ok(()) => Ok(ProfileName(name)),
-            Err(reason) => Err(BadProfileName { name, reason }),
-        }
-    }
-}
-
-crate::profile::validated_string!(ProfileName);
+crate::profile::validated_string!(ProfileName, BadProfileName { name }, check_profile_name);
 
 impl ProfileName {
     /// Whether this is a child profile or hat (`parent//child`).
