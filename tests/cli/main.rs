@@ -8,6 +8,8 @@
 mod fixtures;
 #[path = "../prereq/mod.rs"]
 mod prereq;
+#[path = "../release_build/mod.rs"]
+mod release_build;
 mod support;
 
 mod copy;
