@@ -4,6 +4,7 @@
 //! harnesses. The QEMU, API-server and node suites are targets of their own
 //! (`kernel_e2e`, `kernel_fail_closed`, `apiserver_e2e`, `node_e2e`).
 
+mod api_mock;
 #[path = "../fixtures/mod.rs"]
 mod fixtures;
 #[path = "../prereq/mod.rs"]
