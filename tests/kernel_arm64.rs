@@ -14,10 +14,10 @@ mod vm_common;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use vm_common::{Boot, Report};
+use vm_common::qemu::{self, Arch, Qemu, which};
+use vm_common::{Boot, Report, release_build};
 
 const HINT: &str = "\
 to run the arm64 real-kernel test:
@@ -26,6 +26,8 @@ to run the arm64 real-kernel test:
   cargo build --release --locked --target aarch64-unknown-linux-gnu --bin apparmor-loader
   cargo test --test kernel_arm64 -- --nocapture";
 
+/// The Rust target of the arm64 image.
+const AARCH64: &str = "aarch64-unknown-linux-gnu";
 /// ELF `e_machine` of AArch64.
 const EM_AARCH64: u16 = 183;
 /// ELF program header type of the interpreter (a dynamic executable has one).
@@ -38,14 +40,6 @@ struct Prereqs {
     tree: PathBuf,
     loader: PathBuf,
     repo: PathBuf,
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// `(e_machine, has PT_INTERP)` of a 64-bit little-endian ELF file.
@@ -123,29 +117,23 @@ fn find_prereqs() -> Result<Prereqs, String> {
             ));
         }
     }
-    // the target dir's parent of the host triple's directory (CARGO_TARGET_TMPDIR = <target>/<triple>/tmp)
-    let target_dir = option_env!("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
-        .and_then(|t| t.parent()?.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| repo.join("target"));
-    let loader = target_dir.join("aarch64-unknown-linux-gnu/release/apparmor-loader");
-    match elf_machine_and_interp(&loader) {
-        Ok((EM_AARCH64, false)) => {}
-        Ok((machine, interp)) => missing.push(format!(
-            "{} is not a static AArch64 executable (e_machine {machine}, interpreter {interp})",
-            loader.display()
-        )),
-        Err(e) => missing.push(format!(
-            "the arm64 release executable: {e} (cargo build --release --locked --target aarch64-unknown-linux-gnu --bin apparmor-loader)"
-        )),
-    }
+    let loader = release_build::loader_for(AARCH64)
+        .and_then(|loader| match elf_machine_and_interp(&loader)? {
+            (EM_AARCH64, false) => Ok(loader),
+            (machine, interp) => Err(format!(
+                "{} is not a static AArch64 executable (e_machine {machine}, interpreter {interp})",
+                loader.display()
+            )),
+        })
+        .map_err(|e| missing.push(format!("the arm64 release executable: {e}")))
+        .ok();
     if missing.is_empty() {
         Ok(Prereqs {
             qemu: qemu.unwrap(),
             kernel,
             busybox,
             tree,
-            loader,
+            loader: loader.unwrap(),
             repo,
         })
     } else {
@@ -183,60 +171,33 @@ fn write_payload(dir: &Path, repo: &Path) {
     std::fs::write(dir.join("suite"), "arm64\n").unwrap();
 }
 
-fn timeout_secs() -> u64 {
-    std::env::var("AAPL_VM_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(600)
-}
-
-/// Packs the initramfs and boots it under `qemu-system-aarch64 -M virt -cpu max -accel tcg`, bounded by `timeout`.
+/// Packs the initramfs (`vm_common`'s builder, with the arm64 pieces) and boots it under `qemu-system-aarch64 -M virt
+/// -cpu max` (TCG on an x86 host), bounded by `timeout` (the shared launcher, `tests/qemu`).
 fn boot(p: &Prereqs, payload: &Path) -> Result<Boot, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let initrd = dir.path().join("initrd.cpio.gz");
-    let out = Command::new(p.repo.join("tests/vm/build-initramfs.sh"))
-        .arg(&initrd)
-        .arg(&p.loader)
-        .arg(payload)
-        .env("TMPDIR", dir.path())
-        .env("BUSYBOX", &p.busybox)
-        .env("BUSYBOX_LIST", "/bin/busybox")
-        .env("PARSER_ROOTFS", &p.tree)
-        .output()
-        .map_err(|e| format!("cannot run tests/vm/build-initramfs.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "tests/vm/build-initramfs.sh failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    vm_common::build_initramfs(
+        &p.repo,
+        &initrd,
+        &p.loader,
+        payload,
+        dir.path(),
+        &[
+            ("BUSYBOX", &p.busybox),
+            ("BUSYBOX_LIST", Path::new("/bin/busybox")),
+            ("PARSER_ROOTFS", &p.tree),
+        ],
+    )?;
     let started = Instant::now();
-    let out = Command::new("timeout")
-        .args([
-            "--foreground",
-            "--kill-after=10",
-            &timeout_secs().to_string(),
-        ])
-        .arg(&p.qemu)
-        .args(["-M", "virt", "-cpu", "max", "-accel", "tcg", "-smp", "2"])
-        .args(["-m", "768", "-nographic", "-no-reboot", "-nodefaults"])
-        .args(["-serial", "stdio", "-kernel"])
-        .arg(&p.kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .arg("-append")
-        .arg("console=ttyAMA0 apparmor=1 security=apparmor panic=-1 quiet")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot start timeout/qemu-system-aarch64: {e}"))?;
+    let accel = qemu::accel(Arch::Aarch64, &p.qemu, &p.kernel);
+    let mut vm = Qemu::new(Arch::Aarch64, accel, &p.kernel, &initrd);
+    vm.program = p.qemu.clone();
+    vm.memory_mb = 768;
+    vm.append = "console=ttyAMA0 apparmor=1 security=apparmor panic=-1 quiet".into();
+    vm.timeout = qemu::timeout_from_env(600);
+    let run = vm.run()?;
     let wall = started.elapsed();
-    let mut console = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !stderr.trim().is_empty() {
-        console.push_str("\n[qemu stderr]\n");
-        console.push_str(&stderr);
-    }
+    let console = run.console;
     if let Some(tmp) = option_env!("CARGO_TARGET_TMPDIR") {
         let log = Path::new(tmp).join("kernel_arm64.console.log");
         if std::fs::write(&log, &console).is_ok() {
@@ -247,9 +208,9 @@ fn boot(p: &Prereqs, payload: &Path) -> Result<Boot, String> {
         report: Report::parse(&console),
         console,
         wall,
-        accel: "tcg",
-        timed_out: matches!(out.status.code(), Some(124) | Some(137)),
-        status: out.status.to_string(),
+        accel,
+        timed_out: run.timed_out,
+        status: run.status,
     })
 }
 

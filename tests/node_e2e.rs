@@ -546,8 +546,50 @@ fn gate_released(node: &str, key: &'static str) -> impl Fn(&Value) -> bool {
 }
 
 fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
-    // --- node A: the gate (scenarios 1, 2, 4, 5) -----------------------------------------------------
+    // --- node A: the gate (scenarios 1, 2, 4, 5, 7, 9, 10) ------------------------------------------
     let a = "aapl-node-a";
+    let gate = gate_lifts(c, f, a)?;
+    // scenario 5 right away: its conntrack evidence lasts as long as TIME_WAIT (120 s)
+    scenario_5_untaint_went_through_the_service(c, f, a, gate.pods_before);
+    let node_a = scenario_1(c, f, a, &gate)?;
+    scenario_2(c, f, &node_a.workload);
+    if let Some(p) = &node_a.loader {
+        scenario_4(c, f, p);
+    }
+    scenario_7(c, f, a, &node_a.workload)?;
+    scenario_9(c, f, a, &node_a.workload, node_a.digest.as_deref())?;
+    scenario_10(c, f, a, &node_a.workload)?;
+    scenario_10_rollback(c, f, a, node_a.digest.as_deref())?;
+    // --- node B: a broken ConfigMap keeps the gate shut (scenario 3) ---------------------------------
+    unregister(c, a)?;
+    let b = "aapl-node-b";
+    scenario_3(c, f, b)?;
+    // --- node C: the autoscaler-prefixed gate taint (scenario 6) -------------------------------------
+    unregister(c, b)?;
+    c.guest.out(DEBIAN_13);
+    let cn = "aapl-node-c";
+    scenario_6(c, f, cn)?;
+    // --- node D: no gate: the price of the gate, and the label as the gate (scenario 8) --------------
+    unregister(c, cn)?;
+    let d = "aapl-node-d";
+    let (ni, pods_before) = ungated_node_runs_the_workload(c, f, d)?;
+    scenario_8(c, f, d, ni, pods_before);
+    Ok(())
+}
+
+// === node A: the gate ============================================================================
+
+/// Node A registered with the gate taint and the workload applied, up to the taint's removal.
+struct GateLifted {
+    pods_before: usize,
+    ni: usize,
+    registered: Instant,
+    released_at: Instant,
+}
+
+/// Registers `a` with the gate taint, applies the workload and waits for the loader to lift the gate
+/// (scenario 1's first check; `node_gate_ms`).
+fn gate_lifts(c: &Cluster, f: &mut Findings, a: &str) -> Result<GateLifted, String> {
     let pods_before = c.pods.len();
     let (ni, registered) = register(c, a, &format!("{GATE}=true:NoSchedule"))?;
     // the workload arrives once the node is there (and tainted): the scheduler then says why it waits (it
@@ -564,7 +606,21 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     };
     let gate = released_at - registered;
     f.metric("node_gate_ms", ms(gate));
-    // scenario 5 right away: its conntrack evidence lasts as long as TIME_WAIT (120 s)
+    Ok(GateLifted {
+        pods_before,
+        ni,
+        registered,
+        released_at,
+    })
+}
+
+/// Scenario 5 on node A, once its `untaint` container has exited 0.
+fn scenario_5_untaint_went_through_the_service(
+    c: &Cluster,
+    f: &mut Findings,
+    a: &str,
+    pods_before: usize,
+) {
     let untainted = c.pods.wait(pods_before, *WAIT, |p| {
         is_loader(p)
             && on_node(p, a)
@@ -578,6 +634,27 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
             f.check("5", false, "the untaint container never exited 0");
         }
     }
+}
+
+/// What the scenarios after 1 need from node A.
+struct NodeA {
+    /// The workload pod, Running.
+    workload: Value,
+    /// The DaemonSet pod, Running.
+    loader: Option<Value>,
+    /// The node's first digest label of [`PROFILE`].
+    digest: Option<String>,
+}
+
+/// Scenario 1: the workload was not bound while the taint was there and runs once it went; the node
+/// carries a digest label per loaded profile (`workload_running_ms`).
+fn scenario_1(c: &Cluster, f: &mut Findings, a: &str, gate: &GateLifted) -> Result<NodeA, String> {
+    let GateLifted {
+        pods_before,
+        ni,
+        registered,
+        released_at,
+    } = *gate;
     let wl = c.pods.wait(pods_before, *WAIT, |p| {
         is_workload(p) && on_node(p, a) && running(p)
     });
@@ -685,32 +762,46 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
         eprintln!("kubectl get nodes -L apparmor-profile-loader/k8s-nginx\n{out}");
     }
 
-    scenario_2(c, f, &wl_pod);
-    if let Some(p) = &loader {
-        scenario_4(c, f, p);
-    }
-    scenario_7(c, f, a, &wl_pod)?;
-    let digest = |l: &Value| {
-        l[format!("{LABEL_PREFIX}/{PROFILE}")]
-            .as_str()
-            .map(String::from)
-    };
-    let first = digest(labels);
-    scenario_9(c, f, a, &wl_pod, first.as_deref())?;
-    scenario_10(c, f, a, &wl_pod)?;
+    Ok(NodeA {
+        workload: wl_pod,
+        loader,
+        digest: digest(labels),
+    })
+}
+
+/// The profile's digest label among a node's labels.
+fn digest(labels: &Value) -> Option<String> {
+    labels[format!("{LABEL_PREFIX}/{PROFILE}")]
+        .as_str()
+        .map(String::from)
+}
+
+/// Scenario 10's last check: the repository's kustomization applied again rolls node A back to its
+/// first digest, for the nodes that follow.
+fn scenario_10_rollback(
+    c: &Cluster,
+    f: &mut Findings,
+    a: &str,
+    first: Option<&str>,
+) -> Result<(), String> {
     // back to the repository's profiles, for the nodes that follow
     let rolled_back = rollout(c, a, |_| Ok(()))?;
     f.check(
         "10",
-        rolled_back.running && digest(&rolled_back.labels) == first,
+        rolled_back.running && digest(&rolled_back.labels).as_deref() == first,
         format!(
             "applying the repository's kustomization again rolls the node back to its first digest {first:?}"
         ),
     );
 
-    // --- node B: a broken ConfigMap keeps the gate shut (scenario 3) ---------------------------------
-    unregister(c, a)?;
-    let b = "aapl-node-b";
+    Ok(())
+}
+
+// === node B: a broken ConfigMap keeps the gate shut ==============================================
+
+/// Scenario 3: a broken ConfigMap keeps node `b` (an AppArmor 3 node) tainted with the reason in the
+/// pod status, so does a 4.0-only profile; fixing the ConfigMap releases it.
+fn scenario_3(c: &Cluster, f: &mut Findings, b: &str) -> Result<(), String> {
     let good = configmap(c)?;
     let mut broken = good.clone();
     broken["data"]["aapl-broken"] = Value::String(
@@ -806,10 +897,13 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     );
     workload_runs_on(c, f, "3", pods_before, b);
 
-    // --- node C: the autoscaler-prefixed gate taint (scenario 6) -------------------------------------
-    unregister(c, b)?;
-    c.guest.out(DEBIAN_13);
-    let cn = "aapl-node-c";
+    Ok(())
+}
+
+// === node C: the autoscaler-prefixed gate taint ==================================================
+
+/// Scenario 6: the autoscaler-prefixed gate taint on node `cn` is released the same way.
+fn scenario_6(c: &Cluster, f: &mut Findings, cn: &str) -> Result<(), String> {
     let pods_before = c.pods.len();
     let (ni, reg) = register(c, cn, &format!("{AUTOSCALER_GATE}=true:NoSchedule"))?;
     let released = registered_with_then_released(c, f, "6", ni, cn, AUTOSCALER_GATE);
@@ -844,9 +938,19 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
         );
     }
 
-    // --- node D: no gate: the price of the gate -------------------------------------------------------
-    unregister(c, cn)?;
-    let d = "aapl-node-d";
+    Ok(())
+}
+
+// === node D: no gate =============================================================================
+
+/// Node `d` registered with no taint and the label-requiring workload applied: the workload's time to
+/// Running without the gate (`workload_running_nogate_ms`, `gate_overhead_ms`). Returns the nodes' and
+/// pods' watch positions before it, for scenario 8.
+fn ungated_node_runs_the_workload(
+    c: &Cluster,
+    f: &mut Findings,
+    d: &str,
+) -> Result<(usize, usize), String> {
     let pods_before = c.pods.len();
     // scenario 8: a workload that requires its profile's node label, and no taint on the node
     let labelled =
@@ -863,8 +967,7 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     } else {
         return Err(format!("the workload never ran on the ungated node {d}"));
     }
-    scenario_8(c, f, d, ni, pods_before);
-    Ok(())
+    Ok((ni, pods_before))
 }
 
 // === scenario 8: the gate without a taint ========================================================

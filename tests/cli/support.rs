@@ -5,7 +5,7 @@
 #[path = "../../src/executable_script.rs"]
 mod executable_script;
 
-use crate::prereq;
+use crate::{prereq, release_build};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -45,43 +45,9 @@ pub fn real_parser() -> Option<PathBuf> {
 
 /// The release build of the executable (what the image ships), for measurements that only
 /// mean something there; a skip, or a failure under CI (`prereq`), when it is missing or older
-/// than the sources. `tests/run-all` builds it before the tests.
+/// than the sources (`release_build`). `tests/run-all` builds it before the tests.
 pub fn release_binary(what: &str) -> Option<PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let binary = repo.join("target/x86_64-unknown-linux-gnu/release/apparmor-loader");
-    let found = match modified(&binary) {
-        None => Err(format!("{} is missing", binary.display())),
-        Some(built) if built < newest_source(repo) => {
-            Err(format!("{} is older than the sources", binary.display()))
-        }
-        Some(_) => Ok(binary),
-    };
-    let found = found.map_err(|e| format!("{e}: run `cargo build --release --locked` first"));
-    prereq::require(&format!("{what} (release build)"), found)
-}
-
-fn modified(path: &Path) -> Option<std::time::SystemTime> {
-    fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// The newest modification time of Cargo.toml, Cargo.lock and the files under src/.
-fn newest_source(repo: &Path) -> std::time::SystemTime {
-    let mut dirs = vec![repo.join("src")];
-    let mut newest = [repo.join("Cargo.toml"), repo.join("Cargo.lock")]
-        .iter()
-        .filter_map(|p| modified(p))
-        .max()
-        .unwrap_or(std::time::UNIX_EPOCH);
-    while let Some(dir) = dirs.pop() {
-        for entry in fs::read_dir(&dir).unwrap().map(Result::unwrap) {
-            if entry.file_type().unwrap().is_dir() {
-                dirs.push(entry.path());
-            } else if let Some(t) = modified(&entry.path()) {
-                newest = newest.max(t);
-            }
-        }
-    }
-    newest
+    prereq::require(&format!("{what} (release build)"), release_build::loader())
 }
 
 /// A directory laid out like a ConfigMap volume: `key -> ..data/key`, `..data -> ..<ts>`.

@@ -1,4 +1,4 @@
-//! `untaint` against a mocked API server (tower-test), for the faults a real server will not
+//! `untaint` against the mocked API server (`api_mock.rs`), for the faults a real server will not
 //! produce on demand: 409s, 500s, a server that never recovers. The real kube-apiserver tests
 //! are in `apiserver_e2e.rs`.
 //!
@@ -6,151 +6,24 @@
 
 use std::time::Duration;
 
-use crate::fixtures::{NodeFixture, autoscaler_gate, gate, gate_taints, taint};
+use crate::fixtures::{NodeFixture, autoscaler_gate, gate, taint};
 use apparmor_profile_loader::node_labels::{DEFAULT_PREFIX, Desired, NodeReport};
-use apparmor_profile_loader::untaint::{self, UntaintError};
+use apparmor_profile_loader::untaint::UntaintError;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::client::Body;
 use serde_json::{Value, json};
-use tower_test::mock::{self, Handle, SendResponse};
+use tower_test::mock;
+
+use crate::api_mock::{
+    ApiServerVerifier, PATCH_TEST_FAILED, against_mock, against_mock_with, status_response,
+    status_response_with,
+};
 
 const NODE: &str = "aks-user-0";
 const GATE: &str = "WaitingForAppArmorProfiles";
-const NODE_PATH: &str = "/api/v1/nodes/aks-user-0";
-
-// === The mocked API server ===
-
-/// The mocked API server, one method per exchange, each asserting the exact request we sent
-/// and answering what kube-apiserver would. It keeps the node it last served, so a PATCH is
-/// applied to that node (or fails its `test` op) as on the real server.
-struct ApiServerVerifier {
-    handle: Handle<Request<Body>, Response<Body>>,
-    stored: Option<Node>,
-}
-
-impl ApiServerVerifier {
-    /// The next request, which must be `method` on our node's URL.
-    async fn expect(&mut self, method: Method) -> (Request<Body>, SendResponse<Response<Body>>) {
-        let (request, send) = self
-            .handle
-            .next_request()
-            .await
-            .unwrap_or_else(|| panic!("client sent no request; expected {method} {NODE_PATH}"));
-        assert_eq!(
-            (request.method(), request.uri().path()),
-            (&method, NODE_PATH),
-            "unexpected request"
-        );
-        (request, send)
-    }
-
-    /// Expects `GET /api/v1/nodes/<name>` and answers with `node`, which is then the node as
-    /// stored (what the next PATCH applies to).
-    async fn handle_get(&mut self, node: &Node) {
-        let (_, send) = self.expect(Method::GET).await;
-        self.stored = Some(node.clone());
-        send.send_response(json_response(
-            StatusCode::OK,
-            &serde_json::to_value(node).unwrap(),
-        ));
-    }
-
-    /// Another client writes the node between our GET and our PATCH.
-    fn concurrent_write(&mut self, node: Node) {
-        self.stored = Some(node);
-    }
-
-    /// Expects a JSON Patch of exactly `ops` and answers as kube-apiserver does: the ops applied
-    /// to the stored node (200, the patched node, its resourceVersion bumped), or a bare
-    /// 422 Invalid when a `test` op fails.
-    async fn handle_patch(&mut self, ops: Value) {
-        let send = self.expect_patch(&ops).await;
-        let stored = self.stored.take().expect("a PATCH before any GET");
-        let mut doc = serde_json::to_value(&stored).unwrap();
-        let patch: json_patch::Patch = serde_json::from_value(ops).expect("a JSON Patch");
-        match json_patch::patch(&mut doc, &patch) {
-            Ok(()) => {
-                let version: u64 = stored.metadata.resource_version.unwrap().parse().unwrap();
-                doc["metadata"]["resourceVersion"] = json!((version + 1).to_string());
-                self.stored = Some(serde_json::from_value(doc.clone()).unwrap());
-                send.send_response(json_response(StatusCode::OK, &doc));
-            }
-            Err(_) => {
-                self.stored = Some(stored);
-                send.send_response(status_response(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    PATCH_TEST_FAILED,
-                ));
-            }
-        }
-    }
-
-    /// Expects a JSON Patch of exactly `ops` and refuses it with `response`: the faults a
-    /// real server gives only in states a test cannot set up (a conflict, RBAC, admission).
-    async fn handle_patch_refused(&mut self, ops: Value, response: Response<Body>) {
-        let send = self.expect_patch(&ops).await;
-        send.send_response(response);
-    }
-
-    async fn expect_patch(&mut self, ops: &Value) -> SendResponse<Response<Body>> {
-        let (request, send) = self.expect(Method::PATCH).await;
-        assert_eq!(
-            request.headers()["content-type"],
-            "application/json-patch+json"
-        );
-        let body = request.into_body().collect_bytes().await.unwrap();
-        let sent: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(&sent, ops, "the JSON Patch we sent");
-        send
-    }
-
-    /// Expects `method` on our node's URL (the first request, or the one being retried) and
-    /// answers with a fault.
-    async fn handle_fault(&mut self, method: Method, response: Response<Body>) {
-        let (_, send) = self.expect(method).await;
-        send.send_response(response);
-    }
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
-}
-
-fn status_response(status: StatusCode, message: &str) -> Response<Body> {
-    status_response_with(status, message, json!({}))
-}
-
-/// A `Status` body as kube-apiserver sends it: its reason for the code, and `details`.
-fn status_response_with(status: StatusCode, message: &str, details: Value) -> Response<Body> {
-    let reason = match status.as_u16() {
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "NotFound",
-        409 => "Conflict",
-        422 => "Invalid",
-        429 => "TooManyRequests",
-        503 => "ServiceUnavailable",
-        _ => "InternalError",
-    };
-    json_response(
-        status,
-        &json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "message": message, "reason": reason, "details": details, "code": status.as_u16(),
-        }),
-    )
-}
-
-/// What kube-apiserver answers when a JSON Patch `test` fails (seen against v1.37.2): a bare
-/// 422 Invalid without causes; the patch library's own message is not passed through.
-const PATCH_TEST_FAILED: &str = "the server rejected our request due to an error in our request";
 
 /// The JSON Patch `untaint` sends for one gate taint at `index`: `test` it is there, `remove` it.
 fn remove_at(index: usize, key: &str) -> Value {
@@ -161,54 +34,7 @@ fn remove_at(index: usize, key: &str) -> Value {
     ])
 }
 
-/// Runs `untaint::run` against the mock while `scenario` plays the server.
-async fn against_mock<F, Fut>(
-    timeout: Duration,
-    scenario: F,
-) -> Result<untaint::UntaintOutcome, UntaintError>
-where
-    F: FnOnce(ApiServerVerifier) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    against_mock_with(timeout, None, scenario).await
-}
-
-/// Runs `untaint::run_labelled` (labels in line with `desired`, if given) against the mock
-/// while `scenario` plays the server.
-async fn against_mock_with<F, Fut>(
-    timeout: Duration,
-    desired: Option<Desired>,
-    scenario: F,
-) -> Result<untaint::UntaintOutcome, UntaintError>
-where
-    F: FnOnce(ApiServerVerifier) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "kube-system");
-    let server = tokio::spawn(scenario(ApiServerVerifier {
-        handle,
-        stored: None,
-    }));
-    let result =
-        untaint::run_labelled(client, NODE, &gate_taints(), desired.as_ref(), timeout).await;
-    server.await.expect("scenario assertions");
-    result
-}
-
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-/// [`against_mock`], with the node's labels brought in line with `desired` in the same patch.
-async fn against_mock_labelled<F, Fut>(
-    desired: Desired,
-    scenario: F,
-) -> Result<untaint::UntaintOutcome, UntaintError>
-where
-    F: FnOnce(ApiServerVerifier) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    against_mock_with(TIMEOUT, Some(desired), scenario).await
-}
 
 fn desired(profiles: &[(&str, &str)]) -> Desired {
     let report = NodeReport {
@@ -242,7 +68,7 @@ async fn labels_and_annotation_come_in_the_same_patch_that_removes_the_taint() {
     ]);
     let stored = std::sync::Arc::new(std::sync::Mutex::new(None));
     let keep = stored.clone();
-    let outcome = against_mock_labelled(want.clone(), |mut api| async move {
+    let outcome = against_mock_with(NODE, TIMEOUT, Some(want.clone()), |mut api| async move {
         api.handle_get(&node).await;
         api.handle_patch(Value::Array(ops)).await;
         *keep.lock().unwrap() = api.stored.clone();
@@ -256,7 +82,7 @@ async fn labels_and_annotation_come_in_the_same_patch_that_removes_the_taint() {
         labelled.metadata.labels.as_ref().unwrap()["apparmor-profile-loader/k8s-nginx"],
         "0123456789ab"
     );
-    let outcome = against_mock_labelled(want, |mut api| async move {
+    let outcome = against_mock_with(NODE, TIMEOUT, Some(want), |mut api| async move {
         api.handle_get(&labelled).await;
     })
     .await
@@ -292,7 +118,7 @@ async fn without_a_taint_only_the_labels_under_the_prefix_change() {
         {"op": "add", "path": "/metadata/labels/apparmor-profile-loader~1k8s-a", "value": "aaaaaaaaaaaa"},
         {"op": "remove", "path": "/metadata/labels/apparmor-profile-loader~1k8s-gone"},
     ]);
-    let outcome = against_mock_labelled(want, |mut api| async move {
+    let outcome = against_mock_with(NODE, TIMEOUT, Some(want), |mut api| async move {
         api.handle_get(&node).await;
         api.handle_patch(ops).await;
     })
@@ -309,7 +135,7 @@ async fn present_taint_is_removed_and_other_taints_are_not_in_the_patch() {
         gate(),
         taint("other=x:NoExecute"),
     ]);
-    let outcome = against_mock(TIMEOUT, |mut api| async move {
+    let outcome = against_mock(NODE, TIMEOUT, |mut api| async move {
         api.handle_get(&node).await;
         api.handle_patch(remove_at(1, GATE)).await;
     })
@@ -326,7 +152,7 @@ async fn both_gate_forms_are_removed_highest_index_first() {
         Node::test(NODE).with_taints([autoscaler_gate(), taint("keep=me:NoSchedule"), gate()]);
     let mut ops = remove_at(2, GATE).as_array().unwrap().clone();
     ops.extend(remove_at(0, &autoscaler).as_array().unwrap().clone());
-    let outcome = against_mock(TIMEOUT, |mut api| async move {
+    let outcome = against_mock(NODE, TIMEOUT, |mut api| async move {
         api.handle_get(&node).await;
         api.handle_patch(Value::Array(ops)).await;
     })
@@ -338,7 +164,7 @@ async fn both_gate_forms_are_removed_highest_index_first() {
 #[tokio::test(start_paused = true)]
 async fn absent_taint_is_success_without_a_write() {
     let node = Node::test(NODE).with_taints([taint("other=x:NoSchedule")]);
-    let outcome = against_mock(TIMEOUT, |mut api| async move {
+    let outcome = against_mock(NODE, TIMEOUT, |mut api| async move {
         api.handle_get(&node).await;
     })
     .await
@@ -356,7 +182,7 @@ async fn same_key_with_another_value_is_removed_as_a_near_miss() {
          "value": {"key": GATE, "value": "false", "effect": "NoSchedule"}},
         {"op": "remove", "path": "/spec/taints/0"},
     ]);
-    let outcome = against_mock(TIMEOUT, |mut api| async move {
+    let outcome = against_mock(NODE, TIMEOUT, |mut api| async move {
         api.handle_get(&node).await;
         api.handle_patch(ops).await;
     })
@@ -388,7 +214,7 @@ async fn refused_patch_rereads_the_node_and_patches_the_index_it_finds() {
         ),
     ] {
         let (first, reread) = (before.clone(), reread.clone());
-        let outcome = against_mock(TIMEOUT, |mut api| async move {
+        let outcome = against_mock(NODE, TIMEOUT, |mut api| async move {
             api.handle_get(&first).await;
             let refusal = status_response(status, message);
             api.handle_patch_refused(remove_at(0, GATE), refusal).await;
@@ -410,7 +236,7 @@ async fn failed_patch_test_rereads_the_node() {
     let moved = Node::test(NODE)
         .with_taints([gate()])
         .with_resource_version("2");
-    let outcome = against_mock(TIMEOUT, |mut api| async move {
+    let outcome = against_mock(NODE, TIMEOUT, |mut api| async move {
         api.handle_get(&node).await;
         api.concurrent_write(moved.clone());
         api.handle_patch(remove_at(1, GATE)).await;
@@ -427,7 +253,7 @@ async fn failed_patch_test_rereads_the_node() {
 async fn server_errors_are_retried_with_backoff_then_succeed() {
     let node = Node::test(NODE).with_taints([gate()]);
     let started = tokio::time::Instant::now();
-    let outcome = against_mock(TIMEOUT, |mut api| async move {
+    let outcome = against_mock(NODE, TIMEOUT, |mut api| async move {
         for (status, message) in [
             (StatusCode::INTERNAL_SERVER_ERROR, "etcd leader changed"),
             (
@@ -456,19 +282,13 @@ async fn server_errors_are_retried_with_backoff_then_succeed() {
 
 #[tokio::test(start_paused = true)]
 async fn server_that_never_recovers_times_out_with_the_last_error() {
-    let err = against_mock(Duration::from_secs(30), |mut api| async move {
+    let err = against_mock(NODE, Duration::from_secs(30), |mut api| async move {
         // Answer every request with 503 until the client gives up and drops its end; every
         // retry is the same GET.
-        while let Some((request, send)) = api.handle.next_request().await {
-            assert_eq!(
-                (request.method(), request.uri().path()),
-                (&Method::GET, NODE_PATH)
-            );
-            send.send_response(status_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-            ));
-        }
+        api.handle_faults_until_dropped(Method::GET, || {
+            status_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+        })
+        .await;
     })
     .await
     .unwrap_err();
@@ -500,7 +320,7 @@ async fn missing_node_and_rejected_token_fail_at_once_and_say_what_to_fix() {
     ];
     for (status, message, is_kind, advice) in cases {
         // One GET, answered with the fault; no retry (a second request would fail the scenario).
-        let err = against_mock(TIMEOUT, |mut api| async move {
+        let err = against_mock(NODE, TIMEOUT, |mut api| async move {
             api.handle_fault(Method::GET, status_response(status, message))
                 .await;
         })
@@ -514,7 +334,7 @@ async fn missing_node_and_rejected_token_fail_at_once_and_say_what_to_fix() {
 #[tokio::test(start_paused = true)]
 async fn forbidden_fails_at_once_and_names_the_rbac_to_check() {
     let node = Node::test(NODE).with_taints([gate()]);
-    let err = against_mock(TIMEOUT, |mut api| async move {
+    let err = against_mock(NODE, TIMEOUT, |mut api| async move {
         api.handle_get(&node).await;
         api.handle_patch_refused(
             remove_at(0, GATE),
@@ -544,7 +364,7 @@ async fn forbidden_fails_at_once_and_names_the_rbac_to_check() {
 #[tokio::test(start_paused = true)]
 async fn validation_denial_as_422_with_causes_is_final_not_retried() {
     let node = Node::test(NODE).with_taints([gate()]);
-    let err = against_mock(TIMEOUT, |mut api| async move {
+    let err = against_mock(NODE, TIMEOUT, |mut api| async move {
         api.handle_get(&node).await;
         let denial = status_response_with(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -566,7 +386,7 @@ async fn validation_denial_as_422_with_causes_is_final_not_retried() {
 async fn failed_patch_test_on_an_unchanged_node_gives_up_instead_of_spinning() {
     let node = Node::test(NODE).with_taints([gate()]);
     let again = node.clone();
-    let err = against_mock(TIMEOUT, |mut api| async move {
+    let err = against_mock(NODE, TIMEOUT, |mut api| async move {
         api.handle_get(&node).await;
         // A `test` failure the stored node does not explain (a server-side quirk): retrying
         // against the same resourceVersion would fail the same way forever.
@@ -591,7 +411,7 @@ async fn failed_patch_test_on_an_unchanged_node_gives_up_instead_of_spinning() {
 async fn retry_after_from_the_server_is_honoured() {
     let node = Node::test(NODE).with_taints([gate()]);
     let started = tokio::time::Instant::now();
-    against_mock(TIMEOUT, |mut api| async move {
+    against_mock(NODE, TIMEOUT, |mut api| async move {
         let slow_down = status_response_with(
             StatusCode::TOO_MANY_REQUESTS,
             "too many requests",
@@ -625,10 +445,7 @@ async fn the_fake_server_applies_a_patch_or_fails_its_test_like_kube_apiserver()
         ),
     ] {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let mut api = ApiServerVerifier {
-            handle,
-            stored: Some(node.clone()),
-        };
+        let mut api = ApiServerVerifier::new(handle, NODE, Some(node.clone()));
         let nodes: Api<Node> = Api::all(Client::new(service, "default"));
         let patch = Patch::Json::<()>(serde_json::from_value(ops.clone()).unwrap());
         let params = PatchParams::default();

@@ -10,6 +10,8 @@
 
 #[path = "../prereq/mod.rs"]
 mod prereq;
+#[path = "../qemu/mod.rs"]
+mod qemu;
 #[path = "../release_build/mod.rs"]
 mod release_build;
 
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use qemu::{Arch, Qemu};
 use serde_json::Value;
 
 pub const HINT: &str = "\
@@ -537,35 +540,26 @@ impl Guest {
         let sock = dir.join("ctl.sock");
         // a previous boot's socket (QEMU creates its own)
         let _ = std::fs::remove_file(&sock);
+        let accel = qemu::accel(Arch::X86_64, Path::new(Arch::X86_64.program()), &p.kernel);
+        let mut vm = Qemu::new(Arch::X86_64, accel, &p.kernel, initrd);
+        vm.memory_mb = memory_mb;
+        vm.timeout = timeout;
+        // its own process group (below), killed as a group on drop; not in ours
+        vm.foreground = false;
+        vm.append = "console=ttyS0 panic=-1 quiet apparmor=1 security=apparmor".into();
+        vm.extra = vec![
+            "-serial".into(),
+            format!("unix:{},server=on,wait=off", sock.display()).into(),
+            "-netdev".into(),
+            "user,id=n0".into(),
+            "-device".into(),
+            "virtio-net-pci,netdev=n0".into(),
+            "-drive".into(),
+            format!("file={},format=raw,if=virtio", disk.display()).into(),
+        ];
+        eprintln!("node guest: qemu with -accel {accel}");
         let mut cmd = orphan_safe(Path::new("timeout"));
-        cmd.args(["--kill-after=10", &timeout.as_secs().to_string()])
-            .arg("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-smp", "2", "-m", &memory_mb.to_string()])
-            .args([
-                "-nographic",
-                "-no-reboot",
-                "-nodefaults",
-                "-serial",
-                "stdio",
-            ])
-            .arg("-serial")
-            .arg(format!("unix:{},server=on,wait=off", sock.display()))
-            .args([
-                "-netdev",
-                "user,id=n0",
-                "-device",
-                "virtio-net-pci,netdev=n0",
-            ])
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", disk.display()))
-            .arg("-kernel")
-            .arg(&p.kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 quiet apparmor=1 security=apparmor",
-            ]);
+        vm.add_args(&mut cmd);
         let log = dir.join("qemu.stderr");
         let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let mut child = cmd

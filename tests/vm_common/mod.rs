@@ -10,18 +10,21 @@
 
 #[path = "../prereq/mod.rs"]
 mod prereq;
+#[path = "../qemu/mod.rs"]
+pub mod qemu;
 #[path = "../release_build/mod.rs"]
-mod release_build;
+pub mod release_build;
 /// The shared rule for a missing prerequisite (fail under CI, skip loudly elsewhere), for checks
 /// of kernel_e2e's own (e.g. a host-side test that needs only `apparmor_parser`).
 #[allow(unused_imports)]
 pub use prereq::{require, skip_or_fail, strict};
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
+
+use qemu::{Arch, Qemu, which};
 use std::time::{Duration, Instant};
 
 /// How to get what the harness needs, printed when something is missing.
@@ -41,14 +44,6 @@ pub struct Prereqs {
     pub qemu: PathBuf,
     pub loader: PathBuf,
     pub repo: PathBuf,
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 fn default_kernel() -> PathBuf {
@@ -392,152 +387,6 @@ impl Boot {
 /// One boot at a time: the timings printed are only comparable on a quiet machine, and 2 vCPUs are all we have.
 static BOOT_LOCK: Mutex<()> = Mutex::new(());
 
-fn timeout_secs() -> u64 {
-    std::env::var("AAPL_VM_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(900)
-}
-
-/// Runs `timeout qemu ...`, returning (console, exit status description, timed out).
-fn run_qemu(
-    p: &Prereqs,
-    accel: &str,
-    initrd: &Path,
-    append: &str,
-    secs: u64,
-) -> Result<(String, String, bool), String> {
-    let verbose = std::env::var_os("AAPL_VM_VERBOSE").is_some();
-    let mut cmd = Command::new("timeout");
-    // TERM at the deadline, KILL 10 s later: qemu never outlives its bound, even if this test process dies.
-    // --foreground keeps qemu in our process group, so a Ctrl-C of `cargo test` ends it too.
-    cmd.args(["--foreground", "--kill-after=10", &secs.to_string()])
-        .arg(&p.qemu)
-        .args([
-            "-accel",
-            accel,
-            "-smp",
-            "2",
-            "-m",
-            "512",
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-        ])
-        .args(["-serial", "stdio", "-kernel"])
-        .arg(&p.kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-append")
-        .arg(append)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start timeout/qemu: {e}"))?;
-    let stderr = child.stderr.take().unwrap();
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
-        s
-    });
-    let mut console = String::new();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                if verbose {
-                    eprint!("vm| {line}");
-                }
-                console.push_str(&line);
-            }
-            Err(e) => return Err(format!("reading the serial console: {e}")),
-        }
-    }
-    let status = child.wait().map_err(|e| format!("waiting for qemu: {e}"))?;
-    let stderr = err_thread.join().unwrap_or_default();
-    if !stderr.trim().is_empty() {
-        console.push_str("\n[qemu stderr]\n");
-        console.push_str(&stderr);
-    }
-    let timed_out = matches!(status.code(), Some(124) | Some(137));
-    Ok((console, status.to_string(), timed_out))
-}
-
-/// `kvm` when /dev/kvm opens and a tiny guest really boots with it within seconds, else `tcg`.
-/// (On some hosts /dev/kvm exists but the guest spins forever, so opening it is not proof.)
-fn accel(p: &Prereqs) -> &'static str {
-    static ACCEL: OnceLock<&'static str> = OnceLock::new();
-    ACCEL.get_or_init(|| {
-        match std::env::var("AAPL_VM_ACCEL").as_deref() {
-            Ok("kvm") => return "kvm",
-            Ok("tcg") => return "tcg",
-            _ => {}
-        }
-        let rw = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok();
-        if !rw {
-            return "tcg";
-        }
-        let started = Instant::now();
-        let ok = probe_kvm(p).unwrap_or_else(|e| {
-            eprintln!("kvm probe: {e}");
-            false
-        });
-        eprintln!(
-            "kvm probe: {} after {:.1}s",
-            if ok {
-                "works"
-            } else {
-                "does not work, using tcg"
-            },
-            started.elapsed().as_secs_f64()
-        );
-        if ok { "kvm" } else { "tcg" }
-    })
-}
-
-fn probe_kvm(p: &Prereqs) -> Result<bool, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let root = dir.path().join("root");
-    std::fs::create_dir_all(root.join("bin")).map_err(|e| e.to_string())?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| e.to_string())?;
-    std::fs::write(
-        root.join("init"),
-        "#!/bin/busybox sh\n/bin/busybox echo AAPL-PROBE-OK\n/bin/busybox poweroff -f\n",
-    )
-    .map_err(|e| e.to_string())?;
-    set_mode(&root.join("init"), 0o755)?;
-    let initrd = dir.path().join("probe.cpio.gz");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg("cd \"$1\" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > \"$2\"")
-        .arg("sh")
-        .arg(&root)
-        .arg(&initrd)
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err("cannot pack the probe initramfs".into());
-    }
-    let (console, _, _) = run_qemu(p, "kvm", &initrd, "console=ttyS0 panic=-1 quiet", 10)?;
-    Ok(console.contains("AAPL-PROBE-OK"))
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))
-}
-
 /// Where a boot's whole serial console is kept for reading after the run (`target/tmp/`).
 fn console_log_path(label: &str) -> PathBuf {
     let dir = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
@@ -551,30 +400,24 @@ pub fn boot(p: &Prereqs, label: &str, payload: &Path, extra_append: &str) -> Res
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let initrd = dir.path().join("initrd.cpio.gz");
     let started = Instant::now();
-    let out = Command::new(p.repo.join("tests/vm/build-initramfs.sh"))
-        .arg(&initrd)
-        .arg(&p.loader)
-        .arg(payload)
-        .env("TMPDIR", dir.path())
-        .output()
-        .map_err(|e| format!("cannot run tests/vm/build-initramfs.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "tests/vm/build-initramfs.sh failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    build_initramfs(&p.repo, &initrd, &p.loader, payload, dir.path(), &[])?;
     let size = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "initramfs: {:.1} MiB, built in {:.1}s",
         size as f64 / 1048576.0,
         started.elapsed().as_secs_f64()
     );
-    let accel = accel(p);
-    let append = format!("console=ttyS0 panic=-1 quiet {extra_append}");
+    let accel = qemu::accel(Arch::X86_64, &p.qemu, &p.kernel);
+    let mut vm = Qemu::new(Arch::X86_64, accel, &p.kernel, &initrd);
+    vm.program = p.qemu.clone();
+    vm.append = format!("console=ttyS0 panic=-1 quiet {extra_append}");
+    vm.timeout = qemu::timeout_from_env(900);
     let started = Instant::now();
-    let (console, status, timed_out) = run_qemu(p, accel, &initrd, &append, timeout_secs())?;
+    let qemu::Run {
+        console,
+        status,
+        timed_out,
+    } = vm.run()?;
     let wall = started.elapsed();
     let log = console_log_path(label);
     let kept = std::fs::write(&log, &console).is_ok();
@@ -601,4 +444,33 @@ pub fn boot(p: &Prereqs, label: &str, payload: &Path, extra_append: &str) -> Res
         status,
         timed_out,
     })
+}
+
+/// Packs `payload` with `loader` into the initramfs `initrd` (`tests/vm/build-initramfs.sh`, temporary
+/// files under `tmp`); `env` picks another architecture's pieces (`BUSYBOX`, `BUSYBOX_LIST`,
+/// `PARSER_ROOTFS`, see the script).
+pub fn build_initramfs(
+    repo: &Path,
+    initrd: &Path,
+    loader: &Path,
+    payload: &Path,
+    tmp: &Path,
+    env: &[(&str, &Path)],
+) -> Result<(), String> {
+    let out = Command::new(repo.join("tests/vm/build-initramfs.sh"))
+        .arg(initrd)
+        .arg(loader)
+        .arg(payload)
+        .env("TMPDIR", tmp)
+        .envs(env.iter().copied())
+        .output()
+        .map_err(|e| format!("cannot run tests/vm/build-initramfs.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "tests/vm/build-initramfs.sh failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
