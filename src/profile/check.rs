@@ -11,9 +11,9 @@ use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
 use crate::apparmor::pool;
 use crate::exit_code::{self, ExitStatus};
 use crate::profile::keys::Key;
-use crate::profile::names::{ProfileName, check_name_set, check_profile_name};
+use crate::profile::names::{BadProfileName, ProfileName, check_name_set};
 use crate::profile::ownership;
-use crate::profile::records::Inventory;
+use crate::profile::records::{Entry, Inventory};
 use crate::profile::source::{ProfileInput, Rejection, Source};
 
 /// A profile file that compiles, with what it defines.
@@ -109,16 +109,15 @@ pub fn check(
     let mut compiled = Vec::with_capacity(inputs.len());
     let mut refused = Vec::new();
     for input in inputs {
-        // What the parser said enters here, as plain strings, and becomes profile names only
-        // once it passes our rules. A record's entry was read back as profile names already.
+        // What the parser said enters here as plain strings and becomes profile names in
+        // `prove`. A record's entry is proven the same way: reading it back checked each name,
+        // not that the file defines one or that every top-level name has its mode.
         let checked = match known.describes(&input.key, &input.sha256) {
-            Some(entry) => refused_or(refusals(&input.key, &entry.profiles, &entry.modes), || {
-                (entry.profiles.clone(), entry.modes.clone())
-            }),
-            None => {
-                let (names, modes) = described.remove(input.key.as_str()).unwrap_or_default();
-                refused_or(refusals(&input.key, &names, &modes), || named(names, modes))
-            }
+            Some(entry) => prove(&input.key, as_described(entry)),
+            None => prove(
+                &input.key,
+                described.remove(input.key.as_str()).unwrap_or_default(),
+            ),
         };
         match checked {
             Ok((names, modes)) => compiled.push(CompiledProfile {
@@ -145,26 +144,17 @@ pub fn check(
 /// top-level one.
 type Described = (Vec<String>, BTreeMap<String, Mode>);
 
-/// What a file defines, typed: `Ok` when nothing was refused.
+/// What a file defines, as profile names: [`prove`]'s answer when nothing was refused.
 type Named = (Vec<ProfileName>, BTreeMap<ProfileName, Mode>);
 
-fn refused_or(refused: Vec<String>, named: impl FnOnce() -> Named) -> Result<Named, Vec<String>> {
-    if refused.is_empty() {
-        Ok(named())
-    } else {
-        Err(refused)
-    }
-}
-
-/// The parser's names as profile names, once [`refusals`] found nothing to refuse (so every
-/// name passes).
-fn named(names: Vec<String>, modes: BTreeMap<String, Mode>) -> Named {
-    let name = |n: String| ProfileName::try_from(n).ok();
+/// A record's entry as the parser would have described its file.
+fn as_described(entry: &Entry) -> Described {
     (
-        names.into_iter().filter_map(name).collect(),
-        modes
-            .into_iter()
-            .filter_map(|(n, m)| Some((name(n)?, m)))
+        entry.profiles.iter().map(ToString::to_string).collect(),
+        entry
+            .modes
+            .iter()
+            .map(|(name, mode)| (name.to_string(), mode.clone()))
             .collect(),
     )
 }
@@ -271,32 +261,50 @@ fn with_modes(names: Vec<String>, dumped: BTreeMap<String, Mode>) -> Described {
     (names, modes)
 }
 
-/// Why one file is refused: it defines nothing, or a name we could not prove.
-fn refusals<N: AsRef<str> + Ord>(key: &Key, names: &[N], modes: &BTreeMap<N, Mode>) -> Vec<String> {
+/// What one file defines, as profile names with the mode of each top-level one, or why it is
+/// refused: it defines nothing, or a name we could not prove. Each name is checked once, as it
+/// becomes a [`ProfileName`].
+fn prove(key: &Key, (names, modes): Described) -> Result<Named, Vec<String>> {
     if names.is_empty() {
-        return vec![format!(
+        return Err(vec![format!(
             "key {key:?}: the file defines no profile (only comments, variables or includes), \
              so nothing would be loaded from it; remove the key or add the profile"
-        )];
+        )]);
     }
-    let mut out = Vec::new();
-    for name in names {
-        let text = name.as_ref();
-        if let Err(reason) = check_profile_name(text) {
-            out.push(format!(
-                "key {key:?}: profile name {text:?} is refused: {reason}"
-            ));
-        } else if !text.contains("//") && !modes.contains_key(name) {
-            out.push(format!(
-                "key {key:?}: profile name {text:?} cannot be read back from the parser (does a \
-                 quoted name contain a newline or another control character?)"
-            ));
+    let name_set = check_name_set(&names);
+    let mut refused = Vec::new();
+    let (mut proven, mut proven_modes) = (Vec::with_capacity(names.len()), BTreeMap::new());
+    for text in names {
+        let name = match ProfileName::try_from(text) {
+            Ok(name) => name,
+            Err(BadProfileName { name, reason }) => {
+                refused.push(format!(
+                    "key {key:?}: profile name {name:?} is refused: {reason}"
+                ));
+                continue;
+            }
+        };
+        if !name.is_child() {
+            match modes.get(name.as_str()) {
+                Some(mode) => {
+                    proven_modes.insert(name.clone(), mode.clone());
+                }
+                None => refused.push(format!(
+                    "key {key:?}: profile name {name:?} cannot be read back from the parser (does \
+                     a quoted name contain a newline or another control character?)"
+                )),
+            }
         }
+        proven.push(name);
     }
-    if let Err(reason) = check_name_set(names) {
-        out.push(format!("key {key:?}: {reason}"));
+    if let Err(reason) = name_set {
+        refused.push(format!("key {key:?}: {reason}"));
     }
-    out
+    if refused.is_empty() {
+        Ok((proven, proven_modes))
+    } else {
+        Err(refused)
+    }
 }
 
 /// Refuses a set of files in which two define the same profile name: one would silently
@@ -335,7 +343,7 @@ mod tests {
     }
 
     fn p(key: &str, names: &[&str]) -> CompiledProfile {
-        let (names, modes) = named(described(names).0, described(names).1);
+        let (names, modes) = prove(&Key::try_from(key).unwrap(), described(names)).unwrap();
         CompiledProfile {
             key: Key::try_from(key).unwrap(),
             path: PathBuf::from(key),
@@ -410,7 +418,7 @@ mod tests {
     #[test]
     fn files_and_names_we_could_not_prove_are_refused() {
         let k = Key::try_from("k").unwrap();
-        let refused = |(names, modes): Described| refusals(&k, &names, &modes).join("; ");
+        let refused = |d: Described| prove(&k, d).err().unwrap_or_default().join("; ");
         assert!(refused(described(&["ok", "ok//hat"])).is_empty());
         let cases: &[(&[&str], &str)] = &[
             (&[], "defines no profile"),

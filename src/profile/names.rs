@@ -51,11 +51,6 @@ impl ProfileName {
     pub fn is_child(&self) -> bool {
         self.0.contains(CHILD_SEPARATOR)
     }
-
-    /// The top-level profile this name is, or is a child of.
-    pub fn top_level(&self) -> &str {
-        self.0.split(CHILD_SEPARATOR).next().unwrap_or(&self.0)
-    }
 }
 
 /// Why a profile name is one this tool refuses, or `Ok` when it is handled end to end.

@@ -104,14 +104,12 @@ fn newest_source(repo: &Path) -> (SystemTime, PathBuf) {
     };
     consider(repo.join("Cargo.toml"));
     consider(repo.join("Cargo.lock"));
-    let mut dirs = vec![repo.join("src")];
-    while let Some(dir) = dirs.pop() {
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                dirs.push(entry.path());
-            } else {
-                consider(entry.path());
-            }
+    for entry in walkdir::WalkDir::new(repo.join("src"))
+        .into_iter()
+        .flatten()
+    {
+        if entry.file_type().is_file() {
+            consider(entry.into_path());
         }
     }
     newest
