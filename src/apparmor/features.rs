@@ -12,7 +12,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::host::host_file::{self, Links};
+use std::os::unix::ffi::OsStrExt;
+
+use crate::apparmor::parser_conf;
+use crate::host::host_file;
+use crate::host::node_root;
 
 /// Where the node's parser configuration lives, relative to the node's root.
 const NODE_PARSER_CONF: &str = "etc/apparmor/parser.conf";
@@ -49,12 +53,35 @@ pub enum FeaturesError {
         mounted: PathBuf,
     },
     #[error(
-        "the node's {conf} sets `{option}`, which changes what the node's own parser compiles \
-         at boot; this tool does not apply that option, so it could not load what the node \
+        "the node's {conf} sets `{option}`{detail}, which changes what the node's own parser \
+         compiles at boot; this tool does not apply that option, so it could not load what the node \
          would: nothing was changed. Remove the option from the node's parser.conf, or ask for \
          its support"
     )]
-    Unsupported { conf: PathBuf, option: String },
+    Unsupported {
+        conf: PathBuf,
+        option: String,
+        /// Where the option is when nobody reading the file would see it as one.
+        detail: String,
+    },
+    #[error(
+        "the node's {conf} sets `{option}` without a value, and the node's own parser stops \
+         with a usage error there at boot (loading nothing): nothing was changed. Give the \
+         option a value or remove it from the node's parser.conf"
+    )]
+    NoValue { conf: PathBuf, option: String },
+    #[error(
+        "the node's {conf} pins {pin}, and {path} in it is {what}, not a regular file or \
+         directory: the parser would {consequence}. Nothing was changed; fix the node's pinned \
+         feature set"
+    )]
+    PinNotRegular {
+        conf: PathBuf,
+        pin: String,
+        path: PathBuf,
+        what: &'static str,
+        consequence: &'static str,
+    },
     #[error("cannot read the node's parser configuration {path}: {source}")]
     Read {
         path: PathBuf,
@@ -75,24 +102,42 @@ impl Features {
     pub fn for_node(node_root: &Path, securityfs: &Path) -> Result<Self, FeaturesError> {
         let kernel_dir = securityfs.join("apparmor").join("features");
         let kernel = kernel_dir.exists().then_some(kernel_dir);
-        let conf = node_root.join(NODE_PARSER_CONF);
-        let text = match host_file::read_to_string(&conf, Links::Follow) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => return Err(FeaturesError::Read { path: conf, source }),
+        let shown = node_root.join(NODE_PARSER_CONF);
+        let read = node_root::resolve(node_root, Path::new(NODE_PARSER_CONF))
+            .and_then(|conf| host_file::read(&conf));
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(FeaturesError::Read {
+                    path: shown,
+                    source,
+                });
+            }
         };
-        if let Some(option) = unsupported(&text) {
-            return Err(FeaturesError::Unsupported { conf, option });
-        }
-        match pinned(&text) {
+        let conf = ParserConf::read(&bytes).map_err(|e| e.with_conf(&shown))?;
+        match conf.pin {
             Some((option, pin)) => {
-                let mounted = node_root.join(pin.trim_start_matches('/'));
+                let pin_path = Path::new(std::ffi::OsStr::from_bytes(&pin));
+                let pin = String::from_utf8_lossy(&pin).into_owned();
+                let mounted = node_root::resolve(node_root, pin_path).unwrap_or_else(|_| {
+                    node_root.join(pin_path.strip_prefix("/").unwrap_or(pin_path))
+                });
                 if !mounted.exists() {
                     return Err(FeaturesError::PinNotMounted {
-                        conf,
+                        conf: shown,
                         option,
                         pin,
                         mounted,
+                    });
+                }
+                if let Some((path, what, consequence)) = not_regular(&mounted) {
+                    return Err(FeaturesError::PinNotRegular {
+                        conf: shown,
+                        pin: format!("{option}={pin}"),
+                        path,
+                        what,
+                        consequence,
                     });
                 }
                 let kernel = if option == "features-file" {
@@ -184,18 +229,102 @@ const NEUTRAL_OPTIONS: &[&str] = &[
     "debug-cache",
 ];
 
-/// The first option of a `parser.conf` this tool does not apply and that may change what the
-/// node's parser compiles (`compile-features`, `kernel-features`, `override-policy-abi`,
-/// `Optimize`, `Include`, `base`, `Werror`, anything unknown): refused, never ignored.
-fn unsupported(conf: &str) -> Option<String> {
-    conf.lines()
-        .filter_map(|line| {
-            let line = line.split('#').next().unwrap_or("").trim();
-            let option = line.split(['=', ' ', '\t']).next()?.trim();
-            (!option.is_empty()).then_some(option)
-        })
-        .find(|o| !NEUTRAL_OPTIONS.contains(o) && *o != "policy-features" && *o != "features-file")
-        .map(String::from)
+/// What the node's `parser.conf` means for the policy its parser compiles, read exactly as the
+/// parser reads it ([`parser_conf`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ParserConf {
+    /// The last `policy-features` or `features-file` setting (the last one wins, as with
+    /// repeated command-line options), with its value as bytes.
+    pin: Option<(&'static str, Vec<u8>)>,
+}
+
+/// Why a `parser.conf` is refused, before the path to name is known.
+#[derive(Debug, PartialEq, Eq)]
+enum ConfRefusal {
+    Unsupported { option: String, detail: String },
+    NoValue(String),
+}
+
+impl ConfRefusal {
+    fn with_conf(self, conf: &Path) -> FeaturesError {
+        let conf = conf.to_path_buf();
+        match self {
+            ConfRefusal::Unsupported { option, detail } => FeaturesError::Unsupported {
+                conf,
+                option,
+                detail,
+            },
+            ConfRefusal::NoValue(option) => FeaturesError::NoValue { conf, option },
+        }
+    }
+}
+
+impl ParserConf {
+    /// The pin, or the first option this tool does not apply and that may change what the
+    /// node's parser compiles (`compile-features`, `kernel-features`, `override-policy-abi`,
+    /// `Optimize`, `Include`, `Complain`, `base`, `Werror`, anything unknown): refused, never
+    /// ignored. An option found in the middle of a long line (the parser reads 255-byte pieces)
+    /// is named with where it starts, since nobody reading the file sees it as an option.
+    fn read(bytes: &[u8]) -> Result<Self, ConfRefusal> {
+        let mut conf = ParserConf::default();
+        for option in parser_conf::options(bytes) {
+            let name = option.name_lossy();
+            let pin = match name.as_str() {
+                "policy-features" => "policy-features",
+                "features-file" => "features-file",
+                n if NEUTRAL_OPTIONS.contains(&n) => continue,
+                _ => {
+                    let detail = if option.mid_line {
+                        format!(
+                            " (at byte {}, inside a line longer than the {} bytes the parser \
+                             reads at a time, so it reads this as an option: shorten that line)",
+                            option.offset,
+                            parser_conf::PIECE_LEN
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return Err(ConfRefusal::Unsupported {
+                        option: name,
+                        detail,
+                    });
+                }
+            };
+            if option.value.is_empty() {
+                return Err(ConfRefusal::NoValue(name));
+            }
+            conf.pin = Some((pin, option.value));
+        }
+        Ok(conf)
+    }
+}
+
+/// The first entry of a pinned feature set (a file, or a tree as securityfs lays it out) that
+/// is not a regular file or directory, with what it is and what the parser would do with it:
+/// a FIFO would block every parser run (and the run lock) until the parser timeout.
+fn not_regular(pin: &Path) -> Option<(PathBuf, &'static str, &'static str)> {
+    use std::os::unix::fs::FileTypeExt;
+    for entry in walkdir::WalkDir::new(pin).follow_links(false) {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(_) => return Some((pin.to_path_buf(), "unreadable", "fail to read it")),
+        };
+        let kind = entry.file_type();
+        let what = if kind.is_file() || kind.is_dir() {
+            continue;
+        } else if kind.is_fifo() {
+            ("a FIFO", "block on it until --parser-timeout, on every run")
+        } else if kind.is_symlink() {
+            ("a symbolic link", "follow it out of the feature set")
+        } else {
+            (
+                "a device or socket",
+                "read something that is not a feature set",
+            )
+        };
+        return Some((entry.into_path(), what.0, what.1));
+    }
+    None
 }
 
 /// Adds what a pinned feature set is made of to `key`: a file's bytes, or for a directory (a
@@ -213,7 +342,7 @@ fn fingerprint_tree(root: &Path, key: &mut Vec<u8>) {
                 key.extend(rel.as_os_str().as_encoded_bytes());
                 key.push(0);
                 if e.file_type().is_file() {
-                    match host_file::read(e.path(), Links::Refuse) {
+                    match host_file::read(e.path()) {
                         Ok(bytes) => {
                             key.extend((bytes.len() as u64).to_le_bytes());
                             key.extend(bytes);
@@ -227,59 +356,83 @@ fn fingerprint_tree(root: &Path, key: &mut Vec<u8>) {
     }
 }
 
-/// The last `policy-features` or `features-file` setting of a `parser.conf` (the parser
-/// reads the file as long options without dashes: `option=value` or `option value`).
-fn pinned(conf: &str) -> Option<(&'static str, String)> {
-    let mut found = None;
-    for line in conf.lines() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        let (option, value) = match line.split_once(['=', ' ', '\t']) {
-            Some((o, v)) => (o.trim(), v.trim()),
-            None => continue,
-        };
-        let option = match option {
-            "policy-features" => "policy-features",
-            "features-file" => "features-file",
-            _ => continue,
-        };
-        if !value.is_empty() {
-            found = Some((option, value.to_string()));
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn pin_of(conf: &[u8]) -> Result<Option<(&'static str, String)>, ConfRefusal> {
+        ParserConf::read(conf).map(|c| {
+            c.pin
+                .map(|(o, v)| (o, String::from_utf8_lossy(&v).into_owned()))
+        })
+    }
+
     #[test]
     fn pins_are_read_like_the_parser_reads_them() {
-        let debian = "# comment\n## policy-features=/old\npolicy-features=/usr/share/apparmor-features/features\n";
+        let debian = b"# comment\n## policy-features=/old\npolicy-features=/usr/share/apparmor-features/features\n";
         assert_eq!(
-            pinned(debian),
-            Some((
+            pin_of(debian),
+            Ok(Some((
                 "policy-features",
                 "/usr/share/apparmor-features/features".into()
-            ))
+            )))
         );
         assert_eq!(
-            pinned("features-file /f\n"),
-            Some(("features-file", "/f".into()))
+            pin_of(b"features-file /f\n"),
+            Ok(Some(("features-file", "/f".into())))
         );
-        assert_eq!(pinned("#policy-features=/x\nwrite-cache\n"), None);
-        assert_eq!(pinned(""), None);
-        assert_eq!(pinned("policy-features=\n"), None);
+        assert_eq!(pin_of(b"#policy-features=/x\nwrite-cache\n"), Ok(None));
+        assert_eq!(pin_of(b""), Ok(None));
+        // The parser stops with a usage error on an option that lacks its value.
+        assert_eq!(
+            pin_of(b"policy-features=\n"),
+            Err(ConfRefusal::NoValue("policy-features".into()))
+        );
+        // A `#` inside a value is part of it, as the parser reads it.
+        assert_eq!(
+            pin_of(b"policy-features=/f # old\n").unwrap().unwrap().1,
+            "/f # old"
+        );
         // The last setting wins, as with repeated command-line options.
         assert_eq!(
-            pinned("policy-features=/a\npolicy-features=/b\n")
+            pin_of(b"policy-features=/a\npolicy-features=/b\n")
+                .unwrap()
                 .unwrap()
                 .1,
             "/b"
         );
+        // Latin-1 comments are comments: they never wedge a node.
+        assert_eq!(pin_of(b"# Sch\xf6n\nwrite-cache\n"), Ok(None));
+    }
+
+    #[test]
+    fn an_option_after_byte_255_of_a_comment_line_is_refused() {
+        for option in ["Complain", "Include=/etc/x", "policy-features=/elsewhere"] {
+            let mut conf = vec![b'#'];
+            conf.extend([b' '; parser_conf::PIECE_LEN - 1]);
+            conf.extend(option.as_bytes());
+            conf.push(b'\n');
+            match pin_of(&conf) {
+                Err(ConfRefusal::Unsupported { option: o, detail }) => {
+                    assert!(option.starts_with(&o), "{o}");
+                    assert!(detail.contains("at byte 255"), "{detail}");
+                }
+                // A pin hidden there is a pin, as the parser reads it.
+                Ok(Some((_, pin))) => assert_eq!(pin, "/elsewhere"),
+                other => panic!("{option}: {other:?}"),
+            }
+        }
     }
 
     fn node(conf: Option<&str>, pinned_file: Option<&str>, kernel: bool) -> tempfile::TempDir {
+        node_bytes(conf.map(str::as_bytes), pinned_file, kernel)
+    }
+
+    fn node_bytes(
+        conf: Option<&[u8]>,
+        pinned_file: Option<&str>,
+        kernel: bool,
+    ) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("host");
         std::fs::create_dir_all(root.join("etc/apparmor")).unwrap();
@@ -397,5 +550,50 @@ mod tests {
             .to_string();
         assert!(err.contains("pins policy-features=/usr/share/f"), "{err}");
         assert!(err.contains("host/usr/share/f does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_in_the_pinned_feature_set_is_refused_at_once() {
+        let d = node(Some("policy-features=/usr/share/f\n"), None, true);
+        let host = d.path().join("host");
+        std::fs::create_dir_all(host.join("usr/share/f/file")).unwrap();
+        let fifo = host.join("usr/share/f/file/mask");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = Features::for_node(&host, &d.path().join("security"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a FIFO") && err.contains("file/mask"), "{err}");
+    }
+
+    #[test]
+    fn a_linked_parser_conf_and_pin_resolve_inside_the_node_root() {
+        // parser.conf is an absolute link: on the node it names the node's file, not ours.
+        let d = node(None, Some("/usr/share/f"), true);
+        let host = d.path().join("host");
+        std::fs::create_dir_all(host.join("usr/share/apparmor")).unwrap();
+        std::fs::write(
+            host.join("usr/share/apparmor/parser.conf"),
+            "policy-features=/pin\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "/usr/share/apparmor/parser.conf",
+            host.join(NODE_PARSER_CONF),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/usr/share/f", host.join("pin")).unwrap();
+        let f = Features::for_node(&host, &d.path().join("security")).unwrap();
+        assert!(
+            matches!(&f, Features::Pinned { file, .. } if *file == host.join("usr/share/f")),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn a_non_utf8_comment_does_not_wedge_the_node() {
+        let d = node_bytes(Some(b"# \xe9t\xe9\nwrite-cache\n"), None, true);
+        let f = Features::for_node(&d.path().join("host"), &d.path().join("security")).unwrap();
+        assert!(matches!(f, Features::Kernel { .. }), "{f:?}");
     }
 }

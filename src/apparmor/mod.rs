@@ -10,6 +10,7 @@ pub(crate) mod mode;
 pub(crate) mod node_parser;
 pub(crate) mod parser;
 pub mod parser_cache;
+pub mod parser_conf;
 pub(crate) mod pool;
 pub(crate) mod process;
 pub(crate) mod toolchain;

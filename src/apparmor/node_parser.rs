@@ -8,16 +8,14 @@
 //! `/etc/os-release` and, for distributions known to ship AppArmor 3, also compile every new
 //! or changed file with the AppArmor 3 parser the image carries for exactly this check.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
-use crate::host::host_file::{self, Links};
+use crate::host::host_file;
+use crate::host::node_root;
 
 /// Where the node's os-release is, relative to the node root, in the order os-release(5) says
 /// to read them.
 const NODE_OS_RELEASE: [&str; 2] = ["etc/os-release", "usr/lib/os-release"];
-
-/// How many symlinks are followed, inside the node root, to reach the os-release file.
-const MAX_LINKS: usize = 8;
 
 /// The AppArmor userspace generation a distribution release ships.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,10 +63,11 @@ impl NodeParser {
     pub fn detect(node_root: &Path) -> Result<Self, OsReleaseError> {
         let mut tried = Vec::new();
         for rel in NODE_OS_RELEASE {
-            let read = resolve_in_root(node_root, Path::new(rel)).and_then(|path| {
-                host_file::read_to_string(&path, Links::Refuse)
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            });
+            let read = node_root::resolve(node_root, Path::new(rel))
+                .map_err(|e| e.to_string())
+                .and_then(|path| {
+                    host_file::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+                });
             match read {
                 Ok(text) => return Ok(from_os_release(&text)),
                 Err(e) => tried.push(e),
@@ -78,50 +77,6 @@ impl NodeParser {
             tried: tried.join("; "),
         })
     }
-}
-
-/// Resolves `rel` under `root` the way the node would resolve it under `/`: symlinks (absolute
-/// or relative, as Ubuntu's `/etc/os-release -> ../usr/lib/os-release`) are followed inside
-/// `root`, never out of it. Returns the final path, which is not a link.
-fn resolve_in_root(root: &Path, rel: &Path) -> Result<PathBuf, String> {
-    let mut inside = PathBuf::from(rel);
-    for _ in 0..=MAX_LINKS {
-        let path = root.join(&inside);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target =
-                    std::fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let base = if target.is_absolute() {
-                    PathBuf::new()
-                } else {
-                    inside.parent().map(Path::to_path_buf).unwrap_or_default()
-                };
-                inside = normalize(&base.join(target));
-            }
-            Ok(_) => return Ok(path),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        }
-    }
-    Err(format!(
-        "{}: more than {MAX_LINKS} symbolic links",
-        root.join(rel).display()
-    ))
-}
-
-/// `a/b/../c` → `a/c`, with `..` stopping at the root, `/` and `.` dropped: a path relative to
-/// the node root that cannot leave it.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
 }
 
 /// One value of an os-release file, as os-release(5) specifies it: `KEY=value`, the value

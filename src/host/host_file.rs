@@ -1,48 +1,38 @@
 //! Reading files from host directories that someone else may write to: a FIFO, a device or a
 //! symlink planted where a record or a configuration file should be must give an error at once,
-//! never block a run (and the run lock with it) or redirect it elsewhere.
+//! never block a run (and the run lock with it) or redirect it elsewhere. The last component is
+//! never followed (`O_NOFOLLOW`); the node's own files, which are links by design on some
+//! distributions, are resolved inside the node root first (`node_root`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-/// Whether the last component of the path may be a symlink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Links {
-    /// Refused (`O_NOFOLLOW`): files this tool writes itself are never links.
-    Refuse,
-    /// Followed: distribution files that are links by design (Ubuntu's `/etc/os-release`).
-    Follow,
-}
-
 /// Reads a regular file whole. The open never blocks (`O_NONBLOCK`, so a FIFO opens at once)
 /// and anything but a regular file is refused with an error that says what it is.
-pub fn read(path: &Path, links: Links) -> io::Result<Vec<u8>> {
-    let mut file = open_regular(path, links)?;
+pub fn read(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = open_regular(path)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
 /// [`read`], as UTF-8 text.
-pub fn read_to_string(path: &Path, links: Links) -> io::Result<String> {
-    String::from_utf8(read(path, links)?)
+pub fn read_to_string(path: &Path) -> io::Result<String> {
+    String::from_utf8(read(path)?)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.utf8_error()))
 }
 
 /// Opens a regular file for reading without blocking, refusing every other kind of file.
-pub fn open_regular(path: &Path, links: Links) -> io::Result<File> {
-    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
-    if links == Links::Refuse {
-        flags |= libc::O_NOFOLLOW;
-    }
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let flags = libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(flags)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) if links == Links::Refuse => io::Error::new(
+            Some(libc::ELOOP) => io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "it is a symbolic link, which this tool never writes there",
             ),
@@ -86,31 +76,28 @@ mod tests {
         let fifo = dir.path().join("loaded.json");
         mkfifo(&fifo);
         // Without O_NONBLOCK this open would wait for a writer forever.
-        let err = read(&fifo, Links::Refuse).unwrap_err();
-        assert!(err.to_string().contains("a FIFO"), "{err}");
-        let err = read(&fifo, Links::Follow).unwrap_err();
+        let err = read(&fifo).unwrap_err();
         assert!(err.to_string().contains("a FIFO"), "{err}");
     }
 
     #[test]
-    fn links_are_refused_or_followed_as_asked() {
+    fn links_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("real"), "x").unwrap();
         std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
-        let err = read(&dir.path().join("link"), Links::Refuse).unwrap_err();
+        let err = read(&dir.path().join("link")).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
-        assert_eq!(read(&dir.path().join("link"), Links::Follow).unwrap(), b"x");
-        assert_eq!(read(&dir.path().join("real"), Links::Refuse).unwrap(), b"x");
+        assert_eq!(read(&dir.path().join("real")).unwrap(), b"x");
     }
 
     #[test]
     fn directories_devices_and_missing_files_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let err = read(dir.path(), Links::Refuse).unwrap_err();
+        let err = read(dir.path()).unwrap_err();
         assert!(err.to_string().contains("a directory"), "{err}");
-        let err = read(Path::new("/dev/null"), Links::Follow).unwrap_err();
+        let err = read(Path::new("/dev/null")).unwrap_err();
         assert!(err.to_string().contains("a device"), "{err}");
-        let err = read(&dir.path().join("missing"), Links::Refuse).unwrap_err();
+        let err = read(&dir.path().join("missing")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::atomic_file;
-use crate::host::host_file::{self, Links};
+use crate::host::host_file;
 
 /// Holder record, beside the locked directory's profiles.
 pub const LOCK_FILE: &str = ".apparmor-profile-loader.lock";
@@ -202,7 +202,7 @@ fn holder_record(step: &str, node: &str) -> String {
 /// Who holds the lock, from its record, for the waiting run's log.
 fn describe_holder(dir: &Path) -> String {
     let path = dir.join(LOCK_FILE);
-    let text = match host_file::read_to_string(&path, Links::Refuse) {
+    let text = match host_file::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return "the holder left no record: a load step, whose mount of the directory is \

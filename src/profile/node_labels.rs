@@ -14,7 +14,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Node;
 use serde::{Deserialize, Serialize};
 
-use crate::host::host_file::{self, Links};
+use crate::host::host_file;
 use crate::profile;
 
 /// The default label prefix.
@@ -140,7 +140,7 @@ impl NodeReport {
             path: path.display().to_string(),
             reason,
         };
-        let bytes = host_file::read(path, Links::Refuse).map_err(|e| read_err(e.to_string()))?;
+        let bytes = host_file::read(path).map_err(|e| read_err(e.to_string()))?;
         let report: NodeReport =
             serde_json::from_slice(&bytes).map_err(|e| read_err(e.to_string()))?;
         for name in report.profiles.keys().chain(&report.retired) {

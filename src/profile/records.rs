@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::apparmor::mode::Mode;
 use crate::host::atomic_file;
-use crate::host::host_file::{self, Links};
+use crate::host::host_file;
 use crate::profile::keys::Key;
 use crate::profile::names::{ProfileName, check_name_set};
 
@@ -150,7 +150,7 @@ impl Inventory {
     /// Reads a record; a missing file is an empty inventory (first run on this node).
     pub fn load(dir: &Path, name: &str) -> Result<Self, StateError> {
         let path = dir.join(name);
-        let inventory: Self = match host_file::read(&path, Links::Refuse) {
+        let inventory: Self = match host_file::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
                 // Data: an entry the types refused (or a value of the wrong kind), not broken JSON.
                 if source.classify() == serde_json::error::Category::Data {

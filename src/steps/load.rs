@@ -31,7 +31,7 @@ use crate::apparmor::kernel::{Kernel, KernelError};
 use crate::apparmor::mode::Mode;
 use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
 use crate::exit_code::{self, ExitStatus};
-use crate::host::host_file::{self, Links};
+use crate::host::host_file;
 use crate::host::lock::{self, LockError, LockOptions};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
@@ -359,7 +359,7 @@ fn read_owned_files(opts: &LoadOptions, owned: &Inventory) -> Result<Vec<Profile
         .keys()
         .map(|key| {
             let path = opts.dest.join(key);
-            match host_file::read(&path, Links::Refuse) {
+            match host_file::read(&path) {
                 Ok(bytes) => Ok(ProfileInput {
                     key: key.clone(),
                     path,
