@@ -27,7 +27,7 @@ mod kube;
 mod profile;
 mod steps;
 
-pub use apparmor::parser_cache;
+pub use apparmor::{parser_cache, parser_conf};
 pub use kube::taint;
 pub use profile::node_labels;
 pub use steps::untaint;

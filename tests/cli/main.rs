@@ -18,6 +18,7 @@ mod fail_closed;
 mod load;
 mod lock;
 mod parser_cache;
+mod parser_conf;
 mod pause_untaint;
 mod prereq_rule;
 mod profiles_fail_closed;
