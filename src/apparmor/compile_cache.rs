@@ -12,11 +12,13 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::apparmor::parser::Parser;
 use crate::apparmor::parser_cache;
 use crate::apparmor::toolchain;
+use crate::host::NEVER_WRITABLE_BY_OTHERS;
 
 /// Sub-directory of the cache directory that holds one directory per fingerprint.
 const POLICY_DIR: &str = "policy";
@@ -43,6 +45,7 @@ impl CompileCache {
     /// directories named like a fingerprint are pruned; anything else is left alone.
     pub fn open(cache_dir: &Path, parser: &Parser) -> io::Result<Self> {
         fs::create_dir_all(cache_dir)?;
+        not_writable_by_others(cache_dir)?;
         let root = cache_dir.join(POLICY_DIR);
         real_dir(&root)?;
         let id = toolchain::fingerprint(parser)?;
@@ -126,11 +129,12 @@ fn is_fingerprint(name: &str) -> bool {
     name.len() == 24 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Makes `path`, one of our own names in the cache directory, a real directory: whatever else is
-/// there (a symlink, a file, a FIFO) is removed first, a link without touching its target.
+/// Makes `path`, one of our own names in the cache directory, a real directory that only its
+/// owner can write: whatever else is there (a symlink, a file, a FIFO) is removed first, a link
+/// without touching its target.
 fn real_dir(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(m) if m.is_dir() => return not_writable_by_others(path),
         Ok(_) => {
             tracing::warn!(path = %path.display(),
                 "{} is not a directory (a link or a file someone put there); removing it, \
@@ -140,7 +144,23 @@ fn real_dir(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    fs::create_dir(path)
+    fs::DirBuilder::new().mode(0o755).create(path)?;
+    not_writable_by_others(path)
+}
+
+/// Takes write for group and others away from a directory of ours (made under a lax umask by
+/// an earlier version, or by hand): a chmod, which no umask changes.
+fn not_writable_by_others(path: &Path) -> io::Result<()> {
+    let mode = fs::symlink_metadata(path)?.permissions().mode();
+    if mode & NEVER_WRITABLE_BY_OTHERS != 0 {
+        tracing::warn!(path = %path.display(), "{} was writable by group or others (mode {:o}); \
+            taking that away", path.display(), mode & 0o7777);
+        fs::set_permissions(
+            path,
+            fs::Permissions::from_mode(mode & 0o7777 & !NEVER_WRITABLE_BY_OTHERS),
+        )?;
+    }
+    Ok(())
 }
 
 /// Removes whatever is at `path`, one of our own names: a directory with its content, anything

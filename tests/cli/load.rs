@@ -306,3 +306,59 @@ fn a_parser_killed_while_loading_keeps_its_exit_code() {
         .code(exit_code::INTERNAL as i32)
         .stderr(predicate::str::contains("killed by signal 9"));
 }
+
+#[test]
+fn under_umask_000_nothing_on_the_host_is_writable_by_group_or_others() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    // A world-writable cache directory left by an earlier run (or made by hand).
+    fs::create_dir(node.cache.path().join("policy")).unwrap();
+    fs::set_permissions(
+        node.cache.path().join("policy"),
+        fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    for cmd in [node.copy_cmd(), node.load_cmd()] {
+        let mut std_cmd = std::process::Command::new(cmd.get_program());
+        std_cmd.args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => std_cmd.env(k, v),
+                None => std_cmd.env_remove(k),
+            };
+        }
+        // SAFETY: umask is async-signal-safe.
+        unsafe {
+            std_cmd.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        assert_cmd::Command::from_std(std_cmd).assert().success();
+    }
+    let mut seen = 0;
+    for root in [node.dest.path(), node.cache.path()] {
+        for entry in walkdir::WalkDir::new(root).min_depth(1) {
+            let entry = entry.unwrap();
+            let meta = entry.path().symlink_metadata().unwrap();
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            seen += 1;
+            assert_eq!(
+                meta.permissions().mode() & 0o022,
+                0,
+                "{} is writable by group or others (mode {:o})",
+                entry.path().display(),
+                meta.permissions().mode() & 0o7777
+            );
+        }
+    }
+    assert!(
+        seen > 5,
+        "the cache and the profile were written ({seen} entries)"
+    );
+}

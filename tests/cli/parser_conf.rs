@@ -66,11 +66,14 @@ fn parser_41() -> Option<Parser> {
         assert!(ok, "dpkg-deb -x {}", deb.display());
     }
     let root = tree.path();
-    let loader = ["usr/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"]
-        .iter()
-        .map(|l| root.join(l))
-        .find(|l| l.exists())
-        .expect("trixie's libc6 has the loader");
+    let loader = [
+        "usr/lib64/ld-linux-x86-64.so.2",
+        "lib64/ld-linux-x86-64.so.2",
+    ]
+    .iter()
+    .map(|l| root.join(l))
+    .find(|l| l.exists())
+    .expect("trixie's libc6 has the loader");
     Some(Parser {
         name: "apparmor_parser 4.1",
         argv: vec![
