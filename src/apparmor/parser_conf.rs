@@ -103,7 +103,10 @@ fn option_of(piece: &[u8]) -> Option<(&[u8], &[u8])> {
 mod tests {
     use super::*;
 
-    fn read(conf: &[u8]) -> Vec<(String, String, bool)> {
+    /// An option as the tests spell it: name, value, in the middle of a line.
+    type Read = (String, String, bool);
+
+    fn read(conf: &[u8]) -> Vec<Read> {
         options(conf)
             .into_iter()
             .map(|o| {
@@ -116,13 +119,13 @@ mod tests {
             .collect()
     }
 
-    fn opt(name: &str, value: &str) -> (String, String, bool) {
+    fn opt(name: &str, value: &str) -> Read {
         (name.into(), value.into(), false)
     }
 
     #[test]
     fn lines_as_the_parser_reads_them() {
-        let cases: &[(&[u8], &[(String, String, bool)])] = &[
+        let cases: &[(&[u8], &[Read])] = &[
             (b"", &[]),
             (b"# a comment\n\n   \t\n", &[]),
             (b"  \t# indented comment\n", &[]),
