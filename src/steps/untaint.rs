@@ -279,6 +279,10 @@ pub async fn run_labelled(
     let mut outcome = UntaintOutcome::default();
     let mut attempts = 0u32;
     let mut failures = 0u32;
+    // Failed `test`s in a row: the first re-read is at once (someone wrote between our GET and
+    // PATCH), later ones back off, so a node some controller writes all the time is not read
+    // and patched in a tight loop.
+    let mut rereads = 0u32;
     let mut last = String::from("none");
     // The resourceVersion a failed patch `test` was made against, and the status the server
     // answered. If the node is unchanged when read again, the test did not fail because of a
@@ -353,11 +357,18 @@ pub async fn run_labelled(
         match next {
             Next::Fail(e) => return Err(e),
             Next::Reread(_, why) => {
+                let pause = match rereads {
+                    0 => Duration::ZERO,
+                    n => backoff(n - 1),
+                };
+                rereads += 1;
                 tracing::info!(
                     attempt = attempts,
+                    retry_in_ms = pause.as_millis() as u64,
                     "taints changed while we patched ({why}); reading the node again"
                 );
                 last = why;
+                tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
             }
             Next::Retry(why, at_least) => {
                 let pause = backoff(failures).max(at_least);

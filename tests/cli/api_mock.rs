@@ -131,6 +131,48 @@ impl ApiServerVerifier {
         }
     }
 
+    /// A node some other client writes all the time (its resourceVersion moves on every read)
+    /// while every PATCH's `test` fails, until the client gives up and drops its end. Returns
+    /// the virtual time of each GET, since the first; panics past `max_gets`, so a client that
+    /// re-reads without pausing fails here instead of spinning forever in paused time.
+    pub async fn handle_busy_node_until_dropped(
+        &mut self,
+        node: &Node,
+        max_gets: usize,
+    ) -> Vec<Duration> {
+        let started = tokio::time::Instant::now();
+        let mut gets = Vec::new();
+        while let Some((request, send)) = self.handle.next_request().await {
+            assert_eq!(
+                request.uri().path(),
+                self.path.as_str(),
+                "unexpected request"
+            );
+            if request.method() == Method::GET {
+                gets.push(started.elapsed());
+                assert!(
+                    gets.len() <= max_gets,
+                    "{} reads of the node in {:?}: re-reads after a failed patch test \
+                     do not back off",
+                    gets.len(),
+                    started.elapsed()
+                );
+                let mut changed = node.clone();
+                changed.metadata.resource_version = Some(gets.len().to_string());
+                send.send_response(json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(&changed).unwrap(),
+                ));
+            } else {
+                send.send_response(status_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    PATCH_TEST_FAILED,
+                ));
+            }
+        }
+        gets
+    }
+
     /// Expects `method` on our node's URL (the first request, or the one being retried) and
     /// answers with a fault.
     pub async fn handle_fault(&mut self, method: Method, response: Response<Body>) {

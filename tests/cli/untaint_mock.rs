@@ -250,6 +250,28 @@ async fn failed_patch_test_rereads_the_node() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_node_that_changes_on_every_read_is_re_read_with_backoff_not_in_a_tight_loop() {
+    let node = Node::test(NODE).with_taints([gate()]);
+    let gets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = gets.clone();
+    let err = against_mock(NODE, Duration::from_secs(3), |mut api| async move {
+        *seen.lock().unwrap() = api.handle_busy_node_until_dropped(&node, 40).await;
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, UntaintError::TimedOut { .. }), "{err}");
+    let gets = gets.lock().unwrap();
+    // The first re-read is at once (the usual race: someone else wrote between our GET and
+    // PATCH); each later one waits longer, at least half the doubling backoff.
+    assert!(gets.len() >= 3, "{gets:?}");
+    assert_eq!(gets[1], gets[0], "the first re-read is immediate: {gets:?}");
+    for (i, pair) in gets.windows(2).enumerate().skip(1) {
+        let min = Duration::from_millis(125) * 2u32.pow(i as u32 - 1);
+        assert!(pair[1] - pair[0] >= min, "re-read {i}: {gets:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn server_errors_are_retried_with_backoff_then_succeed() {
     let node = Node::test(NODE).with_taints([gate()]);
     let started = tokio::time::Instant::now();
