@@ -289,7 +289,9 @@ pub struct UntaintArgs {
 
     /// Prefix (a DNS subdomain) of the node labels and annotation. The admission policy allows
     /// the loader to change labels and the annotation under this prefix only: change both
-    /// together.
+    /// together. Domains Kubernetes and AKS reserve (kubernetes.io, k8s.io,
+    /// kubernetes.azure.com and their subdomains) are refused. A label under the prefix is
+    /// removed only when the node's annotation says an earlier untaint wrote it.
     #[arg(
         long,
         env = "APPARMOR_LOADER_LABEL_PREFIX",

@@ -27,6 +27,12 @@ const LABEL_DIGEST_LEN: usize = 12;
 /// The annotation's name under the prefix.
 const ANNOTATION_NAME: &str = "profiles";
 
+/// Domains whose labels belong to Kubernetes or AKS (`kubernetes.io/hostname`,
+/// `node.kubernetes.io/instance-type`, `node-restriction.kubernetes.io/…`,
+/// `kubernetes.azure.com/agentpool`): a prefix equal to one or under one is refused, since
+/// `untaint` owns what is under its prefix.
+const RESERVED_DOMAINS: [&str; 3] = ["kubernetes.io", "k8s.io", "kubernetes.azure.com"];
+
 /// A label prefix (a DNS subdomain, as Kubernetes requires of the part before `/`), validated
 /// where it enters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,14 +50,25 @@ impl std::str::FromStr for LabelPrefix {
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         };
-        if s.len() <= 253 && s.split('.').all(label_ok) {
-            Ok(LabelPrefix(s.to_string()))
-        } else {
-            Err(format!(
+        if !(s.len() <= 253 && s.split('.').all(label_ok)) {
+            return Err(format!(
                 "invalid label prefix {s:?}: a DNS subdomain is expected (lowercase letters, \
-                 digits, '-' and '.', at most 253 characters), e.g. {DEFAULT_PREFIX}"
-            ))
+                 digits, '-' and '.', each dot-separated part 1 to 63 characters, at most 253 in \
+                 all), e.g. {DEFAULT_PREFIX}"
+            ));
         }
+        let reserved = RESERVED_DOMAINS
+            .iter()
+            .find(|d| s == **d || s.strip_suffix(**d).is_some_and(|r| r.ends_with('.')));
+        if let Some(domain) = reserved {
+            return Err(format!(
+                "label prefix {s:?} is refused: {domain} and its subdomains are reserved for the \
+                 labels of Kubernetes and AKS (kubernetes.io/hostname, kubernetes.azure.com/\
+                 agentpool, ...), and untaint would take labels under its prefix for its own; \
+                 choose a domain of yours, e.g. {DEFAULT_PREFIX} or profiles.example.com"
+            ));
+        }
+        Ok(LabelPrefix(s.to_string()))
     }
 }
 
@@ -195,7 +212,9 @@ impl Desired {
     /// JSON Patch operations that bring `node`'s labels and annotation under the prefix in
     /// line: labels of profiles that left go, changed digests change, the annotation is set.
     /// Empty when the node already shows exactly this. Labels and annotations outside the
-    /// prefix are never touched.
+    /// prefix are never touched, and a label under it is removed only when the node's current
+    /// annotation (what an earlier `untaint` wrote with it, in the same patch) lists its
+    /// profile: a label someone else put under the prefix stays.
     pub fn patch_ops(&self, node: &Node) -> Vec<serde_json::Value> {
         let mut ops = Vec::new();
         let have_labels = node.metadata.labels.clone().unwrap_or_default();
@@ -211,8 +230,9 @@ impl Desired {
         for (k, v) in changed_labels {
             ops.push(serde_json::json!({"op": "add", "path": label_path("labels", k), "value": v}));
         }
+        let ours = self.labelled_before(&have_annotations);
         for k in have_labels.keys() {
-            if self.prefix.owns(k) && !self.labels.contains_key(k) {
+            if self.prefix.owns(k) && !self.labels.contains_key(k) && ours.contains(k) {
                 ops.push(serde_json::json!({"op": "remove", "path": label_path("labels", k)}));
             }
         }
@@ -228,6 +248,28 @@ impl Desired {
             }));
         }
         ops
+    }
+}
+
+impl Desired {
+    /// The labels an earlier `untaint` wrote under the prefix: those of the profiles its
+    /// annotation lists. None when the annotation is missing or not ours to read.
+    fn labelled_before(&self, annotations: &BTreeMap<String, String>) -> BTreeSet<String> {
+        #[derive(Deserialize)]
+        struct Written {
+            #[serde(default)]
+            profiles: BTreeMap<String, serde_json::Value>,
+        }
+        annotations
+            .get(&self.prefix.annotation_key())
+            .and_then(|text| serde_json::from_str::<Written>(text).ok())
+            .map(|w| {
+                w.profiles
+                    .keys()
+                    .filter_map(|name| self.prefix.label_key(name))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -282,8 +324,37 @@ mod tests {
         for ok in ["apparmor-profile-loader", "profiles.example.com", "a"] {
             assert!(ok.parse::<LabelPrefix>().is_ok(), "{ok}");
         }
-        for bad in ["", "Upper", "a/b", "-a", "a-", "a..b", "a_b"] {
+        for bad in [
+            "",
+            "Upper",
+            "a/b",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            &"a".repeat(64),
+        ] {
             assert!(bad.parse::<LabelPrefix>().is_err(), "{bad}");
+        }
+        assert!(
+            format!("{}.example.com", "a".repeat(63))
+                .parse::<LabelPrefix>()
+                .is_ok()
+        );
+        for reserved in [
+            "kubernetes.io",
+            "node-restriction.kubernetes.io",
+            "node.kubernetes.io",
+            "k8s.io",
+            "x.k8s.io",
+            "kubernetes.azure.com",
+        ] {
+            let err = reserved.parse::<LabelPrefix>().unwrap_err();
+            assert!(err.contains("reserved"), "{reserved}: {err}");
+        }
+        // Only the domain and its subdomains: a name that merely ends alike is someone's own.
+        for own in ["mykubernetes.io", "notk8s.io", "kubernetes.io.example.com"] {
+            assert!(own.parse::<LabelPrefix>().is_ok(), "{own}");
         }
         let p = prefix();
         assert_eq!(
@@ -336,23 +407,40 @@ mod tests {
         );
         assert!(want.patch_ops(&current).is_empty());
 
-        // A profile left, another changed; other labels stay.
+        // A profile left, another changed; other labels stay, and so does a label under the
+        // prefix that the earlier annotation does not list (someone else's).
+        let before = Desired::from_report(
+            prefix(),
+            &report(
+                &[("k8s-a", "sha256:0000"), ("k8s-gone", "sha256:1111")],
+                &[],
+            ),
+        );
         let stale = node(
             &[
                 ("apparmor-profile-loader/k8s-a", "000000000000"),
                 ("apparmor-profile-loader/k8s-gone", "111111111111"),
+                ("apparmor-profile-loader/team", "payments"),
                 ("apparmor-profile-loader-other/x", "1"),
                 ("kubernetes.io/os", "linux"),
             ],
-            &[("apparmor-profile-loader/profiles", &want.annotation)],
+            &[("apparmor-profile-loader/profiles", &before.annotation)],
         );
         let ops = want.patch_ops(&stale);
         assert_eq!(
-            ops,
+            &ops[..2],
             [
                 serde_json::json!({"op": "add", "path": "/metadata/labels/apparmor-profile-loader~1k8s-a", "value": "aaaaaaaaaaaa"}),
                 serde_json::json!({"op": "remove", "path": "/metadata/labels/apparmor-profile-loader~1k8s-gone"}),
             ]
+        );
+        assert_eq!(ops.len(), 3, "and the annotation: {ops:?}");
+        // Without our annotation nothing under the prefix is ours to remove.
+        let unknown = node(&[("apparmor-profile-loader/k8s-gone", "1")], &[]);
+        assert!(
+            want.patch_ops(&unknown)
+                .iter()
+                .all(|op| op["op"] != "remove"),
         );
     }
 

@@ -105,6 +105,23 @@ fn untaint_without_node_name_says_where_it_comes_from() {
 }
 
 #[test]
+fn a_reserved_label_prefix_is_a_usage_error_before_any_request() {
+    for prefix in [
+        "kubernetes.io",
+        "node-restriction.kubernetes.io",
+        "x.k8s.io",
+    ] {
+        loader()
+            .env("NODE_NAME", "aks-user-0")
+            .env("APPARMOR_LOADER_LABEL_PREFIX", prefix)
+            .arg("untaint")
+            .assert()
+            .code(i32::from(exit_code::USAGE))
+            .stderr(predicate::str::contains("reserved"));
+    }
+}
+
+#[test]
 fn malformed_taint_flag_is_a_usage_error() {
     for (flag, reason) in [
         ("WaitingForAppArmorProfiles=true", "no effect"),

@@ -106,10 +106,12 @@ async fn without_a_taint_only_the_labels_under_the_prefix_change() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
     );
+    // What the earlier untaint wrote: both profiles.
+    let before = desired(&[("k8s-a", "sha256:0000"), ("k8s-gone", "sha256:1111")]);
     node.metadata.annotations = Some(
         [(
             "apparmor-profile-loader/profiles".to_string(),
-            want.annotation.clone(),
+            before.annotation.clone(),
         )]
         .into_iter()
         .collect(),
@@ -117,6 +119,7 @@ async fn without_a_taint_only_the_labels_under_the_prefix_change() {
     let ops = json!([
         {"op": "add", "path": "/metadata/labels/apparmor-profile-loader~1k8s-a", "value": "aaaaaaaaaaaa"},
         {"op": "remove", "path": "/metadata/labels/apparmor-profile-loader~1k8s-gone"},
+        {"op": "add", "path": "/metadata/annotations/apparmor-profile-loader~1profiles", "value": want.annotation},
     ]);
     let outcome = against_mock_with(NODE, TIMEOUT, Some(want), |mut api| async move {
         api.handle_get(&node).await;
@@ -125,7 +128,7 @@ async fn without_a_taint_only_the_labels_under_the_prefix_change() {
     .await
     .unwrap();
     assert!(outcome.removed.is_empty());
-    assert_eq!(outcome.label_ops, 2);
+    assert_eq!(outcome.label_ops, 3);
 }
 
 #[tokio::test(start_paused = true)]
