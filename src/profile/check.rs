@@ -12,6 +12,7 @@ use crate::apparmor::pool;
 use crate::exit_code::{self, ExitStatus};
 use crate::profile::keys::Key;
 use crate::profile::names::{BadProfileName, ProfileName, check_name_set};
+use crate::profile::node_labels::{NodeReport, ReportTooLarge};
 use crate::profile::ownership;
 use crate::profile::records::{Entry, Inventory};
 use crate::profile::source::{ProfileInput, Rejection, Source};
@@ -36,6 +37,8 @@ pub enum CheckError {
     Refused { refused: Vec<String>, total: usize },
     #[error("two files define the same profile name: {0}")]
     DuplicateNames(String),
+    #[error(transparent)]
+    ReportTooLarge(#[from] ReportTooLarge),
     #[error("{} of the profile keys are invalid, nothing was changed:\n  {}", .0.len(), list(.0))]
     Rejected(Vec<Rejection>),
     #[error(
@@ -61,6 +64,7 @@ impl ExitStatus for CheckError {
             CheckError::Parser(e) => e.exit_code(),
             CheckError::Refused { .. }
             | CheckError::DuplicateNames(_)
+            | CheckError::ReportTooLarge(_)
             | CheckError::Rejected(_) => exit_code::INVALID_PROFILES,
             // The parser, not the profiles: no ConfigMap change can fix it.
             CheckError::Unsplittable { .. } => exit_code::INTERNAL,
@@ -137,6 +141,14 @@ pub fn check(
         });
     }
     reject_duplicate_names(&compiled)?;
+    // The set must fit the node annotation untaint writes, or no node could ever be untainted.
+    NodeReport::of(
+        compiled
+            .iter()
+            .map(|c| (c.sha256.as_str(), c.names.as_slice())),
+        Default::default(),
+    )
+    .fits()?;
     Ok(compiled)
 }
 

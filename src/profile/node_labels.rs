@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::host_file;
 use crate::profile;
+use crate::profile::names::ProfileName;
 
 /// The default label prefix.
 pub const DEFAULT_PREFIX: &str = "apparmor-profile-loader";
@@ -26,6 +27,17 @@ const LABEL_DIGEST_LEN: usize = 12;
 
 /// The annotation's name under the prefix.
 const ANNOTATION_NAME: &str = "profiles";
+
+/// The most bytes our annotation (its key and value) may take on a node: half of what the API
+/// server allows all of an object's annotations together (256 KiB, `TotalAnnotationSizeLimitB`
+/// in apimachinery), so the node's other annotations keep the rest. A set whose annotation
+/// would not fit is refused where it enters (`validate`, `copy`, `load`): `untaint` could never
+/// write it, and every new node would stay tainted.
+pub const ANNOTATION_BUDGET: usize = 128 * 1024;
+
+/// The longest label prefix (a DNS subdomain), which the annotation's key is counted with:
+/// the steps that check the budget do not know the prefix `untaint` will be given.
+const MAX_PREFIX_LEN: usize = 253;
 
 /// Domains whose labels belong to Kubernetes or AKS (`kubernetes.io/hostname`,
 /// `node.kubernetes.io/instance-type`, `node-restriction.kubernetes.io/…`,
@@ -135,7 +147,73 @@ impl crate::exit_code::ExitStatus for ReportError {
     }
 }
 
+/// A set whose node annotation would exceed [`ANNOTATION_BUDGET`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the node annotation that lists these {profiles} profiles{retired_text} would take {bytes} \
+     bytes, over the {ANNOTATION_BUDGET} this tool allows it (the API server refuses a node \
+     whose annotations together exceed 262144 bytes, and every node has others): untaint could \
+     never write it, so nothing was changed. Split the profiles across pools, shorten their \
+     names{reboot}"
+)]
+pub struct ReportTooLarge {
+    pub bytes: usize,
+    pub profiles: usize,
+    retired_text: String,
+    reboot: &'static str,
+}
+
 impl NodeReport {
+    /// The report for a set of files, each with its SHA-256 and the profiles it defines: every
+    /// top-level profile with its file's digest (children are not reported).
+    pub fn of<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a [ProfileName])>,
+        retired: BTreeSet<String>,
+    ) -> Self {
+        NodeReport {
+            loader: env!("CARGO_PKG_VERSION").into(),
+            profiles: files
+                .into_iter()
+                .flat_map(|(sha256, names)| {
+                    names
+                        .iter()
+                        .filter(|n| !n.is_child())
+                        .map(move |n| (n.to_string(), format!("sha256:{sha256}")))
+                })
+                .collect(),
+            retired,
+        }
+    }
+
+    /// The bytes the annotation takes on a node (key and value, as the API server counts
+    /// them), with the longest prefix.
+    pub fn annotation_bytes(&self) -> usize {
+        MAX_PREFIX_LEN + 1 + ANNOTATION_NAME.len() + annotation_text(self).len()
+    }
+
+    /// Refuses a report whose annotation would not fit in [`ANNOTATION_BUDGET`].
+    pub fn fits(&self) -> Result<(), ReportTooLarge> {
+        let bytes = self.annotation_bytes();
+        if bytes <= ANNOTATION_BUDGET {
+            return Ok(());
+        }
+        let retired = self.retired.len();
+        Err(ReportTooLarge {
+            bytes,
+            profiles: self.profiles.len(),
+            retired_text: if retired > 0 {
+                format!(" and {retired} retired ones")
+            } else {
+                String::new()
+            },
+            reboot: if retired > 0 {
+                ", or reboot the node (drained) to clear the retired ones"
+            } else {
+                ""
+            },
+        })
+    }
+
     /// Writes the report atomically (the directory is pod-local).
     pub fn save(&self, path: &Path) -> Result<(), ReportError> {
         let write_err = |source| ReportError::Write {
@@ -195,12 +273,7 @@ impl Desired {
                 None => unlabelled.push(name.clone()),
             }
         }
-        let annotation = serde_json::json!({
-            "loader": report.loader,
-            "profiles": report.profiles,
-            "retired": report.retired,
-        })
-        .to_string();
+        let annotation = annotation_text(report);
         Desired {
             prefix,
             labels,
@@ -271,6 +344,16 @@ impl Desired {
             })
             .unwrap_or_default()
     }
+}
+
+/// The annotation's value: the whole report, as JSON.
+fn annotation_text(report: &NodeReport) -> String {
+    serde_json::json!({
+        "loader": report.loader,
+        "profiles": report.profiles,
+        "retired": report.retired,
+    })
+    .to_string()
 }
 
 /// A JSON Pointer to one key of `metadata.<map>` (RFC 6901: `~` → `~0`, `/` → `~1`).
@@ -459,5 +542,53 @@ mod tests {
         assert!(NodeReport::load(&path).is_err());
         let err = NodeReport::load(&dir.path().join("missing")).unwrap_err();
         assert!(err.to_string().contains("--node-report"), "{err}");
+    }
+
+    #[test]
+    fn a_report_fits_up_to_the_budget_byte_for_byte() {
+        let name = |i: usize, len: usize| {
+            let stem = format!("/opt/app/{i:05}/");
+            ProfileName::try_from(format!("{stem}{}", "b".repeat(len - stem.len()))).unwrap()
+        };
+        let sha = "a".repeat(64);
+        let report_of = |n: usize, last_len: usize| {
+            let names: Vec<Vec<ProfileName>> = (0..n)
+                .map(|i| vec![name(i, if i == n - 1 { last_len } else { 200 })])
+                .collect();
+            NodeReport::of(
+                names.iter().map(|v| (sha.as_str(), v.as_slice())),
+                BTreeSet::new(),
+            )
+        };
+        // Find the set whose annotation is exactly the budget: grow the last name byte by byte.
+        let per_entry = report_of(2, 200).annotation_bytes() - report_of(1, 200).annotation_bytes();
+        let mut n = (ANNOTATION_BUDGET - report_of(1, 100).annotation_bytes()) / per_entry;
+        while report_of(n + 1, 100).annotation_bytes() <= ANNOTATION_BUDGET {
+            n += 1;
+        }
+        let base = report_of(n, 100).annotation_bytes();
+        let exact = report_of(n, 100 + ANNOTATION_BUDGET - base);
+        assert_eq!(exact.annotation_bytes(), ANNOTATION_BUDGET);
+        assert!(exact.fits().is_ok());
+        let over = report_of(n, 101 + ANNOTATION_BUDGET - base);
+        let err = over.fits().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{} bytes", ANNOTATION_BUDGET + 1)),
+            "{err}"
+        );
+        // Retired names count too, and the message says how to clear them.
+        let mut with_retired = exact.clone();
+        with_retired.retired.insert("k8s-old".into());
+        let err = with_retired.fits().unwrap_err().to_string();
+        assert!(err.contains("1 retired") && err.contains("reboot"), "{err}");
+        // The key counted is the longest one a prefix can make.
+        let longest = [63, 63, 63, 61].map(|n| "a".repeat(n)).join(".");
+        assert_eq!(longest.len(), MAX_PREFIX_LEN);
+        let p: LabelPrefix = longest.parse().unwrap();
+        let desired = Desired::from_report(p.clone(), &exact);
+        assert_eq!(
+            p.annotation_key().len() + desired.annotation.len(),
+            ANNOTATION_BUDGET
+        );
     }
 }

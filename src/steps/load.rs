@@ -37,7 +37,7 @@ use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
 use crate::profile::keys::Key;
 use crate::profile::names::{BadProfileName, ProfileName};
-use crate::profile::node_labels::NodeReport;
+use crate::profile::node_labels::{NodeReport, ReportTooLarge};
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
 use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
 use crate::profile::source::{ProfileInput, sha256_hex};
@@ -76,6 +76,8 @@ pub struct LoadReport {
 pub enum LoadError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    ReportTooLarge(#[from] ReportTooLarge),
     #[error(
         "no profiles to load: {0} does not exist. The copy step writes it; check that the copy \
          init container ran against the same --dest"
@@ -159,9 +161,10 @@ impl ExitStatus for LoadError {
             LoadError::Kernel(e) => e.exit_code(),
             LoadError::Check(e) => e.exit_code(),
             LoadError::Parser(e) => e.exit_code(),
-            LoadError::NotCopied(_) | LoadError::MissingFile(_) | LoadError::Foreign(_) => {
-                exit_code::INVALID_PROFILES
-            }
+            LoadError::NotCopied(_)
+            | LoadError::MissingFile(_)
+            | LoadError::Foreign(_)
+            | LoadError::ReportTooLarge(_) => exit_code::INVALID_PROFILES,
             LoadError::NotLoaded { .. } | LoadError::NotNeutralised(..) => exit_code::NOT_LOADED,
             LoadError::Read { .. }
             | LoadError::State(_)
@@ -295,7 +298,10 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     }
     // === Report, to the log and to `untaint` ===
     if let Some(path) = &opts.node_report {
-        node_report(&current).save(path)?;
+        // The retired names count too: they accumulate until the node reboots.
+        let out = node_report(&current);
+        out.fits()?;
+        out.save(path)?;
     }
     report.retired = retired;
     report.neutralised = neutralised.into_keys().collect();
@@ -335,20 +341,13 @@ fn apply(
 /// What `untaint` labels the node with: each top-level profile with its file's digest, and the
 /// retired ones.
 fn node_report(current: &Inventory) -> NodeReport {
-    NodeReport {
-        loader: env!("CARGO_PKG_VERSION").into(),
-        profiles: current
+    NodeReport::of(
+        current
             .files
             .values()
-            .flat_map(|e| {
-                e.profiles
-                    .iter()
-                    .filter(|n| !n.is_child())
-                    .map(|n| (n.to_string(), format!("sha256:{}", e.sha256)))
-            })
-            .collect(),
-        retired: current.retired.iter().map(ToString::to_string).collect(),
-    }
+            .map(|e| (e.sha256.as_str(), e.profiles.as_slice())),
+        current.retired.iter().map(ToString::to_string).collect(),
+    )
 }
 
 /// Reads every file `copy` recorded. Only a file that does not exist is "missing" (exit 3);

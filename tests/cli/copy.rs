@@ -314,3 +314,42 @@ fn json_logs_name_the_step_and_node() {
     assert_eq!(line["span"]["node"], "test-node");
     assert_eq!(line["fields"]["profiles"], 1);
 }
+
+/// A set is refused when the node annotation that lists it would not fit the budget (the API
+/// server's 256 KiB for all of a node's annotations, halved): `untaint` could never write it, so
+/// every new node would stay tainted. Just under the budget it is accepted.
+#[test]
+fn a_set_whose_node_annotation_would_not_fit_is_refused_and_nothing_is_written() {
+    use apparmor_profile_loader::node_labels::ANNOTATION_BUDGET;
+    let Some(parser) = real_parser() else { return };
+    // Each file one profile with a long attachment path: about 280 bytes of annotation each.
+    let files = |n: usize| -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| {
+                let name = format!("/opt/vendor/app-{i:05}/{}", "b".repeat(180));
+                (format!("p{i:05}"), format!("profile {name} {{\n}}\n"))
+            })
+            .collect()
+    };
+    let per_file = 180 + 22 + "sha256:".len() + 64 + 6;
+    let fits = ANNOTATION_BUDGET / per_file - 10;
+    for (n, ok) in [(fits, true), (ANNOTATION_BUDGET / per_file + 10, false)] {
+        let set = files(n);
+        let borrowed: Vec<(&str, &str)> =
+            set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let volume = Volume::new(&borrowed);
+        let dest = tempfile::tempdir().unwrap();
+        let run = copy(&parser, volume.path(), dest.path()).assert();
+        if ok {
+            run.success();
+            assert_eq!(owned_keys(dest.path()).len(), n);
+        } else {
+            run.code(INVALID)
+                .stderr(predicate::str::contains(format!("profiles would take")))
+                .stderr(predicate::str::contains(format!(
+                    "over the {ANNOTATION_BUDGET}"
+                )));
+            assert!(snapshot(dest.path()).is_empty(), "nothing written");
+        }
+    }
+}
