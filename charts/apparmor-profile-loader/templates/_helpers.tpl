@@ -1,11 +1,16 @@
+{{/*
+Every value a template writes is quoted (`quote`, or `toYaml`/`toJson` for structures), never
+written bare: YAML would re-type `null`, `true`, `on`, `1.0` or `010`, and a newline would start
+new fields. tests/deploy/test_helm.py renders hostile values with and without the schema.
+*/}}
 {{/* Labels every object carries (the kustomize base's two, plus Helm's own). */}}
 {{- define "aapl.labels" -}}
 app.kubernetes.io/name: apparmor-profile-loader
 app.kubernetes.io/part-of: apparmor-profile-loader
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
 {{- end -}}
 
 {{/* The one image of every container: by digest when given. */}}
@@ -47,7 +52,7 @@ apparmor-profiles
 {{- define "aapl.gateKeyLines" -}}
 {{- $keys := list -}}
 {{- range .Values.gateTaints -}}
-{{- $keys = append $keys .key -}}
+{{- $keys = append $keys (required "every gateTaints entry needs a key" .key) -}}
 {{- end -}}
 {{- $keys | uniq | join "\n" -}}
 {{- end -}}
