@@ -345,7 +345,7 @@ fn a_set_whose_node_annotation_would_not_fit_is_refused_and_nothing_is_written()
             assert_eq!(owned_keys(dest.path()).len(), n);
         } else {
             run.code(INVALID)
-                .stderr(predicate::str::contains(format!("profiles would take")))
+                .stderr(predicate::str::contains("profiles would take"))
                 .stderr(predicate::str::contains(format!(
                     "over the {ANNOTATION_BUDGET}"
                 )));
