@@ -17,29 +17,42 @@ use crate::host::node_root;
 /// to read them.
 const NODE_OS_RELEASE: [&str; 2] = ["etc/os-release", "usr/lib/os-release"];
 
-/// The AppArmor userspace generation a distribution release ships.
+/// What `copy` checks our files with for the node's own boot: the parser generations the
+/// node's release may load them with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeParser {
-    /// AppArmor 3.x: files must also compile with a 3.x parser.
+    /// AppArmor 3.x, or a release this tool does not know: files must also compile with the
+    /// image's 3.x parser. `os` says which, for the log.
     V3 { os: String },
-    /// AppArmor 4.x, or a release not known to ship 3.x: the image's parser decides.
+    /// AppArmor 4.x: the image's parser decides.
     Current { os: String },
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot read the node's os-release ({tried}): copy needs it to know which AppArmor the \
-     node's own boot loads our files with, and refuses to guess. Mount the host's \
-     /etc/os-release at <node-root>/etc/os-release (read-only), or declare the node's AppArmor \
-     with --node-apparmor 3|4"
-)]
-pub struct OsReleaseError {
-    tried: String,
+pub enum OsReleaseError {
+    #[error(
+        "cannot read the node's os-release ({tried}): copy needs it to know which AppArmor the \
+         node's own boot loads our files with, and refuses to guess. Mount the host's \
+         /etc/os-release at <node-root>/etc/os-release (read-only), or declare the node's \
+         AppArmor with --node-apparmor 3|4"
+    )]
+    Unreadable { tried: String },
+    #[error(
+        "the node runs {os}, which ships AppArmor {version}: this image carries no parser of \
+         that generation, so it cannot prove the node's own boot would load our files. Keep \
+         the DaemonSet off such nodes (upgrade them), or declare --node-apparmor 3 to check \
+         with AppArmor 3.0 instead"
+    )]
+    Unsupported { os: String, version: &'static str },
 }
 
 impl crate::exit_code::ExitStatus for OsReleaseError {
     fn exit_code(&self) -> u8 {
-        crate::exit_code::INTERNAL
+        match self {
+            OsReleaseError::Unreadable { .. } | OsReleaseError::Unsupported { .. } => {
+                crate::exit_code::INTERNAL
+            }
+        }
     }
 }
 
@@ -69,11 +82,11 @@ impl NodeParser {
                     host_file::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
                 });
             match read {
-                Ok(text) => return Ok(from_os_release(&text)),
+                Ok(text) => return from_os_release(&text),
                 Err(e) => tried.push(e),
             }
         }
-        Err(OsReleaseError {
+        Err(OsReleaseError::Unreadable {
             tried: tried.join("; "),
         })
     }
@@ -110,27 +123,74 @@ fn unquote(v: &str) -> String {
     out
 }
 
-/// The table: which releases ship AppArmor 3.x userspace.
-fn from_os_release(text: &str) -> NodeParser {
-    let id = os_release_value(text, "ID").unwrap_or_default();
-    let version = os_release_value(text, "VERSION_ID").unwrap_or_default();
-    let os = format!("{id} {version}").trim().to_string();
+/// The AppArmor userspace a release ships, by its os-release: the README's "AKS node images"
+/// table. `None`: a release this tool does not know.
+fn apparmor_of(text: &str) -> Option<&'static str> {
+    let value = |key| os_release_value(text, key).unwrap_or_default();
+    let (id, version) = (value("ID"), value("VERSION_ID"));
+    let like = value("ID_LIKE");
     let (major, minor) = version
         .split_once('.')
         .map_or((version.as_str(), "0"), |(a, b)| (a, b));
-    let major: u32 = major.parse().unwrap_or(0);
-    let minor: u32 = minor.parse().unwrap_or(0);
-    let v3 = match id.as_str() {
-        // Ubuntu 22.04 ships AppArmor 3.0; 24.04 ships 4.0 (23.10 was the first 4.0).
-        "ubuntu" => major > 0 && (major, minor) < (23, 10),
-        // Debian 11 and 12 ship AppArmor 2.13/3.0; trixie (13) ships 4.1.
-        "debian" => (11..=12).contains(&major),
-        _ => false,
+    let release = (
+        major.parse::<u32>().ok()?,
+        minor.parse::<u32>().unwrap_or(0),
+    );
+    let ubuntu = |release: (u32, u32)| match release {
+        (..=20, _) | (21, ..=3) => "2.13",
+        (21, _) | (22, _) | (23, ..=9) => "3.0",
+        (23, _) | (24, ..=9) => "4.0",
+        _ => "4.1",
     };
-    if v3 {
-        NodeParser::V3 { os }
+    match id.as_str() {
+        "ubuntu" => Some(ubuntu(release)),
+        "debian" => Some(match release.0 {
+            ..=11 => "2.13",
+            12 => "3.0",
+            _ => "4.1",
+        }),
+        // Azure Linux 3 ships AppArmor 3.1 (node images from 20251107 on).
+        "azurelinux" if release.0 == 3 => Some("3.1"),
+        // An Ubuntu derivative: its own version says nothing, the Ubuntu it is built on does.
+        _ if like.split_whitespace().any(|l| l == "ubuntu") => {
+            match value("UBUNTU_CODENAME").as_str() {
+                "focal" => Some("2.13"),
+                "jammy" => Some("3.0"),
+                "noble" => Some("4.0"),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The node's parser generation from its os-release (see [`apparmor_of`]). A release this tool
+/// does not know is checked with AppArmor 3 as well (fail closed: a file both generations read
+/// loads at boot on either); one that ships AppArmor 2 is refused.
+fn from_os_release(text: &str) -> Result<NodeParser, OsReleaseError> {
+    let value = |key| os_release_value(text, key).unwrap_or_default();
+    let os = format!("{} {}", value("ID"), value("VERSION_ID"))
+        .trim()
+        .to_string();
+    let os = if os.is_empty() {
+        "an unnamed OS".to_string()
     } else {
-        NodeParser::Current { os }
+        os
+    };
+    match apparmor_of(text) {
+        Some(version @ "2.13") => Err(OsReleaseError::Unsupported { os, version }),
+        Some(version) if version.starts_with('3') => Ok(NodeParser::V3 {
+            os: format!("{os} (AppArmor {version})"),
+        }),
+        Some(version) => Ok(NodeParser::Current {
+            os: format!("{os} (AppArmor {version})"),
+        }),
+        None => Ok(NodeParser::V3 {
+            os: format!(
+                "{os}, a release this tool does not know (files must compile with AppArmor 3 as \
+                 well as 4; declare --node-apparmor 4 to check with 4 only)"
+            ),
+        }),
     }
 }
 
@@ -139,28 +199,71 @@ mod tests {
     use super::*;
 
     #[test]
-    fn releases_that_ship_apparmor_3() {
+    fn the_table_of_releases_and_their_apparmor() {
         let os = |id: &str, v: &str| format!("NAME=x\nID={id}\nVERSION_ID=\"{v}\"\n");
-        let v3 = |text: &str| matches!(from_os_release(text), NodeParser::V3 { .. });
+        let cases = [
+            (os("ubuntu", "20.04"), Some("2.13")),
+            (os("ubuntu", "22.04"), Some("3.0")),
+            (os("ubuntu", "23.10"), Some("4.0")),
+            (os("ubuntu", "24.04"), Some("4.0")),
+            (os("ubuntu", "25.04"), Some("4.1")),
+            (os("debian", "11"), Some("2.13")),
+            (os("debian", "12"), Some("3.0")),
+            (os("debian", "13"), Some("4.1")),
+            (os("azurelinux", "3.0"), Some("3.1")),
+            (os("mariner", "2.0"), None),
+            ("garbage".to_string(), None),
+            // Derivatives: the Ubuntu they are built on decides, not their own version.
+            (
+                "ID=pop\nID_LIKE=\"ubuntu debian\"\nVERSION_ID=22.04\nUBUNTU_CODENAME=jammy\n".into(),
+                Some("3.0"),
+            ),
+            (
+                "ID=linuxmint\nID_LIKE=\"ubuntu debian\"\nVERSION_ID=\"21.3\"\nUBUNTU_CODENAME=jammy\n".into(),
+                Some("3.0"),
+            ),
+            (
+                "ID=mint\nID_LIKE=ubuntu\nVERSION_ID=22\nUBUNTU_CODENAME=noble\n".into(),
+                Some("4.0"),
+            ),
+            // ID_LIKE=debian alone says nothing about the version.
+            ("ID=raspbian\nID_LIKE=debian\nVERSION_ID=12\n".into(), None),
+            // Single quotes are as legal as double ones (os-release(5)); comments are skipped.
+            ("# ID=debian\nID='ubuntu'\nVERSION_ID='22.04'\n".into(), Some("3.0")),
+            ("ID=\"ubuntu\"\nVERSION_ID=\"22\\.04\"\n".into(), Some("3.0")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(apparmor_of(&text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn generations_checked_per_release() {
+        let os = |id: &str, v: &str| format!("ID={id}\nVERSION_ID=\"{v}\"\n");
+        let v3 = |text: &str| matches!(from_os_release(text), Ok(NodeParser::V3 { .. }));
         assert!(v3(&os("ubuntu", "22.04")));
-        assert!(v3(&os("ubuntu", "20.04")));
+        assert!(v3(&os("azurelinux", "3.0")));
         assert!(!v3(&os("ubuntu", "24.04")));
-        assert!(!v3(&os("ubuntu", "23.10")));
-        assert!(v3(&os("debian", "12")));
         assert!(!v3(&os("debian", "13")));
-        assert!(!v3(&os("azurelinux", "3.0")));
-        assert!(!v3("garbage"));
+        // Unknown: checked with 3 as well, and the log says so.
+        match from_os_release(&os("flatcar", "4000")) {
+            Ok(NodeParser::V3 { os }) => assert!(os.contains("does not know"), "{os}"),
+            other => panic!("{other:?}"),
+        }
+        // AppArmor 2: no parser of that generation here, refused with what to do.
+        let err = from_os_release(&os("ubuntu", "20.04"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AppArmor 2.13") && err.contains("--node-apparmor"),
+            "{err}"
+        );
         assert_eq!(
-            from_os_release(&os("ubuntu", "22.04")),
+            from_os_release(&os("ubuntu", "22.04")).unwrap(),
             NodeParser::V3 {
-                os: "ubuntu 22.04".into()
+                os: "ubuntu 22.04 (AppArmor 3.0)".into()
             }
         );
-        // ID_LIKE and VERSION_CODENAME do not confuse the lookup.
-        assert!(v3("ID_LIKE=debian\nID=ubuntu\nVERSION_ID=22.04\n"));
-        // Single quotes are as legal as double ones (os-release(5)); comments are skipped.
-        assert!(v3("# ID=debian\nID='ubuntu'\nVERSION_ID='22.04'\n"));
-        assert!(v3("ID=\"ubuntu\"\nVERSION_ID=\"22\\.04\"\n"));
     }
 
     #[test]
@@ -179,7 +282,7 @@ mod tests {
         assert_eq!(
             found,
             NodeParser::V3 {
-                os: "ubuntu 22.04".into()
+                os: "ubuntu 22.04 (AppArmor 3.0)".into()
             }
         );
         // An absolute link resolves inside the node root too, never to this container's files.

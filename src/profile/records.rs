@@ -65,6 +65,11 @@ pub struct Inventory {
     pub toolchain: String,
     #[serde(deserialize_with = "read_files")]
     pub files: BTreeMap<Key, Entry>,
+    /// `copy`'s record only: every file listed also compiled with the image's AppArmor 3
+    /// parser (the node boots with AppArmor 3). When a node is first found to need that check,
+    /// a record without it has every file checked, not only the new ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checked_with_apparmor3: bool,
     /// `load`'s record only: top-level profiles of ours that left the ConfigMap and stay in the
     /// kernel, as last loaded, until the node reboots (unloading would unconfine every task
     /// under them). Their files are gone, so the node's next boot does not load them.

@@ -230,6 +230,7 @@ fn write_destination(
     }
     let mut wanted = Inventory {
         toolchain,
+        checked_with_apparmor3: matches!(opts.node_parser, NodeParser::V3 { .. }),
         ..Inventory::default()
     };
     for compiled in compiled {
@@ -322,7 +323,9 @@ fn write_snapshot(
 }
 
 /// On a node whose own parser is AppArmor 3, compiles every new or changed file with an
-/// AppArmor 3 parser too: the node's boot loads our files with its own parser.
+/// AppArmor 3 parser too: the node's boot loads our files with its own parser. Every file,
+/// when the record does not say they were all checked so (the node was taken for AppArmor 4
+/// before, or the record predates the check).
 fn check_reboot_parity(
     opts: &CopyOptions,
     owned: &Inventory,
@@ -339,7 +342,12 @@ fn check_reboot_parity(
             path: v3.binary.clone(),
         });
     }
-    v3.compile(&ownership::unproven(owned, inputs), Cache::Skip)
+    let to_check = if owned.checked_with_apparmor3 {
+        ownership::unproven(owned, inputs)
+    } else {
+        inputs.iter().collect()
+    };
+    v3.compile(&to_check, Cache::Skip)
         .map_err(|source| CopyError::NodeParser {
             os: os.clone(),
             source,

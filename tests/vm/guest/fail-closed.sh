@@ -223,7 +223,8 @@ scenario_F7() {
 
 # F8: reboot parity. A node whose os-release (single-quoted, behind Ubuntu's relative link) says Ubuntu 22.04
 # boots with AppArmor 3, which cannot read a 4.0-only profile: copy refuses it (exit 3) and writes nothing. With
-# no os-release at all, copy refuses to guess (exit 1).
+# no os-release at all, copy refuses to guess (exit 1). Azure Linux 3 and an Ubuntu 22.04 derivative are
+# AppArmor 3 too; a file recorded while the node was AppArmor 4 is checked once the node is AppArmor 3.
 scenario_F8() {
     echo "AAPL-BEGIN F8"
     cp /host/usr/lib/os-release /tmp/os-release.saved
@@ -241,9 +242,22 @@ scenario_F8() {
     check F8 "without an os-release copy refuses to guess: exit 1 (got $RC)" [ "$RC" -eq 1 ]
     check F8 "the message names the file and the way out" \
         sh -c "grep -q 'etc/os-release' /tmp/err.F8.copy-blind && grep -q -- '--node-apparmor' /tmp/err.F8.copy-blind"
+    # The other AppArmor 3 releases of the table: Azure Linux 3 (3.1) and an Ubuntu 22.04 derivative.
+    printf 'ID=azurelinux\nVERSION_ID="3.0"\n' >/host/usr/lib/os-release
+    run F8 copy-azl3 $COPY
+    check F8 "an Azure Linux 3 node (AppArmor 3.1) refuses it too: exit 3 (got $RC)" [ "$RC" -eq 3 ]
+    printf 'ID=pop\nID_LIKE="ubuntu debian"\nVERSION_ID="22.04"\nUBUNTU_CODENAME=jammy\n' >/host/usr/lib/os-release
+    run F8 copy-jammy-like $COPY
+    check F8 "an Ubuntu 22.04 derivative (ID_LIKE=ubuntu, jammy) refuses it too: exit 3 (got $RC)" [ "$RC" -eq 3 ]
     cp /tmp/os-release.saved /host/usr/lib/os-release
     run F8 copy-4 $COPY
     check F8 "the same profile on a Debian 13 node (AppArmor 4) is accepted (exit $RC)" [ "$RC" -eq 0 ]
+    # The node is found to be AppArmor 3 only now (its os-release changed, or was read wrong
+    # before): the file recorded under AppArmor 4 is checked too, not skipped as known.
+    printf "NAME='Ubuntu'\nID='ubuntu'\nVERSION_ID='22.04'\n" >/host/usr/lib/os-release
+    run F8 copy-again-as-3 $COPY
+    check F8 "a file recorded on AppArmor 4 is checked when the node is AppArmor 3: exit 3 (got $RC)" [ "$RC" -eq 3 ]
+    cp /tmp/os-release.saved /host/usr/lib/os-release
     echo "AAPL-DONE F8"
 }
 
