@@ -7,6 +7,8 @@
 //! One server is shared by every test in this file (startup costs seconds); each test creates its
 //! own nodes and pods, named after the test. The manifests of manifests/ are applied once, as
 //! `kubectl apply -k manifests/` would, before any test runs (test 1 asserts how that went).
+//! The tests of section 8 install the manifests into another namespace, each on a server of its
+//! own.
 //!
 //! Prerequisite: `tests/apiserver/build.sh` (builds the harness once per machine). Without it the
 //! tests print how to build it and pass, unless env `CI` is set: then they fail.
@@ -25,14 +27,17 @@ use apiserver_common::fixtures::{
     NodeFixture, autoscaler_gate, gate, gate_taints, is_gate, taint, taints_of,
 };
 use apiserver_common::loader::{proxied_client, run_untaint, run_untaint_with};
-use apiserver_common::objects::json_patch;
-use apiserver_common::shared::{block_on, env, run_local};
-use apiserver_common::{NS, POLICY, SETTLE, client, poll};
+use apiserver_common::objects::{json_patch, render};
+use apiserver_common::shared::{
+    apply_all, block_on, env, install_in_namespace, run_local, server_of_its_own,
+    wait_until_confined,
+};
+use apiserver_common::{NS, POLICY, SETTLE, client, poll, repo_root};
 use apparmor_profile_loader::exit_code;
 use apparmor_profile_loader::taint::GATE_TAINT;
 use apparmor_profile_loader::untaint::{self, UntaintError};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, Taint as ApiTaint};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Taint as ApiTaint};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -890,5 +895,284 @@ fn bad_tokens_and_missing_nodes_fail_at_once_with_a_clear_message() {
             rv(&node_before),
             "node untouched"
         );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. the manifests in another namespace (an operator's overlay with `namespace:`)
+//
+// Each test here has a server of its own: the installation's cluster-scoped objects (the
+// ClusterRoleBinding, the policy and its binding) have the names of the shared server's and
+// would replace them.
+
+/// Where the operator's overlay puts the installation.
+const ELSEWHERE: &str = "aapl-elsewhere";
+
+/// The JSON Patch `untaint` sends to remove the gate taint (`test` + `remove`) from `node`.
+fn remove_gate(node: &Node) -> Patch<Value> {
+    let at = taints_of(node)
+        .iter()
+        .position(|t| t.key == GATE_KEY)
+        .expect("a gate taint");
+    json_patch(json!([
+        {"op": "test", "path": format!("/spec/taints/{at}"), "value": gate()},
+        {"op": "remove", "path": format!("/spec/taints/{at}")},
+    ]))
+}
+
+const DRY_RUN: PatchParams = PatchParams {
+    dry_run: true,
+    force: false,
+    field_manager: None,
+    field_validation: None,
+};
+
+/// Rendered into another namespace, the policy confines the loader there exactly as in
+/// kube-system: its own gate taint goes, node B and every other field of its node stay. An
+/// earlier installation's ConfigMap and ServiceAccount left in kube-system (with their RBAC)
+/// neither steer the policy nor get past it.
+#[test]
+fn rendered_into_another_namespace_the_policy_still_confines_the_loader() {
+    let test = "rendered_into_another_namespace_the_policy_still_confines_the_loader";
+    let Some(h) = server_of_its_own(test) else {
+        return;
+    };
+    block_on(async {
+        let admin = client(&h.kubeconfig).await;
+        // What an earlier install in kube-system left behind.
+        let repo = repo_root();
+        let mut earlier = render(&h, &repo.join("manifests/serviceaccount.yaml"));
+        earlier.extend(render(&h, &repo.join("manifests/config.yaml")));
+        earlier.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "apparmor-profile-loader-earlier"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "apparmor-profile-loader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "apparmor-profile-loader",
+                          "namespace": NS}],
+        }));
+        for (what, r) in apply_all(&admin, &earlier).await {
+            r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        install_in_namespace(&h, &admin, ELSEWHERE).await;
+
+        let (a, b) = ("t8-a", "t8-b");
+        let node_a = Node::test(a)
+            .with_taints([gate(), taint("example.com/keep=1:NoSchedule")])
+            .with_labels(&[("example.com/tier", "gold")]);
+        create_node(&admin, node_a).await;
+        create_node(&admin, Node::test(b).with_taints([gate()])).await;
+        let a_before = get_node(&admin, a).await;
+        let b_before = get_node(&admin, b).await;
+        let id = Identity::in_namespace(&h, &admin, ELSEWHERE, a).await;
+        // Fails on a policy that does not judge this loader (today's main: it judged
+        // kube-system's only, so the change on node B went through).
+        wait_until_confined(&id, a, b).await;
+
+        // Node B: untaint from node A's pod is refused by the policy, B unchanged.
+        let run = run_untaint(&id.kubeconfig, b);
+        assert_eq!(run.code, Some(KUBERNETES_API), "exit 6:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(POLICY)
+                && run
+                    .stderr
+                    .contains(&format!("running on node {a} may not modify node {b}")),
+            "the message names the policy and both nodes:\n{}",
+            run.stderr
+        );
+        assert_eq!(
+            rv(&get_node(&admin, b).await),
+            rv(&b_before),
+            "node B unchanged"
+        );
+
+        // Node A, anything but its gate taint: refused by the policy.
+        let nodes: Api<Node> = Api::all(id.client.clone());
+        let keep = taints_of(&a_before)
+            .iter()
+            .position(|t| t.key == "example.com/keep")
+            .expect("taint keep");
+        let denials: Vec<(&str, Patch<Value>, &str)> = vec![
+            (
+                "change a label outside its prefix",
+                Patch::Merge(json!({"metadata": {"labels": {"example.com/tier": "platinum"}}})),
+                "may not change labels or annotations of a node outside",
+            ),
+            (
+                "cordon its node",
+                Patch::Merge(json!({"spec": {"unschedulable": true}})),
+                "may not change a node's spec",
+            ),
+            (
+                "remove another taint",
+                json_patch(json!([{"op": "remove", "path": format!("/spec/taints/{keep}")}])),
+                "may only remove the WaitingForAppArmorProfiles gate",
+            ),
+        ];
+        for (what, patch, want) in &denials {
+            let (code, message) = api_error(what, nodes.patch(a, &DRY_RUN, patch).await);
+            eprintln!("{what}: {code} {message}");
+            assert!(
+                code == 403
+                    && message.contains(&format!("ValidatingAdmissionPolicy '{POLICY}'"))
+                    && message.contains(want),
+                "{what}: denied by the policy with {want:?}; got {code}: {message}"
+            );
+        }
+
+        // The earlier installation's loader, same name in kube-system, granted by RBAC: refused
+        // by the policy, which knows its own loader by its param's namespace.
+        let earlier_id = Identity::in_namespace(&h, &admin, NS, a).await;
+        wait_until_confined(&earlier_id, a, b).await;
+        let run = run_untaint(&earlier_id.kubeconfig, a);
+        assert_eq!(run.code, Some(KUBERNETES_API), "exit 6:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(POLICY)
+                && run.stderr.contains(&format!(
+                    "system:serviceaccount:{NS}:apparmor-profile-loader is not the \
+                     apparmor-profile-loader of this policy \
+                     (system:serviceaccount:{ELSEWHERE}:apparmor-profile-loader"
+                )),
+            "the message names the policy and both accounts:\n{}",
+            run.stderr
+        );
+        assert_eq!(
+            rv(&get_node(&admin, a).await),
+            rv(&a_before),
+            "node A unchanged"
+        );
+
+        // Its own gate taint: removed, nothing else touched.
+        let run = run_untaint(&id.kubeconfig, a);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "untaint on its own node:\n{}",
+            run.stderr
+        );
+        let a_after = get_node(&admin, a).await;
+        let others: Vec<ApiTaint> = taints_of(&a_before)
+            .into_iter()
+            .filter(|t| !is_gate(t))
+            .collect();
+        assert_eq!(taints_of(&a_after), others, "only the gate taint is gone");
+        assert_eq!(a_after.metadata.labels, a_before.metadata.labels);
+    });
+}
+
+/// Without its param (the ConfigMap apparmor-profile-loader-config of the loader's namespace)
+/// the policy lets nothing through: the loader's untaint is refused and its node stays gated,
+/// until the ConfigMap is back. The API server resolves a binding's param before it evaluates
+/// the policy's matchConditions, so meanwhile every write to a node is refused, by anyone.
+#[test]
+fn without_its_param_the_policy_denies_the_loader_and_every_node_write() {
+    let test = "without_its_param_the_policy_denies_the_loader_and_every_node_write";
+    let Some(h) = server_of_its_own(test) else {
+        return;
+    };
+    block_on(async {
+        let admin = client(&h.kubeconfig).await;
+        install_in_namespace(&h, &admin, ELSEWHERE).await;
+        let (a, b) = ("t8-param-a", "t8-param-b");
+        create_node(&admin, Node::test(a).with_taints([gate()])).await;
+        create_node(&admin, Node::test(b).with_taints([gate()])).await;
+        let a_before = get_node(&admin, a).await;
+        let id = Identity::in_namespace(&h, &admin, ELSEWHERE, a).await;
+        wait_until_confined(&id, a, b).await;
+        let nodes: Api<Node> = Api::all(id.client.clone());
+        nodes
+            .patch(a, &DRY_RUN, &remove_gate(&a_before))
+            .await
+            .expect("with its param, the policy lets the loader remove its own gate taint");
+
+        let configs: Api<ConfigMap> = Api::namespaced(admin.clone(), ELSEWHERE);
+        let config = configs
+            .get("apparmor-profile-loader-config")
+            .await
+            .expect("the param");
+        configs
+            .delete("apparmor-profile-loader-config", &DeleteParams::default())
+            .await
+            .expect("delete the param");
+        // A binding the API server cannot configure is answered 422 Invalid (not 403), with
+        // this message.
+        const NO_PARAM: &str =
+            "no params found for policy binding with `Deny` parameterNotFoundAction";
+        poll("the policy misses its param", SETTLE, || async {
+            match nodes.patch(a, &DRY_RUN, &remove_gate(&a_before)).await {
+                Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(NO_PARAM) => Ok(()),
+                Ok(_) => Err("allowed".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+
+        let run = run_untaint(&id.kubeconfig, a);
+        assert_eq!(run.code, Some(KUBERNETES_API), "exit 6:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(POLICY) && run.stderr.contains(NO_PARAM),
+            "the message names the policy and the missing param:\n{}",
+            run.stderr
+        );
+        assert_eq!(
+            rv(&get_node(&admin, a).await),
+            rv(&a_before),
+            "node A stays gated"
+        );
+        // Meanwhile every node write is refused, by anyone.
+        let admin_nodes: Api<Node> = Api::all(admin.clone());
+        let change = Patch::Merge(json!({"metadata": {"labels": {"example.com/tier": "gold"}}}));
+        let create = PostParams {
+            dry_run: true,
+            field_manager: None,
+        };
+        let writes = [
+            (
+                "an administrator labels a node",
+                admin_nodes.patch(b, &DRY_RUN, &change).await.map(|_| ()),
+            ),
+            (
+                "a node registers",
+                admin_nodes
+                    .create(&create, &Node::test("t8-param-new"))
+                    .await
+                    .map(|_| ()),
+            ),
+        ];
+        for (what, result) in writes {
+            let (code, message) = api_error(what, result);
+            assert!(
+                code == 422 && message.contains(POLICY) && message.contains(NO_PARAM),
+                "{what}: refused for the missing param; got {code}: {message}"
+            );
+        }
+
+        // The ConfigMap back: the loader's gate lifts.
+        let mut restored = config;
+        restored.metadata.resource_version = None;
+        restored.metadata.uid = None;
+        restored.metadata.creation_timestamp = None;
+        restored.metadata.managed_fields = None;
+        configs
+            .create(&PostParams::default(), &restored)
+            .await
+            .expect("restore the param");
+        poll("the policy has its param again", SETTLE, || async {
+            nodes
+                .patch(a, &DRY_RUN, &remove_gate(&a_before))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        let run = run_untaint(&id.kubeconfig, a);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "untaint with the param back:\n{}",
+            run.stderr
+        );
+        assert!(!taints_of(&get_node(&admin, a).await).iter().any(is_gate));
     });
 }

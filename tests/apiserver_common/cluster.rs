@@ -45,8 +45,16 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The loader of the repository's manifests (namespace [`NS`]) on `node`.
     pub async fn new(h: &Harness, admin: &kube::Client, node: &str) -> Identity {
-        let pod = create_loader_pod(admin, node, &format!("apparmor-loader-{node}")).await;
+        Identity::in_namespace(h, admin, NS, node).await
+    }
+
+    /// The loader of an installation in namespace `ns` (its ServiceAccount [`SA`] there) on
+    /// `node`.
+    pub async fn in_namespace(h: &Harness, admin: &kube::Client, ns: &str, node: &str) -> Identity {
+        let name = format!("apparmor-loader-{node}");
+        let pod = create_loader_pod_in(admin, ns, node, &name).await;
         let token = pod_token(admin, &pod).await;
         Identity::with_token(h, pod, token).await
     }
@@ -68,10 +76,15 @@ impl Identity {
 
 /// A Pod object like the DaemonSet's, bound to `node` (no kubelet runs it).
 pub async fn create_loader_pod(admin: &kube::Client, node: &str, name: &str) -> Pod {
+    create_loader_pod_in(admin, NS, node, name).await
+}
+
+/// [`create_loader_pod`] in namespace `ns`, with the ServiceAccount [`SA`] of that namespace.
+pub async fn create_loader_pod_in(admin: &kube::Client, ns: &str, node: &str, name: &str) -> Pod {
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS,
+        "metadata": {"name": name, "namespace": ns,
                      "labels": {"app.kubernetes.io/name": "apparmor-profile-loader"}},
         "spec": {
             "nodeName": node,
@@ -81,15 +94,16 @@ pub async fn create_loader_pod(admin: &kube::Client, node: &str, name: &str) -> 
         },
     }))
     .expect("pod");
-    Api::<Pod>::namespaced(admin.clone(), NS)
+    Api::<Pod>::namespaced(admin.clone(), ns)
         .create(&PostParams::default(), &pod)
         .await
-        .unwrap_or_else(|e| panic!("create pod {name}: {e}"))
+        .unwrap_or_else(|e| panic!("create pod {ns}/{name}: {e}"))
 }
 
-/// TokenRequest for the loader's service account, bound to `pod` (as the kubelet requests it
-/// for a projected token volume).
+/// TokenRequest for the loader's service account in `pod`'s namespace, bound to `pod` (as the
+/// kubelet requests it for a projected token volume).
 pub async fn pod_token(admin: &kube::Client, pod: &Pod) -> String {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or(NS);
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![],
@@ -103,7 +117,7 @@ pub async fn pod_token(admin: &kube::Client, pod: &Pod) -> String {
         },
         ..Default::default()
     };
-    let resp: TokenRequest = Api::<ServiceAccount>::namespaced(admin.clone(), NS)
+    let resp: TokenRequest = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
         .create_subresource("token", SA, &PostParams::default(), &request)
         .await
         .expect("TokenRequest");

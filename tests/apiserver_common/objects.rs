@@ -15,7 +15,8 @@ pub fn json_patch<P: serde::Serialize>(ops: Value) -> Patch<P> {
     Patch::Json(serde_json::from_value(ops).expect("a JSON Patch"))
 }
 
-/// YAML files of manifests/ (recursively), kustomization files excluded.
+/// YAML files of manifests/ (recursively), kustomize's own files (`kustomization.yaml`, the
+/// transformer configuration `kustomizeconfig.yaml`) excluded.
 pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -29,6 +30,7 @@ pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
             out.extend(manifest_files(&p));
         } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
             && !name.starts_with("kustomization.")
+            && !name.starts_with("kustomizeconfig.")
         {
             out.push(p);
         }
@@ -46,6 +48,23 @@ pub fn render(h: &Harness, path: &Path) -> Vec<Value> {
         Ok(Value::Array(objs)) => objs,
         other => panic!("render {}: not a JSON array: {other:?}", path.display()),
     }
+}
+
+/// The objects of manifests/ as an operator's overlay renders them that moves the installation
+/// to `namespace` (`namespace: <namespace>`, `resources: [<repo>/manifests]`, nothing else).
+pub fn render_in_namespace(h: &Harness, namespace: &str) -> Vec<Value> {
+    let overlay = tempfile::tempdir().expect("temp dir");
+    let manifests = super::repo_root().join("manifests");
+    // kustomize takes a base by relative path only.
+    let up = overlay.path().components().count() - 1;
+    let base = Path::new(&"../".repeat(up)).join(manifests.strip_prefix("/").expect("absolute"));
+    let kustomization = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+         namespace: {namespace}\nresources:\n  - {}\n",
+        base.display()
+    );
+    std::fs::write(overlay.path().join("kustomization.yaml"), kustomization).expect("overlay");
+    render(h, overlay.path())
 }
 
 /// `Kind/namespace/name` (or `Kind/name`) of an object, for messages.

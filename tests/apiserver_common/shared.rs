@@ -1,6 +1,7 @@
 //! The one API server every test of a file shares (startup costs seconds), with the manifests of
 //! manifests/ applied once, as `kubectl apply -k manifests/` would, and RBAC and the admission
-//! policy in effect before any test runs; and the runtimes the tests drive it from.
+//! policy in effect before any test runs; a server of its own for a test that installs them
+//! elsewhere; and the runtimes the tests drive them from.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -9,13 +10,15 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::cluster::{Identity, create_node};
 use super::fixtures::{NodeFixture, gate};
-use super::objects::{apply, is_namespaced, manifest_files, object_ref, render};
+use super::objects::{
+    apply, is_namespaced, manifest_files, object_ref, render, render_in_namespace,
+};
 use super::{Harness, POLICY, SETTLE, poll};
 
 /// The shared server and how applying the manifests went.
@@ -40,6 +43,14 @@ pub fn env(test: &str) -> Option<&'static Env> {
         Ok(env) => Some(env),
         Err(e) => panic!("{test}: the shared API server could not be set up: {e}"),
     }
+}
+
+/// A server for one test alone, nothing applied: for a test that installs the manifests in
+/// another way (their cluster-scoped objects would replace the shared server's). `None` when
+/// the harness is not built (outside CI, see `prereq`). Stops when dropped.
+pub fn server_of_its_own(test: &str) -> Option<Harness> {
+    let binary = super::binary_or_skip(test)?;
+    Some(Harness::start(&binary).unwrap_or_else(|e| panic!("{test}: {e}")))
 }
 
 /// Runs `f` on a fresh current-thread runtime (each test has its own).
@@ -95,12 +106,7 @@ async fn prepare(h: &Harness) -> (Results, Results, Vec<(String, Option<String>)
     let manifests = super::repo_root().join("manifests");
 
     // What `kubectl apply -k manifests/` sends.
-    let rendered = render(h, &manifests);
-    let mut applied = Vec::new();
-    for obj in &rendered {
-        let r = apply(&admin, obj).await.map(|_| ());
-        applied.push((object_ref(obj), r));
-    }
+    let applied = apply_all(&admin, &render(h, &manifests)).await;
 
     // Every raw manifest file on its own, as `kubectl apply -f FILE` (same field manager: the
     // objects the kustomize build created are updated in place, if at all).
@@ -125,51 +131,91 @@ async fn prepare(h: &Harness) -> (Results, Results, Vec<(String, Option<String>)
     }
 
     // RBAC and admission policies take effect through informers, a moment after the write.
-    // Wait (bounded) until a pod-bound token of the loader can read a node and the policy
-    // denies it a change on another node: then every test sees the final state.
+    // Wait (bounded) until they confine the loader: then every test sees the final state.
     if applied.iter().all(|(_, r)| r.is_ok()) {
         let probe = "probe-a";
         create_node(&admin, Node::test(probe).with_taints([gate()])).await;
         create_node(&admin, Node::test("probe-b").with_taints([gate()])).await;
         let id = Identity::new(h, &admin, probe).await;
-        let review = Api::<SelfSubjectReview>::all(id.client.clone())
-            .create(&PostParams::default(), &SelfSubjectReview::default())
-            .await
-            .expect("SelfSubjectReview with the pod-bound token");
-        let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
-        let claimed = user
-            .extra
-            .as_ref()
-            .and_then(|e| e.get("authentication.kubernetes.io/node-name"))
-            .cloned();
-        assert_eq!(
-            claimed.as_deref(),
-            Some(&[probe.to_string()][..]),
-            "the pod-bound token must carry the node-name claim (ServiceAccountTokenPodNodeInfo); user: {user:?}"
-        );
-        let nodes: Api<Node> = Api::all(id.client.clone());
-        poll("RBAC lets the loader get nodes", SETTLE, || async {
-            nodes
-                .get(probe)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        poll("the admission policy denies the loader", SETTLE, || async {
-            let pp = PatchParams {
-                dry_run: true,
-                ..Default::default()
-            };
-            let change = Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}}));
-            match nodes.patch("probe-b", &pp, &change).await {
-                Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(POLICY) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
+        wait_until_confined(&id, probe, "probe-b").await;
     }
     (applied, raw, raw_namespaces)
+}
+
+/// Strict server-side apply of `objects` in order: `kind/namespace/name` → result.
+pub async fn apply_all(admin: &kube::Client, objects: &[Value]) -> Results {
+    let mut applied = Vec::new();
+    for obj in objects {
+        let r = apply(admin, obj).await.map(|_| ());
+        applied.push((object_ref(obj), r));
+    }
+    applied
+}
+
+/// The manifests rendered into namespace `ns` by an overlay (`namespace: <ns>`), applied to
+/// `h` as `kubectl apply -k <overlay>` would, the namespace created first; panics naming what
+/// the server refused.
+pub async fn install_in_namespace(h: &Harness, admin: &kube::Client, ns: &str) {
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
+    Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
+    let failed: Vec<String> = apply_all(admin, &render_in_namespace(h, ns))
+        .await
+        .into_iter()
+        .filter_map(|(what, r)| r.err().map(|e| format!("{what}: {e}")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "the manifests rendered into {ns}: server-side apply (fieldValidation=Strict) rejected:\n{}",
+        failed.join("\n")
+    );
+}
+
+/// Waits (bounded by [`SETTLE`]) until the loader `id`, whose pod is on node `own`, carries the
+/// node-name claim, RBAC lets it read nodes, and the admission policy denies it a change on node
+/// `other`. RBAC and policies take effect through informers, a moment after their write; a
+/// policy that never confines this loader fails here, naming what the server did instead.
+pub async fn wait_until_confined(id: &Identity, own: &str, other: &str) {
+    let review = Api::<SelfSubjectReview>::all(id.client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .expect("SelfSubjectReview with the pod-bound token");
+    let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
+    let claimed = user
+        .extra
+        .as_ref()
+        .and_then(|e| e.get("authentication.kubernetes.io/node-name"))
+        .cloned();
+    assert_eq!(
+        claimed.as_deref(),
+        Some(&[own.to_string()][..]),
+        "the pod-bound token must carry the node-name claim (ServiceAccountTokenPodNodeInfo); user: {user:?}"
+    );
+    let nodes: Api<Node> = Api::all(id.client.clone());
+    poll("RBAC lets the loader get nodes", SETTLE, || async {
+        nodes.get(own).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    let what = format!(
+        "the admission policy denies {} a change on node {other}",
+        user.username.unwrap_or_default()
+    );
+    poll(&what, SETTLE, || async {
+        let pp = PatchParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let change = Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}}));
+        match nodes.patch(other, &pp, &change).await {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(POLICY) => Ok(()),
+            Ok(_) => Err("the change was allowed".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
 }
 
 /// Like [`block_on`], on a `LocalSet`: for futures that are not `Send` (`proxied_client`'s hook).

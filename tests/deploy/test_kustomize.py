@@ -291,23 +291,64 @@ def test_admission_policy(rendered):
     rules = spec["matchConstraints"]["resourceRules"]
     assert [r["resources"] for r in rules] == [["nodes"]], "nodes only, not nodes/status"
     assert "UPDATE" in rules[0]["operations"]
+    # Any namespace's account of the loader's name; no namespace written in the policy.
     assert [m["expression"].split() for m in spec["matchConditions"]] == [
-        ["request.userInfo.username", "==",
-         "'system:serviceaccount:kube-system:apparmor-profile-loader'"]
+        ["request.userInfo.username.startsWith('system:serviceaccount:')", "&&",
+         "request.userInfo.username.endsWith(':apparmor-profile-loader')"]
     ]
     variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    # The first validation refuses every such account but the one beside the param.
+    assert variables["loaderUser"] == (
+        "'system:serviceaccount:' + params.metadata.namespace + ':apparmor-profile-loader'")
+    assert spec["validations"][0]["expression"] == "request.userInfo.username == variables.loaderUser"
+    assert "kube-system" not in yaml.safe_dump(policy)
     assert "authentication.kubernetes.io/node-name" in variables["tokenNodeName"]
     assert all(k in variables["gateKeys"] for k in GATE_KEYS)
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
-        # the label prefix; a missing ConfigMap denies every update by the loader
+        # the label prefix; a missing ConfigMap denies every node write (the loader's too)
         "paramRef": {
             "name": "apparmor-profile-loader-config",
             "namespace": "kube-system",
             "parameterNotFoundAction": "Deny",
         },
     }
+
+
+def kustomize_overlay(tmp_path: Path, namespace: str) -> list[dict]:
+    """What an operator's overlay renders that moves the installation: `namespace:` and the
+    repository's manifests/ as its only resource, nothing else."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base = os.path.relpath(REPO / "manifests", overlay)
+    (overlay / "kustomization.yaml").write_text(
+        f"namespace: {namespace}\nresources:\n  - {base}\n")
+    out = subprocess.run(
+        [tool("KUSTOMIZE", "kustomize"), "build", str(overlay)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_an_overlay_namespace_reaches_the_policy_binding_and_rbac(tmp_path):
+    """With `namespace: <other>` in an overlay, everything that names the loader's namespace
+    follows it: the ServiceAccount, both ConfigMaps, the DaemonSet, the RBAC subject and the
+    binding's paramRef (kustomizeconfig.yaml), which is where the policy learns the loader's
+    namespace. No `kube-system` is left anywhere."""
+    docs = kustomize_overlay(tmp_path, "aapl-elsewhere")
+    assert "kube-system" not in yaml.safe_dump_all(docs)
+    namespaced = {d["kind"] for d in docs if "namespace" in d["metadata"]}
+    assert namespaced == {"ServiceAccount", "ConfigMap", "DaemonSet"}
+    assert {d["metadata"]["namespace"] for d in docs if "namespace" in d["metadata"]} == {"aapl-elsewhere"}
+    assert one(docs, "ClusterRoleBinding")["subjects"] == [
+        {"kind": "ServiceAccount", "name": "apparmor-profile-loader", "namespace": "aapl-elsewhere"}
+    ]
+    param = one(docs, "ValidatingAdmissionPolicyBinding")["spec"]["paramRef"]
+    assert param == {"name": "apparmor-profile-loader-config", "namespace": "aapl-elsewhere",
+                     "parameterNotFoundAction": "Deny"}
+    config = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == param["name"]]
+    assert len(config) == 1 and config[0]["metadata"]["namespace"] == "aapl-elsewhere"
 
 
 def test_component_can_be_left_out(tmp_path):

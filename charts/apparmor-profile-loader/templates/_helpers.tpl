@@ -65,7 +65,3 @@ apparmor-profiles
 {{- end -}}
 [{{ join ", " $quoted }}]
 {{- end -}}
-{{/* The user name of the loader's service account, as the API server sees it. */}}
-{{- define "aapl.serviceAccountUser" -}}
-system:serviceaccount:{{ .Release.Namespace }}:apparmor-profile-loader
-{{- end -}}
