@@ -350,6 +350,96 @@ fn untaint_labels_its_own_node_with_what_load_reported() {
     });
 }
 
+/// The annotation budget against the API server's own limit: a report whose annotation takes
+/// exactly `ANNOTATION_BUDGET` bytes (counted with the longest prefix) is written by `untaint` on a
+/// node that already carries an AKS node's annotations, while the server refuses a node whose
+/// annotations together exceed 256 KiB: the limit `validate`/`copy`/`load` keep sets under is real.
+#[test]
+fn a_report_at_the_annotation_budget_is_written_and_the_servers_limit_is_real() {
+    use apparmor_profile_loader::node_labels::{ANNOTATION_BUDGET, NodeReport};
+    let Some(env) =
+        env("a_report_at_the_annotation_budget_is_written_and_the_servers_limit_is_real")
+    else {
+        return;
+    };
+    block_on(async {
+        let admin = client(&env.harness.kubeconfig).await;
+        let name = "t3-budget";
+        let mut node = Node::test(name).with_taints([gate()]);
+        node.metadata.annotations = Some(
+            [
+                ("node.alpha.kubernetes.io/ttl", "0".to_string()),
+                (
+                    "volumes.kubernetes.io/controller-managed-attach-detach",
+                    "true".into(),
+                ),
+                (
+                    "csi.volume.kubernetes.io/nodeid",
+                    json!({"disk.csi.azure.com": name, "file.csi.azure.com": name}).to_string(),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        );
+        create_node(&admin, node).await;
+        let id = Identity::new(&env.harness, &admin, name).await;
+
+        // Grow a report until its annotation is exactly the budget.
+        let entry = |i: usize, len: usize| {
+            let stem = format!("/opt/app/{i:05}/");
+            (
+                format!("{stem}{}", "b".repeat(len - stem.len())),
+                format!("sha256:{}", "a".repeat(64)),
+            )
+        };
+        let report = |n: usize, last: usize| NodeReport {
+            loader: "test".into(),
+            profiles: (0..n)
+                .map(|i| entry(i, if i + 1 == n { last } else { 200 }))
+                .collect(),
+            retired: Default::default(),
+        };
+        let mut n = 1;
+        while report(n + 1, 100).annotation_bytes() <= ANNOTATION_BUDGET {
+            n += 1;
+        }
+        let exact = report(
+            n,
+            100 + ANNOTATION_BUDGET - report(n, 100).annotation_bytes(),
+        );
+        assert_eq!(exact.annotation_bytes(), ANNOTATION_BUDGET);
+        exact.fits().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loaded-profiles.json");
+        std::fs::write(&path, serde_json::to_vec(&exact).unwrap()).unwrap();
+        let run = run_untaint_with(
+            &id.kubeconfig,
+            name,
+            &["--node-report", path.to_str().unwrap()],
+        );
+        assert_eq!(run.code, Some(0), "untaint at the budget:\n{}", run.stderr);
+        let after = get_node(&admin, name).await;
+        assert!(!taints_of(&after).iter().any(is_gate));
+        let written = &after.metadata.annotations.clone().unwrap_or_default()["apparmor-profile-loader/profiles"];
+        let written: NodeReport = serde_json::from_str(written).unwrap();
+        assert_eq!(written.profiles, exact.profiles);
+
+        // One annotation more than the server allows all of them together: refused.
+        let nodes: Api<Node> = Api::all(admin.clone());
+        let too_big =
+            json!({"metadata": {"annotations": {"example.com/big": "x".repeat(256 * 1024)}}});
+        let err = nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&too_big))
+            .await
+            .expect_err("the API server limits a node's annotations to 256 KiB together");
+        assert!(
+            format!("{err:?}").contains("262144"),
+            "the server names its limit: {err:?}"
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. concurrent changes to other taints are kept
 //
