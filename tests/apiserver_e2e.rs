@@ -398,7 +398,7 @@ fn a_report_at_the_annotation_budget_is_written_and_the_servers_limit_is_real() 
             profiles: (0..n)
                 .map(|i| entry(i, if i + 1 == n { last } else { 200 }))
                 .collect(),
-            retired: Default::default(),
+            ..Default::default()
         };
         let mut n = 1;
         while report(n + 1, 100).annotation_bytes() <= ANNOTATION_BUDGET {

@@ -57,6 +57,13 @@ impl crate::exit_code::ExitStatus for OsReleaseError {
 }
 
 impl NodeParser {
+    /// The node's release and its AppArmor, for the log and the node's annotation.
+    pub fn os(&self) -> &str {
+        match self {
+            NodeParser::V3 { os } | NodeParser::Current { os } => os,
+        }
+    }
+
     /// A node the operator declared to boot with AppArmor 3 (`--node-apparmor 3`).
     pub fn declared_v3() -> Self {
         NodeParser::V3 {

@@ -123,6 +123,10 @@ pub struct NodeReport {
     pub profiles: BTreeMap<String, String>,
     #[serde(default)]
     pub retired: BTreeSet<String>,
+    /// The node's release and the AppArmor `copy` checked our files for, as `copy` found it
+    /// (`ubuntu 22.04 (AppArmor 3.0)`, or a release it does not know): empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_os: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +186,7 @@ impl NodeReport {
                 })
                 .collect(),
             retired,
+            node_os: String::new(),
         }
     }
 
@@ -348,12 +353,15 @@ impl Desired {
 
 /// The annotation's value: the whole report, as JSON.
 fn annotation_text(report: &NodeReport) -> String {
-    serde_json::json!({
+    let mut text = serde_json::json!({
         "loader": report.loader,
         "profiles": report.profiles,
         "retired": report.retired,
-    })
-    .to_string()
+    });
+    if !report.node_os.is_empty() {
+        text["nodeOS"] = report.node_os.clone().into();
+    }
+    text.to_string()
 }
 
 /// A JSON Pointer to one key of `metadata.<map>` (RFC 6901: `~` → `~0`, `/` → `~1`).
@@ -399,6 +407,7 @@ mod tests {
                 .map(|(n, d)| (n.to_string(), d.to_string()))
                 .collect(),
             retired: retired.iter().map(|s| s.to_string()).collect(),
+            node_os: String::new(),
         }
     }
 

@@ -70,6 +70,10 @@ pub struct Inventory {
     /// a record without it has every file checked, not only the new ones.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub checked_with_apparmor3: bool,
+    /// `copy`'s record only: the node's release and its AppArmor as `copy` found them, which
+    /// `load` reports on the node (the annotation's `nodeOS`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_os: String,
     /// `load`'s record only: top-level profiles of ours that left the ConfigMap and stay in the
     /// kernel, as last loaded, until the node reboots (unloading would unconfine every task
     /// under them). Their files are gone, so the node's next boot does not load them.

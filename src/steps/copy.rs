@@ -231,6 +231,7 @@ fn write_destination(
     let mut wanted = Inventory {
         toolchain,
         checked_with_apparmor3: matches!(opts.node_parser, NodeParser::V3 { .. }),
+        node_os: opts.node_parser.os().to_string(),
         ..Inventory::default()
     };
     for compiled in compiled {

@@ -299,7 +299,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     // === Report, to the log and to `untaint` ===
     if let Some(path) = &opts.node_report {
         // The retired names count too: they accumulate until the node reboots.
-        let out = node_report(&current);
+        let out = node_report(&current, &owned.node_os);
         out.fits()?;
         out.save(path)?;
     }
@@ -338,16 +338,18 @@ fn apply(
     }
 }
 
-/// What `untaint` labels the node with: each top-level profile with its file's digest, and the
-/// retired ones.
-fn node_report(current: &Inventory) -> NodeReport {
-    NodeReport::of(
+/// What `untaint` labels the node with: each top-level profile with its file's digest, the
+/// retired ones, and the node's release as `copy` found it.
+fn node_report(current: &Inventory, node_os: &str) -> NodeReport {
+    let mut report = NodeReport::of(
         current
             .files
             .values()
             .map(|e| (e.sha256.as_str(), e.profiles.as_slice())),
         current.retired.iter().map(ToString::to_string).collect(),
-    )
+    );
+    report.node_os = node_os.to_string();
+    report
 }
 
 /// Reads every file `copy` recorded. Only a file that does not exist is "missing" (exit 3);

@@ -362,3 +362,43 @@ fn under_umask_000_nothing_on_the_host_is_writable_by_group_or_others() {
         "the cache and the profile were written ({seen} entries)"
     );
 }
+
+/// A node whose os-release names a release this tool does not know: `copy` says so in its log
+/// and checks with AppArmor 3 as well, and `load`'s report to `untaint` (the node's annotation)
+/// carries what `copy` found.
+#[test]
+fn an_unknown_os_is_named_in_the_log_and_in_the_node_report() {
+    let Some(node) = Node::with(&[("alpha", &profile("alpha"))]) else {
+        return;
+    };
+    // The node root both steps are given.
+    let root = node.cache.path().join("no-node-root");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(
+        root.join("etc/os-release"),
+        "ID=flatcar\nVERSION_ID=4081.2.0\n",
+    )
+    .unwrap();
+    let v3 = real_parser().unwrap();
+    node.copy_cmd()
+        .args(["--node-apparmor", "auto"])
+        .arg("--v3-parser")
+        .arg(&v3)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "flatcar 4081.2.0, a release this tool does not know",
+        ));
+    let report = node.cache.path().join("loaded-profiles.json");
+    node.load_cmd()
+        .arg("--node-report")
+        .arg(&report)
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let os = report["node_os"].as_str().unwrap_or_default();
+    assert!(
+        os.contains("flatcar 4081.2.0, a release this tool does not know"),
+        "{report}"
+    );
+}

@@ -43,7 +43,7 @@ fn desired(profiles: &[(&str, &str)]) -> Desired {
             .iter()
             .map(|(n, d)| (n.to_string(), d.to_string()))
             .collect(),
-        retired: Default::default(),
+        ..Default::default()
     };
     Desired::from_report(DEFAULT_PREFIX.parse().unwrap(), &report)
 }
