@@ -35,6 +35,11 @@ const ANNOTATION_NAME: &str = "profiles";
 /// write it, and every new node would stay tainted.
 pub const ANNOTATION_BUDGET: usize = 128 * 1024;
 
+/// The most characters of the node's release the report carries ([`NodeReport::with_node_os`]);
+/// the annotation's size is counted as if it had that many, so `copy`'s check of a set and
+/// `load`'s agree.
+const NODE_OS_MAX: usize = 128;
+
 /// The longest label prefix (a DNS subdomain), which the annotation's key is counted with:
 /// the steps that check the budget do not know the prefix `untaint` will be given.
 const MAX_PREFIX_LEN: usize = 253;
@@ -190,10 +195,28 @@ impl NodeReport {
         }
     }
 
-    /// The bytes the annotation takes on a node (key and value, as the API server counts
-    /// them), with the longest prefix.
+    /// This report with the node's release, as printable ASCII (anything else shown as `?`, no
+    /// quote or backslash to escape) and at most [`NODE_OS_MAX`] characters.
+    pub fn with_node_os(mut self, os: &str) -> Self {
+        self.node_os = os
+            .chars()
+            .map(|c| match c {
+                ' ' => ' ',
+                '"' | '\\' => '?',
+                c if c.is_ascii_graphic() => c,
+                _ => '?',
+            })
+            .take(NODE_OS_MAX)
+            .collect();
+        self
+    }
+
+    /// The bytes the annotation takes on a node at most (key and value, as the API server
+    /// counts them): with the longest prefix and the longest node release.
     pub fn annotation_bytes(&self) -> usize {
-        MAX_PREFIX_LEN + 1 + ANNOTATION_NAME.len() + annotation_text(self).len()
+        let mut longest = self.clone();
+        longest.node_os = "x".repeat(NODE_OS_MAX);
+        MAX_PREFIX_LEN + 1 + ANNOTATION_NAME.len() + annotation_text(&longest).len()
     }
 
     /// Refuses a report whose annotation would not fit in [`ANNOTATION_BUDGET`].
@@ -594,7 +617,8 @@ mod tests {
         let longest = [63, 63, 63, 61].map(|n| "a".repeat(n)).join(".");
         assert_eq!(longest.len(), MAX_PREFIX_LEN);
         let p: LabelPrefix = longest.parse().unwrap();
-        let desired = Desired::from_report(p.clone(), &exact);
+        let desired =
+            Desired::from_report(p.clone(), &exact.clone().with_node_os(&"o".repeat(500)));
         assert_eq!(
             p.annotation_key().len() + desired.annotation.len(),
             ANNOTATION_BUDGET

@@ -341,15 +341,14 @@ fn apply(
 /// What `untaint` labels the node with: each top-level profile with its file's digest, the
 /// retired ones, and the node's release as `copy` found it.
 fn node_report(current: &Inventory, node_os: &str) -> NodeReport {
-    let mut report = NodeReport::of(
+    NodeReport::of(
         current
             .files
             .values()
             .map(|e| (e.sha256.as_str(), e.profiles.as_slice())),
         current.retired.iter().map(ToString::to_string).collect(),
-    );
-    report.node_os = node_os.to_string();
-    report
+    )
+    .with_node_os(node_os)
 }
 
 /// Reads every file `copy` recorded. Only a file that does not exist is "missing" (exit 3);
