@@ -283,3 +283,31 @@ def test_examples_are_not_in_the_kustomize_build(rendered):
     kustomization = yaml.safe_load((REPO / "manifests" / "kustomization.yaml").read_text())
     listed = kustomization.get("resources", []) + kustomization.get("components", [])
     assert not any("examples" in entry for entry in listed), listed
+
+
+# --- the README says what is tested -----------------------------------------------------------------
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else None]
+
+
+def test_readme_choosing_a_gate_names_the_pinned_versions_and_files():
+    section = readme_section("Choosing a gate")
+    assert f"Karpenter {fetch_crds.KARPENTER_NODEPOOL.version}" in section
+    assert f"AKS provider {fetch_crds.AKS_NODEPOOL.version}" in section
+    assert fetch_crds.AKS_NODECLASS.version == fetch_crds.AKS_NODEPOOL.version
+    assert f"CRD at {fetch_crds.NODE_READINESS_RULE.version}" in section
+    for path in (NAP, NRR):
+        assert str(path.relative_to(REPO)) in section
+    # the preview API version the cluster templates use
+    bicep = (REPO / "bicep" / "cluster.bicep").read_text()
+    api = re.search(r"'Microsoft\.ContainerService/managedClusters@([^']+)'", bicep).group(1)
+    assert api.endswith("-preview") and f"`{api}`" in section
+    for kind, doc in (("NodePool", by_kind(NAP, "NodePool")), ("AKSNodeClass", by_kind(NAP, "AKSNodeClass")),
+                      ("NodeReadinessRule", by_kind(NRR, "NodeReadinessRule"))):
+        assert f"`{doc['apiVersion']}` {kind}" in section, kind
+    assert f"`{GATE['key']}={GATE['value']}:{GATE['effect']}`" in section
+    assert "not implemented yet" in section
