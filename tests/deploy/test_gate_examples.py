@@ -36,8 +36,9 @@ NAP = EXAMPLES / "nap-nodepool.yaml"
 NRR = EXAMPLES / "node-readiness-rule.yaml"
 GATE = {"key": "WaitingForAppArmorProfiles", "value": "true", "effect": "NoSchedule"}
 NRR_CONDITION = "AppArmorProfilesLoaded"
-# What the AKS provider's AKSNodeClass offers and the README's node OS table allows: Ubuntu images
-# (Azure Linux pools are not gated, README "Requirements").
+
+# The example's image families: Ubuntu ones (Azure Linux has AppArmor only from node image 20251107
+# on, README "Requirements", which an AKSNodeClass cannot pin).
 APPARMOR_IMAGE_FAMILIES = {"Ubuntu", "Ubuntu2204", "Ubuntu2404"}
 
 
@@ -63,8 +64,6 @@ def crd(pin: fetch_crds.Crd) -> dict:
     try:
         data = pin.path.read_bytes()
     except OSError:
-        if not pin.required:
-            pytest.skip(f"{pin.module}@{pin.version} CRD not in {fetch_crds.crd_dir()}: {pin.why_optional}")
         pytest.fail(f"{pin.path} missing: run tests/deploy/fetch_crds.py (as .ci/check-deploy does)")
     assert fetch_crds.sha256(data) == pin.sha256, f"{pin.path} is not the pinned file"
     return yaml.safe_load(data)
@@ -113,10 +112,6 @@ def test_nap_aksnodeclass_is_valid():
     assert errors(by_kind(NAP, "AKSNodeClass"), crd(fetch_crds.AKS_NODECLASS)) == []
 
 
-def test_nrr_example_is_valid():
-    assert errors(by_kind(NRR, "NodeReadinessRule"), crd(fetch_crds.NODE_READINESS_RULE)) == []
-
-
 def set_path(doc: dict, path: str, value) -> dict:
     """A copy of doc with `path` (dot-separated; integers index lists) set, or removed when value is
     REMOVE; a key named `old>new` is renamed."""
@@ -163,15 +158,6 @@ def test_the_aksnodeclass_schema_rejects_a_broken_copy():
                                                    definition))
     wrong_version = dict(node_class, apiVersion="karpenter.azure.com/v1")
     assert any("not served" in e for e in errors(wrong_version, definition))
-
-
-def test_the_nrr_schema_rejects_a_broken_copy():
-    rule = by_kind(NRR, "NodeReadinessRule")
-    definition = crd(fetch_crds.NODE_READINESS_RULE)
-    assert any("bootstrap" in e for e in errors(set_path(rule, "spec.enforcementMode", "bootstrap"), definition))
-    assert any("requiredStatus" in e
-               for e in errors(set_path(rule, "spec.conditions.0.requiredStatus>requiredstatus", None), definition))
-    assert any("'conditions' is a required" in e for e in errors(set_path(rule, "spec.conditions", REMOVE), definition))
 
 
 # --- the NAP example against the loader's own gate ----------------------------------------------
@@ -299,7 +285,7 @@ def test_readme_choosing_a_gate_names_the_pinned_versions_and_files():
     assert f"Karpenter {fetch_crds.KARPENTER_NODEPOOL.version}" in section
     assert f"AKS provider {fetch_crds.AKS_NODEPOOL.version}" in section
     assert fetch_crds.AKS_NODECLASS.version == fetch_crds.AKS_NODEPOOL.version
-    assert f"CRD at {fetch_crds.NODE_READINESS_RULE.version}" in section
+    assert "is not validated against" in section  # the rule's CRD: see fetch_crds.PINS
     for path in (NAP, NRR):
         assert str(path.relative_to(REPO)) in section
     # the preview API version the cluster templates use
