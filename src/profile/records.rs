@@ -72,7 +72,8 @@ pub struct Inventory {
     pub retired: BTreeSet<ProfileName>,
     /// `load`'s record only: children (hats, child profiles) that our files no longer define,
     /// replaced in the kernel by a deny-everything profile of the same name, with the kernel's
-    /// hash of that stub (empty when the kernel keeps none).
+    /// hash of that stub (proven equal to the one computed from the stub's compiled bytes; in
+    /// records of older versions unproven or empty: never trusted to skip a stub).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub neutralised: BTreeMap<ProfileName, String>,
     /// `load`'s record only: the whole family of each retired profile (the profile and every
