@@ -311,7 +311,19 @@ mod tests {
                 5,
             ),
             (
-                load::LoadError::NotNeutralised(vec![], load::NeutraliseFailure::NotInForce).into(),
+                load::LoadError::NotNeutralised(
+                    vec![],
+                    load::NeutraliseFailure::NotProven(vec![], false),
+                )
+                .into(),
+                5,
+            ),
+            (
+                load::LoadError::NotNeutralised(
+                    vec![],
+                    load::NeutraliseFailure::Unexpressible(vec![]),
+                )
+                .into(),
                 5,
             ),
             // A parser killed (OOM) or timed out during the load itself is not "not loaded".

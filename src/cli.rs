@@ -66,10 +66,11 @@ pub enum Command {
     /// Every profile is compiled before the kernel is touched; all are loaded in one
     /// `apparmor_parser --replace` call with a compile cache; the kernel's own profile list must
     /// then show every profile in the mode its flags ask for. A profile that left the ConfigMap
-    /// is retired: kept loaded, as last loaded, until the node reboots (its file is gone). A hat
-    /// or child profile its parent no longer defines is neutralised: replaced by an empty
-    /// deny-everything profile of the same name, so nobody can enter it with its old rules and
-    /// the processes inside stay confined.
+    /// is retired: kept loaded, as last loaded, until the node reboots (its file is gone), and
+    /// ours, hats and children included, while the kernel holds that very policy in this boot.
+    /// A hat or child profile its parent no longer defines is neutralised: replaced by an empty
+    /// deny-everything profile of exactly the same name, proven by the kernel's policy hash, so
+    /// nobody can enter it with its old rules and the processes inside stay confined.
     Load(LoadArgs),
     /// Remove the gate taint(s) from this node (NODE_NAME) through the Kubernetes API.
     ///

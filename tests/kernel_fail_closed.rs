@@ -6,7 +6,10 @@
 //! and pinned (F4); removed and renamed profiles are retired with tasks running under them (F5), and
 //! leave the kernel and the record after a reboot (F6, a second boot from F5's disk); `unconfined` is
 //! refused as a name (F7); an Ubuntu 22.04 node (os-release single-quoted, behind Ubuntu's relative link)
-//! refuses a 4.0-only profile, and a node without os-release is not guessed (F8). The first boot runs `tests/vm/guest/fail-closed.sh`'s suite `failclosed`, the
+//! refuses a 4.0-only profile, and a node without os-release is not guessed (F8); hats and children whose names hold
+//! backslashes are neutralised under exactly their names, proven by the kernel's policy hash (F9); a retired profile
+//! with a hat and a neutralised child comes back with them (F10); after the reboot, an administrator's profile of a
+//! retired name is not ours any more (F6). The first boot runs `tests/vm/guest/fail-closed.sh`'s suite `failclosed`, the
 //! second its suite `failclosed-reboot`; each test asserts its case.
 //!
 //! Prerequisites as for `kernel_e2e.rs` (tests/vm/README.md); under CI a missing one fails.
@@ -86,6 +89,34 @@ fn payload(dir: &Path) {
         "src/f8/userns",
         "abi <abi/4.0>,\ninclude <tunables/global>\nprofile aapl-fc-userns {\n  userns,\n  /tmp/** rw,\n}\n",
     );
+    // F9: a hat whose name holds a backslash and a child whose name holds two.
+    let b = |children: &str| {
+        format!(
+            "abi <abi/3.0>,\n#include <tunables/global>\nprofile aapl-fc-b {{\n  \
+             #include <abstractions/base>\n  /** rix,\n  /proc/** rw,\n  /tmp/** rw,\n{children}}}\n"
+        )
+    };
+    write(
+        "src/f9a/fc-b",
+        &b(
+            "  ^a\\b {\n    /** rix,\n    /tmp/** rw,\n  }\n  profile \"k\\\\d\" {\n    /tmp/** rw,\n  }\n",
+        ),
+    );
+    write("src/f9b/fc-b", &b(""));
+    // F10: a profile with a hat and a child profile; then without the child; then gone; then back.
+    let r = |children: &str| {
+        format!(
+            "abi <abi/3.0>,\n#include <tunables/global>\nprofile aapl-fc-r {{\n  \
+             #include <abstractions/base>\n  /** rix,\n  /proc/** rw,\n  /tmp/** rw,\n{children}}}\n"
+        )
+    };
+    let hat = "  ^h {\n    /** rix,\n    /tmp/** rw,\n  }\n";
+    write(
+        "src/f10a/fc-r",
+        &r(&format!("{hat}  profile kid {{\n    /tmp/** rw,\n  }}\n")),
+    );
+    write("src/f10b/fc-r", &r(hat));
+    write("src/f10c/fc-s", &task_profile("aapl-fc-s"));
     write(
         "src/f3/ns",
         "abi <abi/3.0>,\nprofile :ns1:aapl-ns {\n  /tmp/** r,\n}\n",
@@ -181,6 +212,19 @@ fn f5_removed_and_renamed_profiles_are_retired_and_their_tasks_stay_confined() {
 fn f6_after_a_reboot_retired_profiles_are_gone_from_the_kernel_and_the_record() {
     let Some(b) = the_reboot() else { return };
     b.assert_scenario("F6");
+}
+
+#[test]
+fn f9_children_named_with_backslashes_are_neutralised_under_exactly_their_names_proven_by_the_kernels_hash()
+ {
+    let Some(b) = the_boot() else { return };
+    b.assert_scenario("F9");
+}
+
+#[test]
+fn f10_a_retired_profile_with_a_hat_and_a_neutralised_child_can_be_rolled_back() {
+    let Some(b) = the_boot() else { return };
+    b.assert_scenario("F10");
 }
 
 #[test]

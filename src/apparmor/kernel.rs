@@ -54,11 +54,16 @@ impl ExitStatus for KernelError {
     }
 }
 
+/// This boot's random id (not namespaced: a container reads the node's).
+pub const DEFAULT_BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
 /// The kernel interface as seen from this container.
 #[derive(Debug, Clone)]
 pub struct Kernel {
     pub securityfs: PathBuf,
     pub enabled_file: PathBuf,
+    /// Where this boot's id is read ([`DEFAULT_BOOT_ID_FILE`]; unit tests point it elsewhere).
+    pub boot_id_file: PathBuf,
 }
 
 impl Kernel {
@@ -66,7 +71,16 @@ impl Kernel {
         Self {
             securityfs: securityfs.to_path_buf(),
             enabled_file: enabled_file.to_path_buf(),
+            boot_id_file: PathBuf::from(DEFAULT_BOOT_ID_FILE),
         }
+    }
+
+    /// This boot's id, to tell whether policy seen earlier can still be in the kernel (nothing
+    /// loaded survives a reboot). `None` when it cannot be read: then nothing is proven by it.
+    pub fn boot_id(&self) -> Option<String> {
+        let id = fs::read_to_string(&self.boot_id_file).ok()?;
+        let id = id.trim();
+        (!id.is_empty()).then(|| id.to_string())
     }
 
     fn profiles_file(&self) -> PathBuf {
@@ -104,8 +118,9 @@ impl Kernel {
     }
 
     /// The kernel's hash of each loaded profile's policy (securityfs
-    /// `apparmor/policy/profiles/<name>.<n>/sha1`, children nested below their parent), by
-    /// profile name; empty when the kernel keeps no hashes (`apparmor.hash_policy=0`).
+    /// `apparmor/policy/profiles/<name>.<n>/sha1`, children nested below their parent in
+    /// `profiles/`), by full profile name (`parent//child`); empty when the kernel keeps no
+    /// hashes (`apparmor.hash_policy=0`).
     pub fn policy_hashes(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         let root = self
@@ -113,7 +128,7 @@ impl Kernel {
             .join("apparmor")
             .join("policy")
             .join("profiles");
-        collect_hashes(&root, &mut out);
+        collect_hashes(&root, None, &mut out);
         out
     }
 
@@ -135,21 +150,30 @@ impl Kernel {
     }
 }
 
-fn collect_hashes(dir: &Path, out: &mut BTreeMap<String, String>) {
+/// Reads the hashes under one `profiles/` directory. A profile's `name` file holds its own
+/// name only (a child's is `kid`, not `p//kid`), so a child's full name is its parent's, `//`,
+/// and its own.
+fn collect_hashes(dir: &Path, parent: Option<&str>, out: &mut BTreeMap<String, String>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let name = fs::read_to_string(path.join("name"));
-        let sha1 = fs::read_to_string(path.join("sha1"));
-        if let (Ok(name), Ok(sha1)) = (name, sha1) {
+        let Ok(name) = fs::read_to_string(path.join("name")) else {
+            continue;
+        };
+        let name = name.strip_suffix('\n').unwrap_or(&name);
+        let full = match parent {
+            Some(parent) => format!("{parent}//{name}"),
+            None => name.to_string(),
+        };
+        if let Ok(sha1) = fs::read_to_string(path.join("sha1")) {
             let sha1 = sha1.trim();
             if !sha1.is_empty() {
-                out.insert(name.trim_end_matches('\n').to_string(), sha1.to_string());
+                out.insert(full.clone(), sha1.to_string());
             }
         }
-        collect_hashes(&path.join("profiles"), out);
+        collect_hashes(&path.join("profiles"), Some(&full), out);
     }
 }
 
@@ -175,9 +199,12 @@ mod tests {
     fn policy_hashes_are_read_by_name_children_included() {
         let (dir, k) = fake(Some("Y"), true);
         let p = dir.path().join("security/apparmor/policy/profiles/p.1");
+        // As the kernel lays it out: a child's directory under its parent's `profiles/`, its
+        // `name` file with its own name only.
         for (d, name, sha) in [
             (p.clone(), "p", "aa"),
-            (p.join("profiles/kid.3"), "p//kid", "bb"),
+            (p.join("profiles/kid.3"), "kid", "bb"),
+            (p.join("profiles/kid.3/profiles/a_b.4"), "a\\b", "cc"),
         ] {
             fs::create_dir_all(&d).unwrap();
             fs::write(d.join("name"), format!("{name}\n")).unwrap();
@@ -186,7 +213,8 @@ mod tests {
         let hashes = k.policy_hashes();
         assert_eq!(hashes["p"], "aa");
         assert_eq!(hashes["p//kid"], "bb");
-        assert_eq!(hashes.len(), 2);
+        assert_eq!(hashes["p//kid//a\\b"], "cc");
+        assert_eq!(hashes.len(), 3);
     }
 
     #[test]

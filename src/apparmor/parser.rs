@@ -297,6 +297,24 @@ impl Parser {
         Ok(parse_debug_modes(&out.stdout))
     }
 
+    /// Compiles one file, without the kernel or a cache, into `out`: the very bytes a load
+    /// of it sends to the kernel (`--ofile`), so the hash the kernel gives each of its
+    /// profiles can be known before loading ([`crate::apparmor::policy_blob`]).
+    pub fn compile_to<F: ParserInput>(&self, file: &F, out: &Path) -> Result<(), ParserError> {
+        let mut cmd = self.command();
+        cmd.arg("--skip-cache")
+            .arg("--ofile")
+            .arg(out)
+            .arg(file.path());
+        let action = "compiling the policy to send to the kernel";
+        let done = self.execute(cmd, action, file.key(), false)?;
+        if done.status.success() {
+            Ok(())
+        } else {
+            Err(failed(action, &done))
+        }
+    }
+
     // === Loading and removing ===
 
     /// Loads (or replaces) every file in one parser process.

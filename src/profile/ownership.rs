@@ -16,7 +16,7 @@ use std::path::Path;
 use crate::apparmor::mode::Mode;
 use crate::profile::check::CompiledProfile;
 use crate::profile::names::ProfileName;
-use crate::profile::records::{Entry, Inventory, StateError};
+use crate::profile::records::{Entry, Inventory, KernelNow, StateError};
 use crate::profile::source::ProfileInput;
 
 /// Which step refuses someone else's profiles (the explanation differs, the rule does not).
@@ -54,11 +54,17 @@ fn why(claimant: Claimant) -> &'static str {
 }
 
 /// The profile names our records prove are ours: `copy`'s claims made while it saw the
-/// kernel's list (`owned`), and every name `load` loaded, retired or neutralised (`loaded`).
-pub fn our_names(owned: &Inventory, loaded: Option<&Inventory>) -> BTreeSet<ProfileName> {
+/// kernel's list (`owned`), and every name `load` loaded or neutralised, or retired while the
+/// kernel still holds exactly what it retired, in the same boot (`loaded`, checked against
+/// `now`).
+pub fn our_names(
+    owned: &Inventory,
+    loaded: Option<&Inventory>,
+    now: KernelNow<'_>,
+) -> BTreeSet<ProfileName> {
     let mut ours = owned.verified_names();
     if let Some(loaded) = loaded {
-        ours.extend(loaded.claimed_names());
+        ours.extend(loaded.claimed_names(now));
     }
     ours
 }

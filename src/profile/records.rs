@@ -81,9 +81,43 @@ pub struct Inventory {
     pub retired: BTreeSet<ProfileName>,
     /// `load`'s record only: children (hats, child profiles) that our files no longer define,
     /// replaced in the kernel by a deny-everything profile of the same name, with the kernel's
-    /// hash of that stub (empty when the kernel keeps none).
+    /// hash of that stub (proven equal to the one computed from the stub's compiled bytes; in
+    /// records of older versions unproven or empty: never trusted to skip a stub).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub neutralised: BTreeMap<ProfileName, String>,
+    /// `load`'s record only: the whole family of each retired profile (the profile and every
+    /// child the kernel listed under it when it was retired: hats, child profiles, neutralised
+    /// stubs), with the kernel's hash of each (empty when the kernel keeps none). A family
+    /// member is ours only while the kernel still holds exactly this policy in this boot
+    /// ([`Inventory::retired_still_ours`]): so a rollback may bring the profile back with its
+    /// children, and an administrator's own profile of that name after a reboot is not ours.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retired_sha1: BTreeMap<ProfileName, String>,
+    /// `load`'s record only: the kernel boot (`/proc/sys/kernel/random/boot_id`) in which the
+    /// retired family was seen; nothing retired survives a reboot.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
+}
+
+/// What the kernel shows now, to check a retired claim against.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelNow<'a> {
+    /// The kernel's profile list (names only matter here).
+    pub listed: &'a BTreeMap<String, Mode>,
+    /// The kernel's policy hashes by profile name.
+    pub hashes: &'a BTreeMap<String, String>,
+    /// This boot's id; empty when it could not be read (then no retired claim holds).
+    pub boot_id: &'a str,
+}
+
+/// Why a recorded retired name is no longer ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimLost {
+    /// The kernel no longer lists it (the node rebooted).
+    Gone,
+    /// Listed, but not provably the policy we retired: another boot, another hash, or a record
+    /// written before hashes and boot ids were kept.
+    NotOurs,
 }
 
 /// Reads a record's `files`, naming the entry in any error: each file name a [`Key`], each
@@ -206,7 +240,46 @@ impl Inventory {
         for name in self.neutralised.keys() {
             shape("neutralised", name, true)?;
         }
+        for name in self.retired_sha1.keys() {
+            let top = name.as_str().split("//").next().unwrap_or_default();
+            if !self.retired.iter().any(|r| r.as_str() == top) {
+                return Err((
+                    format!("retired_sha1 {name:?}"),
+                    format!("belongs to {top:?}, which is not listed as retired"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The members of the retired families (profile and children) that are still ours: the
+    /// kernel lists each, in the boot the record saw, with exactly the hash recorded (or, on a
+    /// kernel that keeps no hashes, none now either). Anything else is not provably what we
+    /// retired (a reboot cleared it and someone loaded that name since), so it is not ours.
+    pub fn retired_still_ours(&self, now: KernelNow<'_>) -> BTreeMap<ProfileName, String> {
+        self.retired_sha1
+            .iter()
+            .filter(|(name, _)| self.retired_claim(name, now).is_ok())
+            .map(|(n, h)| (n.clone(), h.clone()))
+            .collect()
+    }
+
+    /// Whether the record's claim on a retired name (or a child of one) holds now, and why not.
+    pub fn retired_claim(&self, name: &ProfileName, now: KernelNow<'_>) -> Result<(), ClaimLost> {
+        if !now.listed.contains_key(name.as_str()) {
+            return Err(ClaimLost::Gone);
+        }
+        let same_boot = !self.boot_id.is_empty() && self.boot_id == now.boot_id;
+        let same_policy = self.retired_sha1.get(name).is_some_and(|h| {
+            now.hashes
+                .get(name.as_str())
+                .map_or(h.is_empty(), |k| k == h)
+        });
+        if same_boot && same_policy {
+            Ok(())
+        } else {
+            Err(ClaimLost::NotOurs)
+        }
     }
 
     /// Whether a record exists at all.
@@ -245,11 +318,13 @@ impl Inventory {
             .filter(|e| e.sha256 == sha256 && !e.modes.is_empty())
     }
 
-    /// Every name this record proves is ours: the profiles of its files, the retired ones and
-    /// the neutralised children. A loaded profile of one of these names is ours to replace.
-    pub fn claimed_names(&self) -> BTreeSet<ProfileName> {
+    /// Every name this record proves is ours: the profiles of its files, the neutralised
+    /// children, and the retired profiles and their children while the kernel still holds
+    /// exactly what we retired ([`Inventory::retired_still_ours`]). A loaded profile of one of
+    /// these names is ours to replace.
+    pub fn claimed_names(&self, now: KernelNow<'_>) -> BTreeSet<ProfileName> {
         let mut names = self.profile_names();
-        names.extend(self.retired.iter().cloned());
+        names.extend(self.retired_still_ours(now).into_keys());
         names.extend(self.neutralised.keys().cloned());
         names
     }
@@ -459,8 +534,27 @@ mod tests {
         let back = Inventory::load(dir.path(), LOADED_PROFILES).unwrap();
         assert_eq!(back.retired, inv.retired);
         assert_eq!(back.neutralised, inv.neutralised);
-        assert!(back.claimed_names().contains("k8s-old"));
-        assert!(back.claimed_names().contains("p//kid"));
+        let listed = BTreeMap::new();
+        let hashes = BTreeMap::new();
+        let now = KernelNow {
+            listed: &listed,
+            hashes: &hashes,
+            boot_id: "",
+        };
+        assert!(back.claimed_names(now).contains("p//kid"));
+        // A retired family member belongs to a retired profile.
+        let json = serde_json::json!({
+            "version": 1, "files": {}, "retired": ["k8s-old"],
+            "retired_sha1": { "k8s-old": "a", "k8s-old//hat": "b", "other//hat": "c" },
+        });
+        fs::write(dir.path().join(LOADED_PROFILES), json.to_string()).unwrap();
+        let msg = Inventory::load(dir.path(), LOADED_PROFILES)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("other//hat") && msg.contains("not listed as retired"),
+            "{msg}"
+        );
         for (retired, neutralised, offender) in [
             (
                 "cri-containerd.apparmor.d",

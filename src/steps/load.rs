@@ -13,14 +13,17 @@
 //! nothing is ever unloaded:
 //! - a top-level profile that left the ConfigMap is **retired**: it stays in the kernel as last
 //!   loaded until the node reboots (its file is already gone, so the boot does not load it).
-//!   Its tasks stay confined as before and nothing gains a right. Retired names stay in our
-//!   record, are reported on every run and leave the record once the kernel no longer lists
-//!   them.
+//!   Its tasks stay confined as before and nothing gains a right. Retired profiles stay in our
+//!   record with their whole family (the children the kernel lists under them), each with the
+//!   kernel's policy hash, and the boot id: they are ours, reported on every run, only while the
+//!   kernel holds exactly that policy in that boot, and leave the record otherwise.
 //! - a child profile or hat that its parent no longer defines is **neutralised**: replaced by a
-//!   deny-everything profile of the same name. It stays reachable (a hat through change_hat), so
-//!   keeping its old rules would grant them to whoever enters it; the stub is not a hat, so the
-//!   kernel refuses change_hat into it, and a task already inside stays confined, allowed
-//!   nothing.
+//!   deny-everything profile of exactly the same name. It stays reachable (a hat through
+//!   change_hat), so keeping its old rules would grant them to whoever enters it; the stub is not
+//!   a hat, so the kernel refuses change_hat into it, and a task already inside stays confined,
+//!   allowed nothing. Each stub is proven by the kernel's policy hash, computed beforehand from
+//!   the very bytes the parser compiles it to; a name no stub can express is never stubbed under
+//!   another name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -30,6 +33,7 @@ use crate::apparmor::compile_cache::CompileCache;
 use crate::apparmor::kernel::{Kernel, KernelError};
 use crate::apparmor::mode::Mode;
 use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
+use crate::apparmor::policy_blob;
 use crate::exit_code::{self, ExitStatus};
 use crate::host::host_file;
 use crate::host::lock::{self, LockError, LockOptions};
@@ -39,7 +43,9 @@ use crate::profile::keys::Key;
 use crate::profile::names::{BadProfileName, ProfileName};
 use crate::profile::node_labels::{NodeReport, ReportTooLarge};
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
-use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::profile::records::{
+    ClaimLost, Inventory, KernelNow, LOADED_PROFILES, OWNED_FILES, StateError,
+};
 use crate::profile::source::{ProfileInput, sha256_hex};
 
 #[derive(Debug, Clone)]
@@ -138,8 +144,27 @@ pub enum NeutraliseFailure {
     },
     #[error(transparent)]
     Parser(ParserError),
-    #[error("the parser reported success, but the kernel does not list them in enforce mode")]
-    NotInForce,
+    #[error("cannot read the compiled stub {path}: {source}")]
+    ReadStub {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Blob(policy_blob::BadBlob),
+    #[error(
+        "the kernel does not show the stubs' policy for them: {}{}",
+        .0.join("; "),
+        if *.1 { " (the kernel keeps no policy hashes, apparmor.hash_policy=0, so no stub can \
+                  be proven: boot with apparmor.hash_policy=1)" } else { "" }
+    )]
+    NotProven(Vec<String>, bool),
+    #[error(
+        "no deny-everything stub can be written for these names (nothing was loaded for them; \
+         their old rules stay reachable until the node reboots: drain and reboot it, or define \
+         them again in the ConfigMap): {}",
+        .0.join("; ")
+    )]
+    Unexpressible(Vec<String>),
     #[error(
         "the kernel lists them under our profiles with names this tool does not load, so no \
          stub can be proven for them: {}",
@@ -183,6 +208,15 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     tracing::info!("compiling for {}", parser.features.explain());
     let started = Instant::now();
     opts.kernel.ensure_enabled()?;
+    let boot_id = opts.kernel.boot_id().unwrap_or_else(|| {
+        tracing::warn!(
+            file = %opts.kernel.boot_id_file.display(),
+            "cannot read this boot's id from {}: profiles retired earlier cannot be proven to be \
+             still ours, so they are not counted as ours",
+            opts.kernel.boot_id_file.display()
+        );
+        String::new()
+    });
     if !Inventory::exists(&opts.dest, OWNED_FILES) {
         return Err(LoadError::NotCopied(opts.dest.join(OWNED_FILES)));
     }
@@ -213,7 +247,7 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     let compiled = profile::check::check(&inputs, parser, &known, Cache::ReadWrite(&cache.dir))?;
 
     // === Guard: nothing of someone else's replaced; what we load recorded first ===
-    refuse_foreign(opts, &compiled, &previous, &owned)?;
+    refuse_foreign(opts, &compiled, &previous, &owned, &boot_id)?;
 
     // Record before loading, as copy records before writing: if the load or its verification
     // fails half-way, whatever reached the kernel is still ours to unload later.
@@ -252,7 +286,16 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     }
 
     // === Prune: retire what left, neutralise stale children, never unload ===
-    let retired = retire(&loaded, &previous, &current);
+    let now = KernelNow {
+        listed: &loaded,
+        hashes: &hashes,
+        boot_id: &boot_id,
+    };
+    let Retired {
+        family,
+        lost,
+        tops: retired,
+    } = retire(&previous, &current, now);
     for name in &retired {
         tracing::warn!(
             profile = %name,
@@ -261,20 +304,32 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
              file is gone, so the next boot does not load it"
         );
     }
-    for name in previous
-        .retired
-        .iter()
-        .filter(|n| !loaded.contains_key(n.as_str()))
-    {
-        tracing::info!(
-            profile = %name,
-            "{name:?} was retired and the kernel no longer lists it (the node rebooted): dropped \
-             from the record"
-        );
+    for (name, why) in &lost {
+        match why {
+            ClaimLost::Gone => tracing::info!(
+                profile = %name,
+                "{name:?} was retired and the kernel no longer lists it (the node rebooted): \
+                 dropped from the record"
+            ),
+            ClaimLost::NotOurs => tracing::warn!(
+                profile = %name,
+                "{name:?} was retired, but the kernel's {name:?} is not provably the policy we \
+                 retired (the node rebooted since, or its policy hash changed: someone else \
+                 loaded that name): dropped from the record, left alone and no longer counted \
+                 as ours; to take it over, bring it back in the ConfigMap and pass \
+                 --adopt-loaded once"
+            ),
+        }
     }
+    current.retired_sha1 = family;
+    current.boot_id = if current.retired_sha1.is_empty() {
+        String::new()
+    } else {
+        boot_id.clone()
+    };
     current.retired = retired.iter().cloned().collect();
     let (stale, unnameable) = stale_children(&loaded, &current);
-    let neutralised = neutralise(opts, parser, &stale, &previous, &hashes);
+    let neutralised = neutralise(opts, parser, &stale, &hashes);
     // Keep what is known to be neutralised in the record even when this run failed half-way.
     current.neutralised = match &neutralised {
         Ok(done) => done.clone(),
@@ -387,13 +442,21 @@ fn refuse_foreign(
     compiled: &[CompiledProfile],
     previous: &Inventory,
     owned: &Inventory,
+    boot_id: &str,
 ) -> Result<(), LoadError> {
     if opts.adopt_loaded {
         return Ok(());
     }
     let loaded = opts.kernel.loaded_profiles()?;
-    // copy's claims count only where copy saw the kernel's list when it made them.
-    let ours = ownership::our_names(owned, Some(previous));
+    let hashes = opts.kernel.policy_hashes();
+    let now = KernelNow {
+        listed: &loaded,
+        hashes: &hashes,
+        boot_id,
+    };
+    // copy's claims count only where copy saw the kernel's list when it made them; retired
+    // names only while the kernel holds exactly what we retired, in the same boot.
+    let ours = ownership::our_names(owned, Some(previous), now);
     ownership::refuse_someone_elses(compiled, &loaded, &ours, Claimant::Load)?;
     Ok(())
 }
@@ -464,22 +527,87 @@ fn verify(
     }
 }
 
-/// The top-level profiles of ours that the kernel still has but our files no longer define:
-/// those a previous run loaded or retired. They stay loaded (see the module docs).
-fn retire(
-    loaded: &BTreeMap<String, Mode>,
-    previous: &Inventory,
-    current: &Inventory,
-) -> Vec<ProfileName> {
+/// What is retired after this run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Retired {
+    /// The retired top-level profiles.
+    tops: Vec<ProfileName>,
+    /// Each retired profile's whole family (itself and the children the kernel listed under it
+    /// when it was retired), with the kernel's hash of each.
+    family: BTreeMap<ProfileName, String>,
+    /// Retired names of earlier runs that are no longer ours, and why.
+    lost: Vec<(ProfileName, ClaimLost)>,
+}
+
+/// The top-level profiles of ours that the kernel still has but our files no longer define,
+/// each with its whole family: those a previous run loaded (their family taken from the kernel
+/// now: every child listed under them, neutralised stubs included) and those a previous run
+/// retired whose claim still holds (the same policy in the same boot). They stay loaded (see
+/// the module docs). A family is recorded whole so that the ConfigMap may bring the profile
+/// back with its hats and children: those names are ours too.
+fn retire(previous: &Inventory, current: &Inventory, now: KernelNow<'_>) -> Retired {
     let wanted = current.profile_names();
-    previous
-        .profile_names()
-        .into_iter()
-        .chain(previous.retired.iter().cloned())
-        .filter(|n| !n.is_child() && !wanted.contains(n) && loaded.contains_key(n.as_str()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
+    let back = |name: &ProfileName| {
+        let top = name.as_str().split("//").next().unwrap_or_default();
+        wanted.iter().any(|w| w.as_str() == top)
+    };
+    let mut out = Retired::default();
+    for (name, hash) in &previous.retired_sha1 {
+        if back(name) {
+            // Back in the ConfigMap: loaded and verified as a file of ours now, and its
+            // children that the file no longer defines are neutralised.
+            continue;
+        }
+        match previous.retired_claim(name, now) {
+            Ok(()) => {
+                out.family.insert(name.clone(), hash.clone());
+            }
+            Err(why) => out.lost.push((name.clone(), why)),
+        }
+    }
+    // Retired by a version that kept no hashes or boot ids: not provably ours.
+    for name in &previous.retired {
+        if !previous.retired_sha1.contains_key(name) && !back(name) {
+            let why = if now.listed.contains_key(name.as_str()) {
+                ClaimLost::NotOurs
+            } else {
+                ClaimLost::Gone
+            };
+            out.lost.push((name.clone(), why));
+        }
+    }
+    let hash_of = |name: &str| now.hashes.get(name).cloned().unwrap_or_default();
+    for top in previous.profile_names() {
+        if top.is_child()
+            || wanted.contains(&top)
+            || out.family.contains_key(&top)
+            || !now.listed.contains_key(top.as_str())
+        {
+            continue;
+        }
+        let prefix = format!("{top}//");
+        for child in now.listed.keys().filter(|n| n.starts_with(&prefix)) {
+            // A child name this tool could not load cannot be recorded: it stays someone
+            // else's, as it was.
+            if let Ok(name) = ProfileName::try_from(child.as_str()) {
+                out.family.insert(name, hash_of(child));
+            }
+        }
+        out.family.insert(top.clone(), hash_of(top.as_str()));
+    }
+    // A child is ours only with its parent.
+    let tops: BTreeSet<ProfileName> = out
+        .family
+        .keys()
+        .filter(|n| !n.is_child())
+        .cloned()
+        .collect();
+    out.family.retain(|n, _| {
+        let top = n.as_str().split("//").next().unwrap_or_default();
+        tops.iter().any(|t| t.as_str() == top)
+    });
+    out.tops = tops.into_iter().collect();
+    out
 }
 
 /// Every child (hat, child profile, at any depth) the kernel has under a profile our files
@@ -508,35 +636,63 @@ fn stale_children(
 }
 
 /// Replaces each stale child by a deny-everything profile of the same name, in one parser call,
-/// and proves each is then listed in enforce mode. A child already holding the stub a previous
-/// run loaded (the kernel's hash says so) is left alone. Returns the neutralised names with the
-/// kernel's hash of their stub; on failure, also what is known to be done. `hashes` are the
-/// kernel's policy hashes as the load left them.
+/// and proves each by the kernel's own policy hash: each stub is compiled alone to the bytes the
+/// kernel will get, which must hold exactly one profile of exactly the child's name (a name the
+/// stub cannot express is never loaded under another name) and give the hash the kernel must
+/// show; after loading, the kernel must list the child in enforce mode with that hash. A child
+/// whose kernel hash already is its stub's is left alone (computed afresh on every run, never
+/// taken from the record: a record may hold a hash that was never proven). Returns the
+/// neutralised names with the kernel's hash of their stub; on failure, also what is known to be
+/// done. `hashes` are the kernel's policy hashes as the load left them.
 #[allow(clippy::type_complexity)]
 fn neutralise(
     opts: &LoadOptions,
     parser: &Parser,
     stale: &[ProfileName],
-    previous: &Inventory,
     hashes: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<ProfileName, String>, (BTreeMap<ProfileName, String>, LoadError)> {
-    let already = |name: &ProfileName| {
-        previous
-            .neutralised
-            .get(name)
-            .is_some_and(|h| !h.is_empty() && hashes.get(name.as_str()) == Some(h))
-    };
-    let (mut done, todo): (Vec<&ProfileName>, Vec<&ProfileName>) =
-        stale.iter().partition(|n| already(n));
-    let mut result: BTreeMap<ProfileName, String> = done
-        .drain(..)
-        .map(|n| (n.clone(), hashes[n.as_str()].clone()))
-        .collect();
-    if todo.is_empty() {
+    let mut result: BTreeMap<ProfileName, String> = BTreeMap::new();
+    if stale.is_empty() {
         return Ok(result);
     }
     let fail = |result: &BTreeMap<ProfileName, String>, e: LoadError| (result.clone(), e);
-    let outcome = stub_file(&opts.cache_dir, &todo).and_then(|stub| {
+    let all = || stale.iter().map(ToString::to_string).collect::<Vec<_>>();
+
+    // What the kernel must show for each stub, from the very bytes a load sends it.
+    let mut expected: BTreeMap<&ProfileName, String> = BTreeMap::new();
+    let mut unexpressible = Vec::new();
+    for name in stale {
+        match stub_hash(&opts.cache_dir, parser, name) {
+            Ok(Ok(hash)) if hashes.get(name.as_str()) == Some(&hash) => {
+                // Already the stub (an earlier run loaded it).
+                result.insert(name.clone(), hash);
+            }
+            Ok(Ok(hash)) => {
+                expected.insert(name, hash);
+            }
+            Ok(Err(why)) => unexpressible.push((name, format!("{name:?}: {why}"))),
+            Err(e) => return Err(fail(&result, LoadError::NotNeutralised(all(), e))),
+        }
+    }
+    let unexpressible_err = |result: &BTreeMap<ProfileName, String>| {
+        let (names, why): (Vec<String>, Vec<String>) = unexpressible
+            .iter()
+            .map(|(n, why)| (n.to_string(), why.clone()))
+            .unzip();
+        fail(
+            result,
+            LoadError::NotNeutralised(names, NeutraliseFailure::Unexpressible(why)),
+        )
+    };
+    if expected.is_empty() {
+        return if unexpressible.is_empty() {
+            Ok(result)
+        } else {
+            Err(unexpressible_err(&result))
+        };
+    }
+    let stubs: Vec<&ProfileName> = expected.keys().copied().collect();
+    let outcome = stub_file(&opts.cache_dir, &stubs).and_then(|stub| {
         parser
             .replace(&[Stubs(stub.path())], Cache::Skip)
             .map_err(NeutraliseFailure::Parser)
@@ -546,24 +702,72 @@ fn neutralise(
         .loaded_profiles()
         .map_err(|e| fail(&result, e.into()))?;
     let hashes = opts.kernel.policy_hashes();
-    let mut left = Vec::new();
-    for name in todo {
-        match (&outcome, after.get(name.as_str())) {
-            (Ok(()), Some(Mode::Enforce)) => {
-                let hash = hashes.get(name.as_str()).cloned().unwrap_or_default();
-                result.insert(name.clone(), hash);
-            }
-            _ => left.push(name.to_string()),
+    let (mut left, mut unproven) = (Vec::new(), Vec::new());
+    for (name, want) in &expected {
+        let mode = after.get(name.as_str());
+        let have = hashes.get(name.as_str());
+        if outcome.is_ok() && mode == Some(&Mode::Enforce) && have == Some(want) {
+            result.insert((*name).clone(), want.clone());
+            continue;
         }
+        left.push(name.to_string());
+        unproven.push(format!(
+            "{name:?} is {} with policy hash {}, the stub's is {want}",
+            mode.map_or("not listed".to_string(), |m| format!("listed in {m} mode")),
+            have.map_or("none", String::as_str)
+        ));
     }
-    match (left.is_empty(), outcome) {
-        (true, _) => Ok(result),
-        (false, Err(e)) => Err(fail(&result, LoadError::NotNeutralised(left, e))),
-        (false, Ok(())) => Err(fail(
+    if let Err(e) = outcome {
+        return Err(fail(&result, LoadError::NotNeutralised(left, e)));
+    }
+    if !left.is_empty() {
+        let no_hashes = hashes.is_empty();
+        return Err(fail(
             &result,
-            LoadError::NotNeutralised(left, NeutraliseFailure::NotInForce),
-        )),
+            LoadError::NotNeutralised(left, NeutraliseFailure::NotProven(unproven, no_hashes)),
+        ));
     }
+    if !unexpressible.is_empty() {
+        return Err(unexpressible_err(&result));
+    }
+    Ok(result)
+}
+
+/// The hash the kernel will give the stub of `name`, from the bytes the parser compiles it to
+/// (`Ok(Err(why))` when those bytes do not hold exactly one profile of exactly that name: the
+/// stub cannot express it).
+fn stub_hash(
+    dir: &std::path::Path,
+    parser: &Parser,
+    name: &ProfileName,
+) -> Result<Result<String, String>, NeutraliseFailure> {
+    let stub = stub_file(dir, &[name])?;
+    let out = tempfile::Builder::new()
+        .prefix(".apparmor-profile-loader.stub-")
+        .tempfile_in(dir)
+        .map_err(|source| NeutraliseFailure::CreateStub {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    match parser.compile_to(&Stubs(stub.path()), out.path()) {
+        Ok(()) => {}
+        Err(e @ ParserError::Failed { .. }) => {
+            return Ok(Err(format!("the parser refuses its stub: {e}")));
+        }
+        Err(e) => return Err(NeutraliseFailure::Parser(e)),
+    }
+    let blob = std::fs::read(out.path()).map_err(|source| NeutraliseFailure::ReadStub {
+        path: out.path().to_path_buf(),
+        source,
+    })?;
+    let profiles = policy_blob::profile_hashes(&blob).map_err(NeutraliseFailure::Blob)?;
+    Ok(match profiles.as_slice() {
+        [(got, hash)] if got == name.as_str() => Ok(hash.clone()),
+        _ => Err(format!(
+            "the parser reads its stub as {:?}, not as this name",
+            profiles.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        )),
+    })
 }
 
 /// A profile file declaring an empty (deny-everything) profile for each name, in a temporary
@@ -604,9 +808,13 @@ impl ParserInput for Stubs<'_> {
     }
 }
 
-/// A profile name as the parser's grammar accepts it in a `profile` statement.
+/// A profile name in a `profile` statement, quoted. The parser keeps a backslash in a quoted
+/// name as it is (`"a\\b"` is the name `a\\b`, not `a\b`) but reads `\"` as a quote and other
+/// escapes (`\t`, `\101`) as the character they stand for: so only quotes are escaped, and
+/// whether the parser reads back exactly the name is checked on the compiled stub
+/// ([`stub_hash`]), never assumed.
 fn quote_name(name: &str) -> String {
-    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+    format!("\"{}\"", name.replace('"', "\\\""))
 }
 
 /// Our record of what is loaded: file → hash, names and modes.
@@ -651,17 +859,107 @@ mod tests {
             .collect()
     }
 
+    fn hashes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .collect()
+    }
+
     #[test]
     fn retired_are_our_top_level_profiles_still_loaded_that_left_the_configmap() {
         let kernel = loaded(&["p", "p//kid", "old", "old//hat", "was-retired", "hostprof"]);
+        let sums = hashes(&[
+            ("old", "h-old"),
+            ("old//hat", "h-hat"),
+            ("was-retired", "h-w"),
+        ]);
+        let now = KernelNow {
+            listed: &kernel,
+            hashes: &sums,
+            boot_id: "boot-1",
+        };
         let mut previous = inv(&[("p", &["p", "p//kid"]), ("o", &["old", "old//hat"])]);
         previous.retired = ["was-retired", "rebooted-away"].map(name).into();
+        previous.retired_sha1 = [("was-retired", "h-w"), ("rebooted-away", "h-r")]
+            .iter()
+            .map(|(n, h)| (name(n), h.to_string()))
+            .collect();
+        previous.boot_id = "boot-1".into();
         let current = inv(&[("p", &["p"])]);
-        // Not the child (neutralised instead), not someone else's, not what the kernel lost.
-        assert_eq!(retire(&kernel, &previous, &current), ["old", "was-retired"]);
+        // Not the child (neutralised instead), not someone else's, not what the kernel lost;
+        // each with its whole family and the kernel's hashes.
+        let r = retire(&previous, &current, now);
+        assert_eq!(r.tops, ["old", "was-retired"]);
+        assert_eq!(
+            r.family,
+            [
+                ("old", "h-old"),
+                ("old//hat", "h-hat"),
+                ("was-retired", "h-w")
+            ]
+            .iter()
+            .map(|(n, h)| (name(n), h.to_string()))
+            .collect::<BTreeMap<_, _>>()
+        );
+        assert_eq!(r.lost, [(name("rebooted-away"), ClaimLost::Gone)]);
         // A retired name back in the ConfigMap is wanted again.
         let current = inv(&[("p", &["p"]), ("w", &["was-retired"])]);
-        assert_eq!(retire(&kernel, &previous, &current), ["old"]);
+        assert_eq!(retire(&previous, &current, now).tops, ["old"]);
+    }
+
+    /// After a reboot (another boot id) or with another policy under the name (another hash),
+    /// a retired name is not ours any more, even though the kernel lists it.
+    #[test]
+    fn a_retired_claim_holds_only_for_the_same_policy_in_the_same_boot() {
+        let kernel = loaded(&["gone", "gone//hat"]);
+        let mut previous = inv(&[]);
+        previous.retired = [name("gone")].into();
+        previous.retired_sha1 = [("gone", "h1"), ("gone//hat", "h2")]
+            .iter()
+            .map(|(n, h)| (name(n), h.to_string()))
+            .collect();
+        previous.boot_id = "boot-1".into();
+        let current = inv(&[]);
+        let same = hashes(&[("gone", "h1"), ("gone//hat", "h2")]);
+        let check = |sums: &BTreeMap<String, String>, boot: &str| {
+            let now = KernelNow {
+                listed: &kernel,
+                hashes: sums,
+                boot_id: boot,
+            };
+            (
+                retire(&previous, &current, now),
+                previous.claimed_names(now),
+            )
+        };
+        let (kept, claimed) = check(&same, "boot-1");
+        assert_eq!(kept.tops, ["gone"]);
+        assert!(kept.lost.is_empty());
+        assert!(claimed.contains("gone//hat"));
+        for (sums, boot) in [
+            (&same, "boot-2"),
+            (&same, ""),
+            (&hashes(&[("gone", "admin"), ("gone//hat", "h2")]), "boot-1"),
+            (&hashes(&[]), "boot-1"),
+        ] {
+            let (r, claimed) = check(sums, boot);
+            assert!(r.tops.is_empty(), "{boot:?} {sums:?}: {r:?}");
+            assert!(!claimed.contains("gone"), "{boot:?} {sums:?}");
+            assert!(r.lost.contains(&(name("gone"), ClaimLost::NotOurs)));
+        }
+        // A record of a version that kept no hashes or boot ids proves nothing.
+        let mut old = previous.clone();
+        old.retired_sha1.clear();
+        old.boot_id.clear();
+        let now = KernelNow {
+            listed: &kernel,
+            hashes: &same,
+            boot_id: "boot-1",
+        };
+        let r = retire(&old, &current, now);
+        assert!(r.tops.is_empty());
+        assert_eq!(r.lost, [(name("gone"), ClaimLost::NotOurs)]);
     }
 
     #[test]
@@ -728,5 +1026,7 @@ mod tests {
     fn names_are_quoted_for_the_stub() {
         assert_eq!(quote_name("a b"), "\"a b\"");
         assert_eq!(quote_name("x\"y"), "\"x\\\"y\"");
+        // The parser keeps a backslash in a quoted name: it is not doubled.
+        assert_eq!(quote_name("p//a\\b"), "\"p//a\\b\"");
     }
 }

@@ -160,6 +160,99 @@ fn a_retired_profile_can_come_back() {
     assert!(retired(&node).is_empty());
 }
 
+/// A retired profile is recorded with its whole family (its hats and children, neutralised
+/// stubs included), so a rollback brings it back with them, without `--adopt-loaded`.
+#[test]
+fn a_retired_profile_with_a_hat_and_a_neutralised_child_comes_back_with_them() {
+    let with_both = "abi <abi/3.0>,\nprofile beta {\n  /tmp/** r,\n  ^hat {\n    /tmp/** r,\n  }\n  \
+                     profile kid {\n    /tmp/** r,\n  }\n}\n";
+    let with_hat =
+        "abi <abi/3.0>,\nprofile beta {\n  /tmp/** r,\n  ^hat {\n    /tmp/** r,\n  }\n}\n";
+    let Some(mut node) = Node::with(&[("alpha", &profile("alpha")), ("beta", with_both)]) else {
+        return;
+    };
+    node.kernel.keep_hashes();
+    node.copy().success();
+    node.load().success();
+    node.volume
+        .update(&[("alpha", &profile("alpha")), ("beta", with_hat)]);
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("retired 0, neutralised 1"));
+    node.volume.update(&[("alpha", &profile("alpha"))]);
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("retired 1, neutralised 0"));
+    assert_eq!(retired(&node), ["beta"]);
+    // The rollback.
+    node.volume
+        .update(&[("alpha", &profile("alpha")), ("beta", with_both)]);
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("retired 0, neutralised 0"));
+    let profiles = node.kernel.profiles();
+    for name in ["beta", "beta//hat", "beta//kid"] {
+        assert!(
+            profiles.contains(&format!("{name} (enforce)")),
+            "{profiles}"
+        );
+    }
+    assert!(retired(&node).is_empty());
+}
+
+/// A retired name is ours only while the kernel holds exactly what we retired, in the same boot:
+/// after a reboot, an administrator's own profile of that name is someone else's. `load` drops
+/// the claim (and says so), and a ConfigMap that brings the name back does not replace it.
+#[test]
+fn after_a_reboot_an_administrators_profile_of_a_retired_name_is_not_ours() {
+    let Some(mut node) = Node::with(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))])
+    else {
+        return;
+    };
+    node.kernel.keep_hashes();
+    node.copy().success();
+    node.load().success();
+    let ours = node
+        .kernel
+        .policy_sha1("beta")
+        .expect("the kernel hashes beta");
+    node.volume.update(&[("alpha", &profile("alpha"))]);
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains("retired 1, neutralised 0"));
+    assert_eq!(retired(&node), ["beta"]);
+    // The node reboots; its boot loads alpha; an administrator loads a profile named beta.
+    node.kernel.reboot(&["alpha (enforce)"]);
+    node.kernel
+        .load_by_hand_hashed("beta", "0123456789abcdef0123456789abcdef01234567");
+    node.copy().success();
+    node.load()
+        .success()
+        .stderr(predicate::str::contains(
+            "\"beta\" was retired, but the kernel's \"beta\" is not provably the policy we retired",
+        ))
+        .stderr(predicate::str::contains("retired 0, neutralised 0"));
+    assert!(retired(&node).is_empty());
+    // The ConfigMap brings beta back: the administrator's profile is not replaced.
+    node.volume
+        .update(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))]);
+    node.copy()
+        .code(INVALID)
+        .stderr(predicate::str::contains("\"beta\""))
+        .stderr(predicate::str::contains("--adopt-loaded"));
+    // copy wrote nothing, so load has nothing of beta to load.
+    node.load().success();
+    assert_eq!(
+        node.kernel.policy_sha1("beta").as_deref(),
+        Some("0123456789abcdef0123456789abcdef01234567"),
+        "ours was {ours}"
+    );
+}
+
 /// The top-level names `load`'s record keeps as retired.
 fn retired(node: &Node) -> Vec<String> {
     let record: serde_json::Value =

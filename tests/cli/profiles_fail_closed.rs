@@ -152,6 +152,7 @@ fn hats_and_children_that_leave_the_configmap_are_neutralised_never_unloaded() {
     let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
         return;
     };
+    node.kernel.keep_hashes();
     node.kernel.load_by_hand("other//x (enforce)");
     node.copy().success();
     node.load().success();
@@ -187,6 +188,51 @@ fn hats_and_children_that_leave_the_configmap_are_neutralised_never_unloaded() {
         profiles.contains("other//x (enforce)"),
         "not ours: {profiles}"
     );
+    // Proven by the kernel's hash: the record keeps the hash the kernel shows for each stub.
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.cache.path().join("loaded.json")).unwrap())
+            .unwrap();
+    for kid in ["p//kid", "p//wide"] {
+        let have = node
+            .kernel
+            .policy_sha1(kid)
+            .expect("the kernel hashes the stub");
+        assert_eq!(record["neutralised"][kid], have.as_str(), "{record}");
+    }
+}
+
+/// A child the stub cannot name (the parser reads `"p//x\t"` as a tab, not a backslash and a
+/// `t`) is never stubbed under another name: exit 5 naming it, nothing loaded, and a re-run
+/// adds nothing either.
+#[test]
+fn a_child_the_stub_cannot_name_is_exit_5_and_nothing_is_loaded_under_another_name() {
+    let Some(node) = Node::with(&[("p", PARENT_ALONE)]) else {
+        return;
+    };
+    node.kernel.keep_hashes();
+    node.copy().success();
+    node.load().success();
+    // Someone put a child under our profile whose name no stub can express.
+    node.kernel.load_by_hand("p//x\\t (enforce)");
+    let before = node.kernel.profiles();
+    for _ in 0..2 {
+        node.kernel.clear_parser_calls();
+        node.load_cmd()
+            .assert()
+            .code(NOT_LOADED as i32)
+            .stderr(predicate::str::contains("p//x\\\\t"))
+            .stderr(predicate::str::contains(
+                "no deny-everything stub can be written",
+            ));
+        assert_eq!(node.kernel.profiles(), before);
+        let calls = node.kernel.parser_calls();
+        assert!(
+            !calls
+                .lines()
+                .any(|l| l.contains("--replace") && l.contains(".stub-")),
+            "{calls}"
+        );
+    }
 }
 
 #[test]
@@ -194,6 +240,7 @@ fn a_child_that_cannot_be_neutralised_fails_with_exit_5() {
     let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
         return;
     };
+    node.kernel.keep_hashes();
     node.copy().success();
     node.load().success();
     // The fake parser refuses the stubs: the kernel keeps the children with their old rules.

@@ -185,6 +185,14 @@ for a in "$@"; do
   esac
 done
 if [ "$mode" = check ]; then exec "$real" "$@"; fi
+# The parser's options that say what to compile for (kept, with their values), for the kernel's hashes.
+cargs="" keep=""
+for a in "$@"; do
+  if [ -n "$keep" ]; then cargs="$cargs $a"; keep=""; continue; fi
+  case "$a" in
+    --base|--Include|--policy-features|--kernel-features) cargs="$cargs $a"; keep=1 ;;
+  esac
+done
 skip=""
 [ -f {skipfile} ] && skip=$(cat {skipfile})
 tab=$(printf '\t')
@@ -206,6 +214,11 @@ for f in "$@"; do
       if [ "${{asked:-enforce}}" = enforce ]; then echo "$name (enforce)"; else echo "$name ($asked)"; fi >> "$profiles"
     fi
   done
+  # The kernel's policy hashes (`keep_hashes`): what it computes from the bytes the parser sends.
+  if [ "$mode" = replace ] && [ -f {hashflag} ]; then
+    "$real" $cargs --skip-cache --ofile {dir}/blob "$f" 2>/dev/null
+    python3 {dir}/kernel_hash.py {dir}/blob {policy} "$skip"
+  fi
 done
 exit 0
 "#,
@@ -213,6 +226,12 @@ exit 0
             profiles = dir.path().join("security/apparmor/profiles").display(),
             log = dir.path().join("calls.log").display(),
             skipfile = dir.path().join("skip").display(),
+            hashflag = dir.path().join("hashes").display(),
+            dir = dir.path().display(),
+            policy = dir
+                .path()
+                .join("security/apparmor/policy/profiles")
+                .display(),
         );
         let fake = dir.path().join("fake_parser");
         write_executable(&fake, &script);
@@ -231,6 +250,44 @@ exit 0
     pub fn profiles(&self) -> String {
         fs::read_to_string(self.securityfs().join("apparmor/profiles")).unwrap()
     }
+    /// Makes the fake kernel keep policy hashes, as a real one does by default
+    /// (`apparmor.hash_policy=1`): securityfs `apparmor/policy/profiles/*/{name,sha1}`, each
+    /// profile's SHA-1 computed the way the kernel computes it from what the parser sends
+    /// (`aa_unpack()`: the header's version word, then the profile's bytes), by a model of
+    /// the kernel's reader written apart from the loader's.
+    pub fn keep_hashes(&self) {
+        fs::write(self.dir.path().join("hashes"), "").unwrap();
+        fs::write(self.dir.path().join("kernel_hash.py"), KERNEL_HASH_PY).unwrap();
+    }
+    /// The kernel's hash of a loaded profile's policy (a top-level one), if it keeps one.
+    pub fn policy_sha1(&self, name: &str) -> Option<String> {
+        let mut dir = self.securityfs().join("apparmor/policy/profiles");
+        for part in name.split("//") {
+            dir = fs::read_dir(&dir)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|d| {
+                    fs::read_to_string(d.join("name"))
+                        .is_ok_and(|n| n.trim_end_matches('\n') == part)
+                })?
+                .join("profiles");
+        }
+        let sha1 = fs::read_to_string(dir.parent()?.join("sha1")).ok()?;
+        Some(sha1.trim().to_string())
+    }
+    /// Loads a top-level profile "by hand" with the kernel's hash of its policy (see
+    /// `keep_hashes`).
+    pub fn load_by_hand_hashed(&self, name: &str, sha1: &str) {
+        self.load_by_hand(&format!("{name} (enforce)"));
+        let d = self
+            .securityfs()
+            .join("apparmor/policy/profiles")
+            .join(format!("{name}.by-hand"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("name"), format!("{name}\n")).unwrap();
+        fs::write(d.join("sha1"), format!("{sha1}\n")).unwrap();
+    }
     /// Loads a profile "by hand", as an administrator would, outside this tool.
     pub fn load_by_hand(&self, line: &str) {
         let mut p = self.profiles();
@@ -242,6 +299,7 @@ exit 0
     /// (its top-level files, as `apparmor.service` does).
     pub fn reboot(&self, lines: &[&str]) {
         fs::write(self.securityfs().join("apparmor/profiles"), "").unwrap();
+        let _ = fs::remove_dir_all(self.securityfs().join("apparmor/policy"));
         for line in lines {
             self.load_by_hand(line);
         }
@@ -298,6 +356,56 @@ exit 0
         cmd
     }
 }
+
+/// The fake kernel's model of how the kernel hashes each profile it unpacks
+/// (`security/apparmor/policy_unpack.c`, `aa_unpack()` → `aa_calc_profile_hash()`): SHA-1 of the
+/// header's `version` word (little-endian) and the profile's bytes, from its named `profile`
+/// struct to the end of that struct. Writes each hash where the kernel shows it: under the policy
+/// root, a directory per profile with its `name` (its own name only) and `sha1`, a child's below
+/// its parent's `profiles/`.
+const KERNEL_HASH_PY: &str = r#"import hashlib, os, struct, sys
+b = open(sys.argv[1], "rb").read()
+root, skip = sys.argv[2], sys.argv[3].encode()
+pos = 0
+def element():
+    global pos
+    name = None
+    code = b[pos]; pos += 1
+    if code == 4:
+        n = struct.unpack_from("<H", b, pos)[0]; pos += 2
+        name = b[pos:pos + n].rstrip(b"\0"); pos += n
+        code = b[pos]; pos += 1
+    size = {0: 1, 1: 2, 2: 4, 3: 8, 11: 2}.get(code)
+    if code == 5:
+        size = struct.unpack_from("<H", b, pos)[0]; pos += 2
+    elif code == 6:
+        size = struct.unpack_from("<I", b, pos)[0]; pos += 4
+    payload = b[pos:pos + (size or 0)]; pos += size or 0
+    return code, name, payload
+version = None
+while pos < len(b):
+    start = pos
+    code, name, payload = element()
+    if code == 2 and name == b"version":
+        version = payload
+    elif code == 7 and name == b"profile":
+        profile = element()[2].rstrip(b"\0")
+        depth = 1
+        while depth:
+            c = element()[0]
+            depth += (c == 7) - (c == 8)
+        sha = hashlib.sha1(version + b[start:pos]).hexdigest()
+        if profile == skip:
+            continue
+        d = root.encode()
+        for part in profile.split(b"//"):
+            d = os.path.join(d, hashlib.sha1(part).hexdigest()[:16].encode())
+            os.makedirs(d, exist_ok=True)
+            if not os.path.exists(os.path.join(d, b"name")):
+                open(os.path.join(d, b"name"), "wb").write(part + b"\n")
+            d = os.path.join(d, b"profiles")
+        open(os.path.join(os.path.dirname(d), b"sha1"), "w").write(sha + "\n")
+"#;
 
 /// A node for `copy` and `load`: fake kernel (with a feature file, so the parser's cache works
 /// without AppArmor on this machine), host profile directory, cache directory, ConfigMap volume.

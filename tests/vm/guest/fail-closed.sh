@@ -276,16 +276,122 @@ scenario_F6() {
     check F6 "the removed profile is gone after the reboot" sh -c "! grep -q '^aapl-fc-a (' $PROFILES"
     check F6 "the old name of the renamed one too" sh -c "! grep -q '^aapl-fc-old (' $PROFILES"
     check F6 "the neutralised children too" sh -c "! grep -q '^aapl-fc-p//' $PROFILES"
+    # After the reboot an administrator loads a profile of a retired name, from the very text we retired (so
+    # the same policy hash): only the boot id tells it is not what we retired.
+    run F6 admin "$PARSER" --replace --base "$DEST" /aapl/src/f5a/fc-a
+    check F6 "the administrator's aapl-fc-a is loaded (exit $RC)" grep -qxF 'aapl-fc-a (enforce)' "$PROFILES"
+    admin_sha1=$(sha1_of aapl-fc-a)
+    info F6 "the administrator's aapl-fc-a hashes $admin_sha1; the record: $(grep -A1 '"aapl-fc-a"' "$CACHE/loaded.json" | tr -d ' \n')"
+    check F6 "its policy hash is the one we retired ($admin_sha1): only the boot id tells them apart" \
+        grep -q "\"aapl-fc-a\": \"$admin_sha1\"" "$CACHE/loaded.json"
     cm_set /aapl/src/f5b
     run F6 copy $COPY
     check F6 "copy exits 0 (got $RC)" [ "$RC" -eq 0 ]
     run F6 load $LOAD_RO
     check F6 "load exits 0 (got $RC)" [ "$RC" -eq 0 ]
     check F6 "load says the retired names left the record" grep -q 'dropped from the record' "/tmp/err.F6.load"
+    check F6 "load says the administrator's aapl-fc-a is not ours" grep -q 'aapl-fc-a.*not provably the policy we' "/tmp/err.F6.load"
     check F6 "load complete: retired 0, neutralised 0" grep -q 'retired 0, neutralised 0' "/tmp/err.F6.load"
     check F6 "the record no longer lists them" \
         sh -c "! grep -q -e aapl-fc-old -e '\"aapl-fc-a\"' -e 'aapl-fc-p//' $CACHE/loaded.json"
+    # A ConfigMap that brings the name back does not replace the administrator's profile.
+    cm_set /aapl/src/f5a
+    run F6 copy-back $COPY
+    check F6 "copy refuses to claim the administrator's aapl-fc-a: exit 3 (got $RC)" [ "$RC" -eq 3 ]
+    check F6 "copy names it and the way to adopt it" grep -q 'aapl-fc-a.*--adopt-loaded' "/tmp/err.F6.copy-back"
+    check F6 "the kernel keeps the administrator's aapl-fc-a" grep -qxF 'aapl-fc-a (enforce)' "$PROFILES"
     echo "AAPL-DONE F6"
+}
+
+# policy_sha1 NAME: the kernel's hash of the policy of NAME, a profile or a child at any depth, found by its
+# `name` files (securityfs mangles the directory names; a child's `name` holds its own name only, below its
+# parent's `profiles/`)
+policy_sha1() {
+    find "$SFS/apparmor/policy/profiles" -name name | while IFS= read -r f; do
+        d=${f%/name}
+        full=$(cat "$f")
+        up=${d%/profiles/*}
+        while [ -f "$up/name" ]; do
+            full="$(cat "$up/name")//$full"
+            up=${up%/profiles/*}
+        done
+        if [ "$full" = "$1" ]; then cat "$d/sha1"; break; fi
+    done
+}
+
+# F9: a hat whose name holds a backslash (`a\b`) and a child named `k\\d` leave the ConfigMap: each is replaced
+# by its stub under exactly its own name, proven by the kernel's policy hash; nothing is loaded under another
+# name, change_hat into the old hat is refused, and a re-run adds nothing.
+scenario_F9() {
+    echo "AAPL-BEGIN F9"
+    cm_set /aapl/src/f9a
+    run F9 copy-1 $COPY
+    check F9 "copy with the odd names exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    run F9 load-1 $LOAD_RO
+    check F9 "load with the odd names exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    check F9 "the kernel lists the hat a\\b" grep -qxF 'aapl-fc-b//a\b (enforce)' "$PROFILES"
+    check F9 "the kernel lists the child k\\\\d" grep -qxF 'aapl-fc-b//k\\d (enforce)' "$PROFILES"
+    hat_before=$(policy_sha1 'aapl-fc-b//a\b')
+    kid_before=$(policy_sha1 'aapl-fc-b//k\\d')
+    run F9 enter-before as-profile aapl-fc-b sh -c 'printf "changehat 4244^%s" "a\b" >/proc/self/attr/current; echo "changehat: $?" >&2'
+    check F9 "control: change_hat into the hat a\\b works before" grep -q 'changehat: 0' /tmp/err.F9.enter-before
+    cm_set /aapl/src/f9b
+    run F9 copy-2 $COPY
+    check F9 "copy without them exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    run F9 load-2 $LOAD_RO
+    check F9 "load without them exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    check F9 "load says it neutralised 2" grep -q 'neutralised 2' /tmp/err.F9.load-2
+    hat_after=$(policy_sha1 'aapl-fc-b//a\b')
+    kid_after=$(policy_sha1 'aapl-fc-b//k\\d')
+    info F9 "hat a\\b: $hat_before -> $hat_after; child k\\\\d: $kid_before -> $kid_after"
+    check F9 "the hat's policy is not its old one any more" [ -n "$hat_after" -a "$hat_after" != "$hat_before" ]
+    check F9 "the child's policy is not its old one any more" [ -n "$kid_after" -a "$kid_after" != "$kid_before" ]
+    check F9 "the record keeps the kernel's hash of each stub" \
+        sh -c "grep -q '$hat_after' $CACHE/loaded.json && grep -q '$kid_after' $CACHE/loaded.json"
+    check F9 "nothing was loaded under another name (2 children, as before)" \
+        [ "$(grep -c '^aapl-fc-b//' "$PROFILES")" -eq 2 ]
+    run F9 enter-after as-profile aapl-fc-b sh -c 'printf "changehat 4245^%s" "a\b" >/proc/self/attr/current; echo "changehat: $?" >&2'
+    check F9 "change_hat into the neutralised hat is refused" grep -q 'changehat: 1' /tmp/err.F9.enter-after
+    run F9 load-3 $LOAD_RO
+    check F9 "a re-run exits 0 and reports them again (got $RC)" \
+        sh -c "[ $RC -eq 0 ] && grep -q 'neutralised 2' /tmp/err.F9.load-3"
+    check F9 "a re-run adds no child" [ "$(grep -c '^aapl-fc-b//' "$PROFILES")" -eq 2 ]
+    check F9 "a re-run leaves the stubs as they were" [ "$(policy_sha1 'aapl-fc-b//a\b')" = "$hat_after" ]
+    info F9 "kernel: $(grep aapl-fc-b "$PROFILES" | tr '\n' ' ')"
+    echo "AAPL-DONE F9"
+}
+
+# F10: a profile with a hat and a child profile (neutralised earlier) leaves the ConfigMap and is retired with its
+# whole family; a rollback brings it back, hat and child included, on the same node without --adopt-loaded.
+scenario_F10() {
+    echo "AAPL-BEGIN F10"
+    cm_set /aapl/src/f10a
+    run F10 copy-1 $COPY
+    check F10 "copy with hat and child exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    run F10 load-1 $LOAD_RO
+    check F10 "load exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    cm_set /aapl/src/f10b
+    run F10 copy-2 $COPY
+    run F10 load-2 $LOAD_RO
+    check F10 "without its child: load exits 0 and neutralises it (got $RC)" \
+        sh -c "[ $RC -eq 0 ] && grep -q 'neutralised .*aapl-fc-r//kid' /tmp/err.F10.load-2"
+    cm_set /aapl/src/f10c
+    run F10 copy-3 $COPY
+    run F10 load-3 $LOAD_RO
+    check F10 "without the profile: load exits 0 and retires it (got $RC)" \
+        sh -c "[ $RC -eq 0 ] && grep -q 'retired .*aapl-fc-r' /tmp/err.F10.load-3"
+    check F10 "the retired family stays in the kernel" \
+        sh -c "grep -q '^aapl-fc-r (' $PROFILES && grep -q '^aapl-fc-r//h (' $PROFILES && grep -q '^aapl-fc-r//kid (' $PROFILES"
+    cm_set /aapl/src/f10a
+    run F10 copy-4 $COPY
+    check F10 "the rollback's copy exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    run F10 load-4 $LOAD_RO
+    check F10 "the rollback's load exits 0 (got $RC)" [ "$RC" -eq 0 ]
+    check F10 "the profile, its hat and its child are loaded again" \
+        sh -c "grep -qxF 'aapl-fc-r (enforce)' $PROFILES && grep -qxF 'aapl-fc-r//h (enforce)' $PROFILES && grep -qxF 'aapl-fc-r//kid (enforce)' $PROFILES"
+    run F10 enter-hat as-profile aapl-fc-r sh -c 'printf "changehat 4246^h" >/proc/self/attr/current; echo "changehat: $?" >&2'
+    check F10 "the hat is a hat again" grep -q 'changehat: 0' /tmp/err.F10.enter-hat
+    echo "AAPL-DONE F10"
 }
 
 suite_failclosed() {
@@ -296,6 +402,8 @@ suite_failclosed() {
     scenario_F7
     scenario_F8
     scenario_F4
+    scenario_F9
+    scenario_F10
 }
 
 suite_failclosed_reboot() {
