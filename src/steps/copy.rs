@@ -173,7 +173,10 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
         .prefix("apparmor-profile-loader-")
         .tempdir_in(&opts.scratch_dir)
         .map_err(|source| io("create a snapshot directory in", &opts.scratch_dir, source))?;
-    let inputs = write_snapshot(snapshot.path(), &source.profiles, &known, mtime)?;
+    // Files the record vouches for are not compiled again, so not written, unless the AppArmor 3
+    // check below must see every file.
+    let every_file = needs_every_file_checked(opts, &known);
+    let inputs = write_snapshot(snapshot.path(), &source.profiles, &known, every_file, mtime)?;
     // Every early return from here on drops the staging, which discards what was compiled.
     let staging = match &cache {
         Some(c) => Some(c.staging().map_err(|source| io("create", &c.dir, source))?),
@@ -265,6 +268,8 @@ fn write_destination(
         && report.removed.is_empty()
         && owned.files == wanted.files
         && owned.toolchain == wanted.toolchain
+        && owned.checked_with_apparmor3 == wanted.checked_with_apparmor3
+        && owned.node_os == wanted.node_os
     {
         return Ok(report);
     }
@@ -305,13 +310,14 @@ fn write_snapshot(
     dir: &Path,
     files: &[ProfileFile],
     known: &Inventory,
+    every_file: bool,
     mtime: SystemTime,
 ) -> Result<Vec<ProfileInput>, CopyError> {
     files
         .iter()
         .map(|file| {
             let input = file.input(dir.join(&file.key));
-            if known.describes(&input.key, &input.sha256).is_none() {
+            if every_file || known.describes(&input.key, &input.sha256).is_none() {
                 let written = fs::File::create(&input.path).and_then(|mut f| {
                     std::io::Write::write_all(&mut f, file.content.as_bytes())?;
                     f.set_modified(mtime)
@@ -343,16 +349,22 @@ fn check_reboot_parity(
             path: v3.binary.clone(),
         });
     }
-    let to_check = if owned.checked_with_apparmor3 {
-        ownership::unproven(owned, inputs)
-    } else {
+    let to_check = if needs_every_file_checked(opts, owned) {
         inputs.iter().collect()
+    } else {
+        ownership::unproven(owned, inputs)
     };
     v3.compile(&to_check, Cache::Skip)
         .map_err(|source| CopyError::NodeParser {
             os: os.clone(),
             source,
         })
+}
+
+/// Whether the AppArmor 3 check must compile every file, not only new or changed ones: the node
+/// boots with AppArmor 3 and the record does not say its files were checked so.
+fn needs_every_file_checked(opts: &CopyOptions, owned: &Inventory) -> bool {
+    matches!(opts.node_parser, NodeParser::V3 { .. }) && !owned.checked_with_apparmor3
 }
 
 /// Refuses to claim a profile name the kernel already has from someone else.

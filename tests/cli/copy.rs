@@ -353,3 +353,45 @@ fn a_set_whose_node_annotation_would_not_fit_is_refused_and_nothing_is_written()
         }
     }
 }
+
+/// A node first taken for AppArmor 4, then found to be AppArmor 3 (its os-release changed, or an
+/// older loader read it as 4): the files its record already vouches for are checked with the
+/// AppArmor 3 parser too, once, and the record says so from then on.
+#[test]
+fn files_recorded_on_apparmor_4_are_checked_once_the_node_is_apparmor_3() {
+    let Some(parser) = real_parser() else { return };
+    let volume = Volume::new(&[("alpha", &profile("alpha")), ("beta", &profile("beta"))]);
+    let dest = tempfile::tempdir().unwrap();
+    let record = || -> serde_json::Value {
+        serde_json::from_slice(
+            &fs::read(dest.path().join(".apparmor-profile-loader.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    copy(&parser, volume.path(), dest.path()).assert().success();
+    assert_eq!(record()["checked_with_apparmor3"], serde_json::Value::Null);
+    // The same ConfigMap on a node now declared AppArmor 3: every file is in the snapshot the
+    // AppArmor 3 parser compiles (none is "not found"), and they all compile.
+    let as_3 = || {
+        let mut cmd = copy(&parser, volume.path(), dest.path());
+        cmd.env("APPARMOR_LOADER_NODE_APPARMOR", "3")
+            .arg("--v3-parser")
+            .arg(&parser)
+            .arg("--v3-base")
+            .arg("/etc/apparmor.d");
+        cmd
+    };
+    as_3().assert().success();
+    assert_eq!(record()["checked_with_apparmor3"], true);
+    assert!(
+        record()["node_os"]
+            .as_str()
+            .is_some_and(|os| os.contains("declared AppArmor 3")),
+        "{}",
+        record()
+    );
+    // Checked once: a re-run changes nothing.
+    let before = snapshot(dest.path());
+    as_3().assert().success();
+    assert_eq!(snapshot(dest.path()), before);
+}

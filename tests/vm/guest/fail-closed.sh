@@ -257,6 +257,8 @@ scenario_F8() {
     printf "NAME='Ubuntu'\nID='ubuntu'\nVERSION_ID='22.04'\n" >/host/usr/lib/os-release
     run F8 copy-again-as-3 $COPY
     check F8 "a file recorded on AppArmor 4 is checked when the node is AppArmor 3: exit 3 (got $RC)" [ "$RC" -eq 3 ]
+    check F8 "it is refused for what the AppArmor 3 parser says of it, not for a file it could not find" \
+        sh -c "grep -q 'AppArmor 3' /tmp/err.F8.copy-again-as-3 && ! grep -q 'not found' /tmp/err.F8.copy-again-as-3"
     cp /tmp/os-release.saved /host/usr/lib/os-release
     echo "AAPL-DONE F8"
 }
