@@ -16,7 +16,9 @@ pub fn json_patch<P: serde::Serialize>(ops: Value) -> Patch<P> {
 }
 
 /// YAML files of manifests/ (recursively), kustomize's own files (`kustomization.yaml`, the
-/// transformer configuration `kustomizeconfig.yaml`) excluded.
+/// transformer configuration `kustomizeconfig.yaml`) and `examples/` (objects of other projects'
+/// CRDs, which this server does not serve; `tests/deploy/test_gate_examples.py` validates them
+/// against those CRDs) excluded.
 pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -27,7 +29,9 @@ pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
     for p in entries {
         let name = p.file_name().unwrap().to_string_lossy().to_string();
         if p.is_dir() {
-            out.extend(manifest_files(&p));
+            if name != "examples" {
+                out.extend(manifest_files(&p));
+            }
         } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
             && !name.starts_with("kustomization.")
             && !name.starts_with("kustomizeconfig.")
