@@ -350,9 +350,7 @@ impl Desired {
         }
         ops
     }
-}
 
-impl Desired {
     /// The labels an earlier `untaint` wrote under the prefix: those of the profiles its
     /// annotation lists. None when the annotation is missing or not ours to read.
     fn labelled_before(&self, annotations: &BTreeMap<String, String>) -> BTreeSet<String> {

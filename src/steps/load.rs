@@ -635,6 +635,9 @@ fn stale_children(
     (stale, refused)
 }
 
+/// Neutralised children, each with the kernel's hash of its stub.
+type Neutralised = BTreeMap<ProfileName, String>;
+
 /// Replaces each stale child by a deny-everything profile of the same name, in one parser call,
 /// and proves each by the kernel's own policy hash: each stub is compiled alone to the bytes the
 /// kernel will get, which must hold exactly one profile of exactly the child's name (a name the
@@ -644,18 +647,17 @@ fn stale_children(
 /// taken from the record: a record may hold a hash that was never proven). Returns the
 /// neutralised names with the kernel's hash of their stub; on failure, also what is known to be
 /// done. `hashes` are the kernel's policy hashes as the load left them.
-#[allow(clippy::type_complexity)]
 fn neutralise(
     opts: &LoadOptions,
     parser: &Parser,
     stale: &[ProfileName],
     hashes: &BTreeMap<String, String>,
-) -> Result<BTreeMap<ProfileName, String>, (BTreeMap<ProfileName, String>, LoadError)> {
-    let mut result: BTreeMap<ProfileName, String> = BTreeMap::new();
+) -> Result<Neutralised, (Neutralised, LoadError)> {
+    let mut result: Neutralised = BTreeMap::new();
     if stale.is_empty() {
         return Ok(result);
     }
-    let fail = |result: &BTreeMap<ProfileName, String>, e: LoadError| (result.clone(), e);
+    let fail = |result: &Neutralised, e: LoadError| (result.clone(), e);
     let all = || stale.iter().map(ToString::to_string).collect::<Vec<_>>();
 
     // What the kernel must show for each stub, from the very bytes a load sends it.
@@ -674,7 +676,7 @@ fn neutralise(
             Err(e) => return Err(fail(&result, LoadError::NotNeutralised(all(), e))),
         }
     }
-    let unexpressible_err = |result: &BTreeMap<ProfileName, String>| {
+    let unexpressible_err = |result: &Neutralised| {
         let (names, why): (Vec<String>, Vec<String>) = unexpressible
             .iter()
             .map(|(n, why)| (n.to_string(), why.clone()))
