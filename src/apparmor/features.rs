@@ -310,19 +310,17 @@ fn not_regular(pin: &Path) -> Option<(PathBuf, &'static str, &'static str)> {
             Err(_) => return Some((pin.to_path_buf(), "unreadable", "fail to read it")),
         };
         let kind = entry.file_type();
-        let what = if kind.is_file() || kind.is_dir() {
+        if kind.is_file() || kind.is_dir() {
             continue;
-        } else if kind.is_fifo() {
-            ("a FIFO", "block on it until --parser-timeout, on every run")
+        }
+        let consequence = if kind.is_fifo() {
+            "block on it until --parser-timeout, on every run"
         } else if kind.is_symlink() {
-            ("a symbolic link", "follow it out of the feature set")
+            "follow it out of the feature set"
         } else {
-            (
-                "a device or socket",
-                "read something that is not a feature set",
-            )
+            "read something that is not a feature set"
         };
-        return Some((entry.into_path(), what.0, what.1));
+        return Some((entry.into_path(), host_file::what_it_is(kind), consequence));
     }
     None
 }

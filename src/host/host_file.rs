@@ -40,23 +40,31 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
         })?;
     let kind = file.metadata()?.file_type();
     if !kind.is_file() {
-        let what = if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_socket() {
-            "a socket"
-        } else if kind.is_block_device() || kind.is_char_device() {
-            "a device"
-        } else if kind.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file"
-        };
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("it is {what}, not a regular file"),
+            format!("it is {}, not a regular file", what_it_is(kind)),
         ));
     }
     Ok(file)
+}
+
+/// What a kind of file is, for a message that says why it was refused.
+pub fn what_it_is(kind: std::fs::FileType) -> &'static str {
+    if kind.is_file() {
+        "a regular file"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
 }
 
 #[cfg(test)]

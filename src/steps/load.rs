@@ -744,13 +744,7 @@ fn stub_hash(
     name: &ProfileName,
 ) -> Result<Result<String, String>, NeutraliseFailure> {
     let stub = stub_file(dir, &[name])?;
-    let out = tempfile::Builder::new()
-        .prefix(".apparmor-profile-loader.stub-")
-        .tempfile_in(dir)
-        .map_err(|source| NeutraliseFailure::CreateStub {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+    let out = stub_temp(dir)?;
     match parser.compile_to(&Stubs(stub.path()), out.path()) {
         Ok(()) => {}
         Err(e @ ParserError::Failed { .. }) => {
@@ -772,6 +766,18 @@ fn stub_hash(
     })
 }
 
+/// An empty temporary file for a stub or its compiled policy, created exclusively under an
+/// unpredictable name in `dir`.
+fn stub_temp(dir: &std::path::Path) -> Result<tempfile::NamedTempFile, NeutraliseFailure> {
+    tempfile::Builder::new()
+        .prefix(".apparmor-profile-loader.stub-")
+        .tempfile_in(dir)
+        .map_err(|source| NeutraliseFailure::CreateStub {
+            dir: dir.to_path_buf(),
+            source,
+        })
+}
+
 /// A profile file declaring an empty (deny-everything) profile for each name, in a temporary
 /// file of its own (created exclusively, with an unpredictable name) in `dir`.
 fn stub_file(
@@ -783,13 +789,7 @@ fn stub_file(
         .iter()
         .map(|n| format!("profile {} {{\n}}\n", quote_name(n)))
         .collect();
-    let mut file = tempfile::Builder::new()
-        .prefix(".apparmor-profile-loader.stub-")
-        .tempfile_in(dir)
-        .map_err(|source| NeutraliseFailure::CreateStub {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+    let mut file = stub_temp(dir)?;
     file.write_all(stub.as_bytes())
         .map_err(|source| NeutraliseFailure::WriteStub {
             path: file.path().to_path_buf(),
