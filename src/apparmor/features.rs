@@ -107,7 +107,14 @@ impl Features {
             .and_then(|conf| host_file::read(&conf));
         let bytes = match read {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            // No parser.conf: nothing pinned. A link to one that is not mounted here is not
+            // "none": the node's parser reads it, so it is an error naming the path.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(&shown).is_err() =>
+            {
+                Vec::new()
+            }
             Err(source) => {
                 return Err(FeaturesError::Read {
                     path: shown,
@@ -586,6 +593,21 @@ mod tests {
             matches!(&f, Features::Pinned { file, .. } if *file == host.join("usr/share/f")),
             "{f:?}"
         );
+    }
+
+    #[test]
+    fn a_parser_conf_linked_to_a_file_not_mounted_here_is_an_error_not_an_unpinned_node() {
+        let d = node(None, None, true);
+        let host = d.path().join("host");
+        std::os::unix::fs::symlink(
+            "/usr/share/apparmor/parser.conf",
+            host.join(NODE_PARSER_CONF),
+        )
+        .unwrap();
+        let err = Features::for_node(&host, &d.path().join("security"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("etc/apparmor/parser.conf"), "{err}");
     }
 
     #[test]
