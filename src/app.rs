@@ -53,6 +53,7 @@ fn run_step(cli: Cli) -> Result<(), CliError> {
                 timeout: args.timeout,
                 node_report: args.node_report,
                 label_prefix: args.label_prefix,
+                node_condition: args.node_condition,
             })?;
             Ok(())
         }

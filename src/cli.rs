@@ -299,6 +299,22 @@ pub struct UntaintArgs {
         default_value = crate::profile::node_labels::DEFAULT_PREFIX,
     )]
     pub label_prefix: crate::profile::node_labels::LabelPrefix,
+
+    /// Also set the node condition AppArmorProfilesLoaded=True (reason ProfilesLoaded, the
+    /// loaded set's digest in its message) through nodes/status, before the taint goes: the
+    /// signal a node-readiness-controller NodeReadinessRule waits for. Needs --node-report,
+    /// patch on nodes/status (the component manifests/node-condition) and the admission policy,
+    /// which lets the loader change only this condition of its own node.
+    #[arg(
+        long,
+        env = "APPARMOR_LOADER_NODE_CONDITION",
+        requires = "node_report",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+    )]
+    pub node_condition: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -9,7 +9,7 @@
 //!   `untaint` (init containers), then `pause`; plus `validate` for an operator's CI;
 //! - `profile`: ConfigMap keys and the profile volume, profile names, checking a set of profile
 //!   files, the ownership records on the host, the node labels `load` reports to `untaint`;
-//! - `kube`: the gate taint;
+//! - `kube`: the gate taint, the node condition;
 //! - `apparmor`: the parser process, its compile cache and toolchain fingerprint, the node's
 //!   feature set and parser generation, the kernel's profile list;
 //! - `host`: crash-safe writes, non-blocking reads of host files, the run lock.
@@ -28,7 +28,7 @@ mod profile;
 mod steps;
 
 pub use apparmor::{parser_cache, parser_conf};
-pub use kube::taint;
+pub use kube::{condition, taint};
 pub use profile::node_labels;
 pub use steps::untaint;
 

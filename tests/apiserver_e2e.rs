@@ -29,10 +29,11 @@ use apiserver_common::fixtures::{
 use apiserver_common::loader::{proxied_client, run_untaint, run_untaint_with};
 use apiserver_common::objects::{json_patch, render};
 use apiserver_common::shared::{
-    apply_all, block_on, env, install_in_namespace, run_local, server_of_its_own,
+    apply_all, block_on, env, install_in_namespace, install_overlay, run_local, server_of_its_own,
     wait_until_confined,
 };
 use apiserver_common::{NS, POLICY, SETTLE, client, poll, repo_root};
+use apparmor_profile_loader::condition::{CONDITION_TYPE, LoadedCondition};
 use apparmor_profile_loader::exit_code;
 use apparmor_profile_loader::taint::GATE_TAINT;
 use apparmor_profile_loader::untaint::{self, UntaintError};
@@ -1264,5 +1265,285 @@ fn without_its_param_the_policy_denies_the_loader_and_every_node_write() {
             run.stderr
         );
         assert!(!taints_of(&get_node(&admin, a).await).iter().any(is_gate));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. the node condition (manifests/node-condition, untaint --node-condition)
+
+/// Where the node-condition overlay puts the installation.
+const NRC_NS: &str = "aapl-nrc";
+
+/// The status a kubelet would have written: conditions and capacity the loader must not touch.
+fn kubelet_status() -> Value {
+    json!({"status": {
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status",
+             "lastHeartbeatTime": "2026-12-06T10:00:00Z", "lastTransitionTime": "2026-12-06T10:00:00Z"},
+            {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory",
+             "lastHeartbeatTime": "2026-12-06T10:00:00Z", "lastTransitionTime": "2026-12-06T10:00:00Z"},
+        ],
+        "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+        "allocatable": {"cpu": "1900m", "memory": "7Gi", "pods": "110"},
+    }})
+}
+
+fn conditions(node: &Node) -> Vec<k8s_openapi::api::core::v1::NodeCondition> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+}
+
+/// With manifests/node-condition in an overlay, `untaint --node-condition` sets
+/// AppArmorProfilesLoaded=True (the set's digest in its message) on its own node through
+/// nodes/status, with the gate taint removed and every other condition and status field as the
+/// kubelet left them; a second run writes nothing. The admission policy denies the loader every
+/// other status write: the condition on another node, another condition type (changed, added,
+/// removed), its own condition False or removed, a capacity change, a label outside its prefix
+/// through the status subresource.
+#[test]
+fn with_the_node_condition_component_untaint_sets_only_its_condition_on_its_own_node() {
+    let test = "with_the_node_condition_component_untaint_sets_only_its_condition_on_its_own_node";
+    let Some(h) = server_of_its_own(test) else {
+        return;
+    };
+    block_on(async {
+        let admin = client(&h.kubeconfig).await;
+        install_overlay(&h, &admin, NRC_NS, &["node-condition"]).await;
+        let (a, b) = ("t9-a", "t9-b");
+        for name in [a, b] {
+            create_node(&admin, Node::test(name).with_taints([gate()])).await;
+            Api::<Node>::all(admin.clone())
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(kubelet_status()),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("kubelet status of {name}: {e}"));
+        }
+        let a_before = get_node(&admin, a).await;
+        let b_before = get_node(&admin, b).await;
+        let id = Identity::in_namespace(&h, &admin, NRC_NS, a).await;
+        wait_until_confined(&id, a, b).await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("loaded-profiles.json");
+        let loaded = apparmor_profile_loader::node_labels::NodeReport {
+            loader: "apparmor-profile-loader test".into(),
+            profiles: [(
+                "k8s-nginx".to_string(),
+                "sha256:0123456789abcdef".to_string(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        loaded.save(&report).unwrap();
+        let want = LoadedCondition::from_report(&loaded);
+        let args = [
+            "--node-report",
+            report.to_str().unwrap(),
+            "--node-condition",
+        ];
+        let run = run_untaint_with(&id.kubeconfig, a, &args);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "untaint --node-condition:\n{}",
+            run.stderr
+        );
+        assert_eq!(
+            run.field("api_requests"),
+            json!(3),
+            "one GET, the status PATCH, the node PATCH"
+        );
+        let a_after = get_node(&admin, a).await;
+        let ours: Vec<_> = conditions(&a_after)
+            .into_iter()
+            .filter(|c| c.type_ == CONDITION_TYPE)
+            .collect();
+        assert_eq!(ours.len(), 1, "{:?}", conditions(&a_after));
+        assert_eq!(
+            (
+                ours[0].status.as_str(),
+                ours[0].reason.as_deref(),
+                ours[0].message.as_deref()
+            ),
+            ("True", Some("ProfilesLoaded"), Some(want.message.as_str()))
+        );
+        assert!(want.message.contains("set sha256:"), "{}", want.message);
+        let others = |n: &Node| -> Vec<_> {
+            conditions(n)
+                .into_iter()
+                .filter(|c| c.type_ != CONDITION_TYPE)
+                .collect()
+        };
+        assert_eq!(
+            others(&a_after),
+            others(&a_before),
+            "the kubelet's conditions as they were"
+        );
+        let status = |n: &Node| n.status.clone().map(|s| (s.capacity, s.allocatable));
+        assert_eq!(status(&a_after), status(&a_before));
+        assert!(
+            !taints_of(&a_after).iter().any(is_gate),
+            "the gate taint is gone"
+        );
+        assert_eq!(
+            rv(&get_node(&admin, b).await),
+            rv(&b_before),
+            "node B unchanged"
+        );
+
+        let again = run_untaint_with(&id.kubeconfig, a, &args);
+        assert_eq!(again.code, Some(0), "second run:\n{}", again.stderr);
+        assert_eq!(again.field("api_requests"), json!(1), "a single GET");
+        assert_eq!(
+            rv(&get_node(&admin, a).await),
+            rv(&a_after),
+            "nothing written"
+        );
+
+        let nodes: Api<Node> = Api::all(id.client.clone());
+        let ours_at = |n: &Node| {
+            conditions(n)
+                .iter()
+                .position(|c| c.type_ == CONDITION_TYPE)
+                .expect("our condition")
+        };
+        let ready_at = conditions(&a_after)
+            .iter()
+            .position(|c| c.type_ == "Ready")
+            .expect("Ready");
+        let ours_now = ours_at(&a_after);
+        let condition = |t: &str, s: &str| {
+            json!({"type": t, "status": s, "reason": "Test",
+            "lastHeartbeatTime": "2026-12-06T11:00:00Z", "lastTransitionTime": "2026-12-06T11:00:00Z"})
+        };
+        let smp = |c: Value| Patch::Strategic(json!({"status": {"conditions": [c]}}));
+        let only_ours = "may only set the node condition AppArmorProfilesLoaded to True";
+        let other_node = format!("running on node {a} may not modify node {b}");
+        let denials: Vec<(&str, &str, Patch<Value>, &str)> = vec![
+            (
+                "set its condition on another node",
+                b,
+                smp(condition(CONDITION_TYPE, "True")),
+                &other_node,
+            ),
+            (
+                "set Ready to False",
+                a,
+                smp(condition("Ready", "False")),
+                only_ours,
+            ),
+            (
+                "add another condition type",
+                a,
+                smp(condition("ExampleReady", "True")),
+                only_ours,
+            ),
+            (
+                "set its own condition to False",
+                a,
+                smp(condition(CONDITION_TYPE, "False")),
+                only_ours,
+            ),
+            (
+                "remove its own condition",
+                a,
+                json_patch(
+                    json!([{"op": "remove", "path": format!("/status/conditions/{ours_now}")}]),
+                ),
+                only_ours,
+            ),
+            (
+                "remove the Ready condition",
+                a,
+                json_patch(
+                    json!([{"op": "remove", "path": format!("/status/conditions/{ready_at}")}]),
+                ),
+                only_ours,
+            ),
+            (
+                "change its capacity",
+                a,
+                Patch::Merge(json!({"status": {"capacity": {"cpu": "64"}}})),
+                only_ours,
+            ),
+            (
+                "change its addresses",
+                a,
+                Patch::Merge(
+                    json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.9"}]}}),
+                ),
+                only_ours,
+            ),
+            (
+                "change a label outside its prefix through nodes/status",
+                a,
+                Patch::Merge(json!({"metadata": {"labels": {"example.com/tier": "gold"}}})),
+                "may not change labels or annotations of a node outside",
+            ),
+        ];
+        for (what, node, patch, want) in &denials {
+            let (code, message) = api_error(what, nodes.patch_status(node, &DRY_RUN, patch).await);
+            eprintln!("{what}: {code} {message}");
+            assert!(
+                code == 403
+                    && message.contains(&format!("ValidatingAdmissionPolicy '{POLICY}'"))
+                    && message.contains(want),
+                "{what}: denied by the policy with {want:?}; got {code}: {message}"
+            );
+        }
+        // The control: the same write the loader makes is allowed (dry run).
+        nodes
+            .patch_status(a, &DRY_RUN, &smp(condition(CONDITION_TYPE, "True")))
+            .await
+            .expect("its own condition, True, on its own node");
+    });
+}
+
+/// Without the component (the default build: no patch on nodes/status), `--node-condition` is
+/// refused by RBAC before anything is written: exit 6 naming the component, and the node keeps
+/// its gate taint (the condition is written first).
+#[test]
+fn without_the_component_node_condition_is_forbidden_and_the_taint_stays() {
+    let Some(env) = env("without_the_component_node_condition_is_forbidden_and_the_taint_stays")
+    else {
+        return;
+    };
+    block_on(async {
+        let admin = client(&env.harness.kubeconfig).await;
+        let name = "t9-no-rbac";
+        create_node(&admin, Node::test(name).with_taints([gate()])).await;
+        let before = get_node(&admin, name).await;
+        let id = Identity::new(&env.harness, &admin, name).await;
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("loaded-profiles.json");
+        std::fs::write(
+            &report,
+            json!({"loader": "test", "profiles": {}}).to_string(),
+        )
+        .unwrap();
+        let args = [
+            "--node-report",
+            report.to_str().unwrap(),
+            "--node-condition",
+        ];
+        let run = run_untaint_with(&id.kubeconfig, name, &args);
+        assert_eq!(run.code, Some(KUBERNETES_API), "exit 6:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains("cannot patch resource")
+                && run.stderr.contains("nodes/status")
+                && run.stderr.contains("manifests/node-condition"),
+            "RBAC's refusal and the component to add:\n{}",
+            run.stderr
+        );
+        assert_eq!(
+            rv(&get_node(&admin, name).await),
+            rv(&before),
+            "nothing written"
+        );
     });
 }

@@ -1,3 +1,4 @@
-//! Kubernetes: the gate taint (`taint`).
+//! Kubernetes: the gate taint (`taint`) and the node condition `untaint` can write (`condition`).
 
+pub mod condition;
 pub mod taint;

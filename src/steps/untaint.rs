@@ -10,6 +10,10 @@
 //! value or effect (`WaitingForAppArmorProfiles:NoSchedule` without a value, `=True`,
 //! `:NoExecute`) is a near miss that still keeps workloads off the node, so it is removed too,
 //! with a warning naming it. Success therefore always means no gate key is left on the node.
+//!
+//! With `--node-condition`, the node's status also gets the condition `AppArmorProfilesLoaded`
+//! (`kube::condition`), written through `nodes/status` before the taint goes: a gate that waits
+//! for the condition (the node-readiness-controller) and the taint lift on the same proof.
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
@@ -22,6 +26,7 @@ use kube::{Client, Config};
 use tokio::time::Instant;
 
 use crate::exit_code::{self, ExitStatus};
+use crate::kube::condition::LoadedCondition;
 use crate::kube::taint::Taint;
 use crate::profile::node_labels::{Desired, LabelPrefix, NodeReport};
 
@@ -44,8 +49,9 @@ pub enum UntaintError {
     Unauthorized(String),
     #[error(
         "forbidden (403) to {action} node {node:?}: {message}. The service account needs get and \
-         patch on nodes (ClusterRole apparmor-profile-loader), and the admission policy only lets \
-         a pod untaint its own node"
+         patch on nodes, and patch on nodes/status for --node-condition (ClusterRole \
+         apparmor-profile-loader; the component manifests/node-condition grants it), and the \
+         admission policy only lets a pod untaint its own node"
     )]
     Forbidden {
         action: &'static str,
@@ -73,6 +79,11 @@ pub enum UntaintError {
          API fieldRef spec.nodeName, or --node-name)"
     )]
     NoNodeName,
+    #[error(
+        "--node-condition needs --node-report: the condition's message carries the digest of \
+         what load reported it loaded"
+    )]
+    ConditionWithoutReport,
     #[error("cannot {action}: {source}")]
     Runtime {
         action: &'static str,
@@ -88,7 +99,7 @@ pub enum UntaintError {
 impl ExitStatus for UntaintError {
     fn exit_code(&self) -> u8 {
         match self {
-            UntaintError::NoNodeName => exit_code::USAGE,
+            UntaintError::NoNodeName | UntaintError::ConditionWithoutReport => exit_code::USAGE,
             UntaintError::Runtime { .. } | UntaintError::Report(_) => exit_code::INTERNAL,
             // The API server: unreachable, refusing, or not answering before the deadline (or a
             // signal) ended the retries.
@@ -116,6 +127,9 @@ pub struct UntaintOutcome {
     /// JSON Patch operations on the node's labels and annotation under the prefix (0 when they
     /// already showed what was loaded).
     pub label_ops: usize,
+    /// Whether the node's status got the condition `AppArmorProfilesLoaded` (false when it
+    /// already showed it, or `--node-condition` was not given).
+    pub condition_written: bool,
 }
 
 /// Builds a client from an explicit kubeconfig (tests, debugging) or the in-cluster config
@@ -151,6 +165,19 @@ pub struct UntaintOptions {
     pub node_report: Option<std::path::PathBuf>,
     /// Prefix of the node labels and annotation.
     pub label_prefix: LabelPrefix,
+    /// Also set the node condition `AppArmorProfilesLoaded` (needs `node_report`).
+    pub node_condition: bool,
+}
+
+/// What a run brings the node to: gate taints gone, and the labels and condition it is given.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// The gate taints; every taint with one of their keys is removed.
+    pub taints: &'a [Taint],
+    /// The labels and annotation under the prefix.
+    pub labels: Option<&'a Desired>,
+    /// The node condition, written through `nodes/status`.
+    pub condition: Option<&'a LoadedCondition>,
 }
 
 /// The `untaint` step as the init container runs it: a current-thread runtime, the removal
@@ -170,7 +197,23 @@ pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
             action: "start the runtime",
             source,
         })?;
-    let desired = desired_labels(&args)?;
+    let report = match &args.node_report {
+        Some(path) => Some(NodeReport::load(path).map_err(UntaintError::Report)?),
+        None => None,
+    };
+    let desired = report
+        .as_ref()
+        .map(|r| desired_labels(args.label_prefix.clone(), r));
+    let condition = match (&report, args.node_condition) {
+        (_, false) => None,
+        (Some(r), true) => Some(LoadedCondition::from_report(r)),
+        (None, true) => return Err(UntaintError::ConditionWithoutReport),
+    };
+    let wanted = Wanted {
+        taints: &args.taints,
+        labels: desired.as_ref(),
+        condition: condition.as_ref(),
+    };
     let outcome = runtime.block_on(async {
         let client = client(args.kubeconfig.as_deref()).await?;
         let mut term = signal(SignalKind::terminate()).map_err(|source| UntaintError::Runtime {
@@ -182,7 +225,7 @@ pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
             source,
         })?;
         tokio::select! {
-            r = run_labelled(client, &node, &args.taints, desired.as_ref(), args.timeout) => r,
+            r = run_with(client, &node, &wanted, args.timeout) => r,
             _ = term.recv() => Err(UntaintError::Stopped("SIGTERM")),
             _ = int.recv() => Err(UntaintError::Stopped("SIGINT")),
         }
@@ -191,21 +234,17 @@ pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
     Ok(outcome)
 }
 
-/// The node labels `load`'s report asks for, when `--node-report` is set; warns about the
-/// profiles whose name cannot be a label.
-fn desired_labels(args: &UntaintOptions) -> Result<Option<Desired>, UntaintError> {
-    let Some(path) = &args.node_report else {
-        return Ok(None);
-    };
-    let report = NodeReport::load(path).map_err(UntaintError::Report)?;
-    let desired = Desired::from_report(args.label_prefix.clone(), &report);
+/// The node labels `load`'s report asks for; warns about the profiles whose name cannot be a
+/// label.
+fn desired_labels(prefix: LabelPrefix, report: &NodeReport) -> Desired {
+    let desired = Desired::from_report(prefix, report);
     for name in &desired.unlabelled {
         tracing::warn!(profile = %name,
             "profile {name:?} cannot be a node label name (at most 63 letters, digits, \
              '-', '_' or '.'); it is listed in the annotation {} only",
-            args.label_prefix.annotation_key());
+            desired.prefix.annotation_key());
     }
-    Ok(Some(desired))
+    desired
 }
 
 /// The summary line of a run, and a warning per near miss removed.
@@ -225,7 +264,13 @@ fn log_outcome(node: &str, outcome: &UntaintOutcome, desired: Option<&Desired>) 
             d.prefix
         ),
     };
-    let nothing = if outcome.label_ops == 0 {
+    let condition = if outcome.condition_written {
+        format!("; condition {} set", crate::kube::condition::CONDITION_TYPE)
+    } else {
+        String::new()
+    };
+    let labels = labels + &condition;
+    let nothing = if outcome.label_ops == 0 && !outcome.condition_written {
         ", nothing to do"
     } else {
         ""
@@ -274,6 +319,28 @@ pub async fn run_labelled(
     labels: Option<&Desired>,
     timeout: Duration,
 ) -> Result<UntaintOutcome, UntaintError> {
+    let wanted = Wanted {
+        taints,
+        labels,
+        condition: None,
+    };
+    run_with(client, node, &wanted, timeout).await
+}
+
+/// Brings `node` to `wanted`: the condition first (through `nodes/status`, when asked for and
+/// not there yet), then the taints and labels in one JSON Patch. Nothing is sent for what the
+/// node already shows; conflicts and transient errors are retried until `timeout` has passed.
+pub async fn run_with(
+    client: Client,
+    node: &str,
+    wanted: &Wanted<'_>,
+    timeout: Duration,
+) -> Result<UntaintOutcome, UntaintError> {
+    let Wanted {
+        taints,
+        labels,
+        condition,
+    } = *wanted;
     let nodes: Api<Node> = Api::all(client);
     let deadline = Instant::now() + timeout;
     let mut outcome = UntaintOutcome::default();
@@ -302,7 +369,7 @@ pub async fn run_labelled(
         let next = match tokio::time::timeout_at(deadline, nodes.get(node)).await {
             Err(_) => Next::Retry("GET timed out".into(), Duration::ZERO),
             Ok(Err(e)) => classify(e, "get", node),
-            Ok(Ok(current)) => {
+            Ok(Ok(current)) => 'attempt: {
                 let version = current.metadata.resource_version.clone();
                 if let Some((at, code)) = refused_at.take()
                     && at.is_some()
@@ -316,6 +383,23 @@ pub async fn run_labelled(
                             "{last}; the node did not change since, so this is not a concurrent update"
                         ),
                     });
+                }
+                if let Some(c) = condition.filter(|c| !c.is_on(&current)) {
+                    outcome.api_requests += 1;
+                    let body = c.status_patch(&current, &now_rfc3339());
+                    let params = PatchParams::default();
+                    let body = Patch::Strategic(body);
+                    let sent = nodes.patch_status(node, &params, &body);
+                    match tokio::time::timeout_at(deadline, sent).await {
+                        Err(_) => {
+                            break 'attempt Next::Retry(
+                                "PATCH of the status timed out".into(),
+                                Duration::ZERO,
+                            );
+                        }
+                        Ok(Err(e)) => break 'attempt classify(e, "patch the status of", node),
+                        Ok(Ok(_)) => outcome.condition_written = true,
+                    }
                 }
                 let present = matching(&current, taints);
                 let label_ops = labels.map(|d| d.patch_ops(&current)).unwrap_or_default();
@@ -383,6 +467,14 @@ pub async fn run_labelled(
             }
         }
     }
+}
+
+/// Now, as the API server writes times (RFC 3339, seconds, UTC).
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now().to_string())
 }
 
 /// The taints present on the node whose key is a gate key (whatever their value and effect),

@@ -16,9 +16,10 @@ pub fn json_patch<P: serde::Serialize>(ops: Value) -> Patch<P> {
 }
 
 /// YAML files of manifests/ (recursively), kustomize's own files (`kustomization.yaml`, the
-/// transformer configuration `kustomizeconfig.yaml`) and `examples/` (objects of other projects'
+/// transformer configuration `kustomizeconfig.yaml`), `examples/` (objects of other projects'
 /// CRDs, which this server does not serve; `tests/deploy/test_gate_examples.py` validates them
-/// against those CRDs) excluded.
+/// against those CRDs) and `node-condition/` (an opt-in component, not in the default build:
+/// its RBAC is what the default build must not grant) excluded.
 pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -29,7 +30,7 @@ pub fn manifest_files(dir: &Path) -> Vec<PathBuf> {
     for p in entries {
         let name = p.file_name().unwrap().to_string_lossy().to_string();
         if p.is_dir() {
-            if name != "examples" {
+            if name != "examples" && name != "node-condition" {
                 out.extend(manifest_files(&p));
             }
         } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
@@ -55,18 +56,25 @@ pub fn render(h: &Harness, path: &Path) -> Vec<Value> {
 }
 
 /// The objects of manifests/ as an operator's overlay renders them that moves the installation
-/// to `namespace` (`namespace: <namespace>`, `resources: [<repo>/manifests]`, nothing else).
-pub fn render_in_namespace(h: &Harness, namespace: &str) -> Vec<Value> {
+/// to `namespace` (`namespace: <namespace>`, `resources: [<repo>/manifests]`) with `components`
+/// of manifests/ (e.g. `node-condition`), nothing else.
+pub fn render_overlay(h: &Harness, namespace: &str, components: &[&str]) -> Vec<Value> {
     let overlay = tempfile::tempdir().expect("temp dir");
     let manifests = super::repo_root().join("manifests");
     // kustomize takes a base by relative path only.
     let up = overlay.path().components().count() - 1;
     let base = Path::new(&"../".repeat(up)).join(manifests.strip_prefix("/").expect("absolute"));
-    let kustomization = format!(
+    let mut kustomization = format!(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
          namespace: {namespace}\nresources:\n  - {}\n",
         base.display()
     );
+    if !components.is_empty() {
+        kustomization.push_str("components:\n");
+        for c in components {
+            kustomization.push_str(&format!("  - {}\n", base.join(c).display()));
+        }
+    }
     std::fs::write(overlay.path().join("kustomization.yaml"), kustomization).expect("overlay");
     render(h, overlay.path())
 }

@@ -16,9 +16,7 @@ use serde_json::{Value, json};
 
 use super::cluster::{Identity, create_node};
 use super::fixtures::{NodeFixture, gate};
-use super::objects::{
-    apply, is_namespaced, manifest_files, object_ref, render, render_in_namespace,
-};
+use super::objects::{apply, is_namespaced, manifest_files, object_ref, render, render_overlay};
 use super::{Harness, POLICY, SETTLE, poll};
 
 /// The shared server and how applying the manifests went.
@@ -156,13 +154,18 @@ pub async fn apply_all(admin: &kube::Client, objects: &[Value]) -> Results {
 /// `h` as `kubectl apply -k <overlay>` would, the namespace created first; panics naming what
 /// the server refused.
 pub async fn install_in_namespace(h: &Harness, admin: &kube::Client, ns: &str) {
+    install_overlay(h, admin, ns, &[]).await
+}
+
+/// [`install_in_namespace`] with `components` of manifests/ in the overlay.
+pub async fn install_overlay(h: &Harness, admin: &kube::Client, ns: &str, components: &[&str]) {
     let namespace: Namespace =
         serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
     Api::<Namespace>::all(admin.clone())
         .create(&PostParams::default(), &namespace)
         .await
         .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
-    let failed: Vec<String> = apply_all(admin, &render_in_namespace(h, ns))
+    let failed: Vec<String> = apply_all(admin, &render_overlay(h, ns, components))
         .await
         .into_iter()
         .filter_map(|(what, r)| r.err().map(|e| format!("{what}: {e}")))

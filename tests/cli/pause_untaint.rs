@@ -121,6 +121,33 @@ fn a_reserved_label_prefix_is_a_usage_error_before_any_request() {
     }
 }
 
+/// The condition's message carries the loaded set's digest: without the report there is none,
+/// and the flag (or its env var, as the component sets it) is a usage error before any request;
+/// a value that is not a boolean is one too.
+#[test]
+fn node_condition_without_a_node_report_is_a_usage_error_before_any_request() {
+    loader()
+        .env("NODE_NAME", "aks-user-0")
+        .args(["untaint", "--node-condition"])
+        .assert()
+        .code(i32::from(exit_code::USAGE))
+        .stderr(predicate::str::contains("--node-report"));
+    loader()
+        .env("NODE_NAME", "aks-user-0")
+        .env("APPARMOR_LOADER_NODE_CONDITION", "true")
+        .arg("untaint")
+        .assert()
+        .code(i32::from(exit_code::USAGE))
+        .stderr(predicate::str::contains("--node-report"));
+    loader()
+        .env("NODE_NAME", "aks-user-0")
+        .env("APPARMOR_LOADER_NODE_CONDITION", "maybe")
+        .args(["untaint", "--node-report", "/nonexistent"])
+        .assert()
+        .code(i32::from(exit_code::USAGE))
+        .stderr(predicate::str::contains("maybe"));
+}
+
 #[test]
 fn malformed_taint_flag_is_a_usage_error() {
     for (flag, reason) in [

@@ -28,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fetch_crds  # noqa: E402
-from test_kustomize import containers, kustomize_build, one  # noqa: E402
+from test_kustomize import containers, kustomize_build, kustomize_overlay, one  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"
@@ -249,15 +249,26 @@ def test_nrr_is_bootstrap_only_on_the_loader_condition():
     assert len(taint.get("value", "")) <= 63
 
 
-def test_nrr_path_is_not_wired_yet(rendered):
-    """README and the example say the NodeReadinessRule path is not usable yet: the DaemonSet does
-    not tolerate its taint and `untaint` neither removes it nor (src/) writes the condition. When
-    that changes, change the README and the example's comment with this test."""
+def test_nrr_path_is_wired_by_the_node_condition_component(rendered, tmp_path):
+    """The default build neither tolerates the example rule's taint nor writes its condition; an
+    overlay with manifests/node-condition tolerates the taint, runs untaint with
+    --node-condition (env), and the condition type is the one `untaint` writes
+    (src/kube/condition.rs) and the admission policy lets it write. The taint is the
+    controller's to remove: it is never one of untaint's gate taints."""
     taint = by_kind(NRR, "NodeReadinessRule")["spec"]["taint"]
     tolerations = one(rendered, "DaemonSet")["spec"]["template"]["spec"]["tolerations"]
     assert not any(tolerates(t, taint) for t in tolerations)
-    assert all(t["key"] != taint["key"] for t in untaint_taints(rendered))
-    assert not any(NRR_CONDITION in p.read_text() for p in (REPO / "src").rglob("*.rs"))
+    overlay = kustomize_overlay(tmp_path, "kube-system", ("node-condition",))
+    ds = one(overlay, "DaemonSet")
+    assert any(tolerates(t, taint) for t in ds["spec"]["template"]["spec"]["tolerations"])
+    env = {e["name"]: e.get("value") for e in containers(ds["spec"]["template"]["spec"])["untaint"]["env"]}
+    assert env["APPARMOR_LOADER_NODE_CONDITION"] == "true"
+    for docs_ in (rendered, overlay):
+        assert all(t["key"] != taint["key"] for t in untaint_taints(docs_))
+    source = (REPO / "src" / "kube" / "condition.rs").read_text()
+    assert f'pub const CONDITION_TYPE: &str = "{NRR_CONDITION}";' in source
+    policy = one(overlay, "ValidatingAdmissionPolicy")["spec"]["variables"]
+    assert {"name": "conditionType", "expression": f"'{NRR_CONDITION}'"} in policy
 
 
 # --- examples stay examples -----------------------------------------------------------------------

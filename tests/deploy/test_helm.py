@@ -116,6 +116,17 @@ def test_the_chart_in_a_namespace_renders_what_a_kustomize_overlay_renders_there
         assert ours[key] == doc, f"{key}: the chart and the overlay disagree"
 
 
+def test_the_node_condition_value_renders_what_the_node_condition_component_renders(tmp_path):
+    """nodeCondition.enabled=true installs what an overlay with manifests/node-condition does."""
+    base = kustomize_overlay(tmp_path, "aapl-nrc", ("node-condition",))
+    chart = template(*profile_args(), "--set", "nodeCondition.enabled=true", namespace="aapl-nrc")
+    ours = keyed([normalised(d, "apparmor-profiles") for d in chart])
+    theirs = keyed([normalised(d, profiles_configmap_name(base)) for d in base])
+    assert sorted(ours) == sorted(theirs)
+    for key, doc in theirs.items():
+        assert ours[key] == doc, f"{key}: the chart and the overlay disagree"
+
+
 def test_helm_lint_strict():
     done = helm("lint", "--strict", str(CHART), *profile_args(), check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -289,7 +289,8 @@ def test_admission_policy(rendered):
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"
     rules = spec["matchConstraints"]["resourceRules"]
-    assert [r["resources"] for r in rules] == [["nodes"]], "nodes only, not nodes/status"
+    assert [r["resources"] for r in rules] == [["nodes", "nodes/status"]], \
+        "nodes and nodes/status (the condition), nothing else"
     assert "UPDATE" in rules[0]["operations"]
     # Any namespace's account of the loader's name; no namespace written in the policy.
     assert [m["expression"].split() for m in spec["matchConditions"]] == [
@@ -316,14 +317,16 @@ def test_admission_policy(rendered):
     }
 
 
-def kustomize_overlay(tmp_path: Path, namespace: str) -> list[dict]:
+def kustomize_overlay(tmp_path: Path, namespace: str, components: tuple[str, ...] = ()) -> list[dict]:
     """What an operator's overlay renders that moves the installation: `namespace:` and the
-    repository's manifests/ as its only resource, nothing else."""
+    repository's manifests/ as its only resource, and the given components of manifests/."""
     overlay = tmp_path / "overlay"
-    overlay.mkdir()
+    overlay.mkdir(parents=True)
     base = os.path.relpath(REPO / "manifests", overlay)
-    (overlay / "kustomization.yaml").write_text(
-        f"namespace: {namespace}\nresources:\n  - {base}\n")
+    text = f"namespace: {namespace}\nresources:\n  - {base}\n"
+    if components:
+        text += "components:\n" + "".join(f"  - {base}/{c}\n" for c in components)
+    (overlay / "kustomization.yaml").write_text(text)
     out = subprocess.run(
         [tool("KUSTOMIZE", "kustomize"), "build", str(overlay)],
         check=True, capture_output=True, text=True,
@@ -483,3 +486,36 @@ def test_a_changed_profile_is_a_new_daemonset_revision(tmp_path):
     assert after != before
     volumes = {v["name"]: v for v in after["spec"]["volumes"]}
     assert volumes["profiles"]["configMap"]["name"] == name_after
+
+
+def test_the_node_condition_component_adds_its_rbac_env_and_toleration_and_nothing_else(tmp_path):
+    """manifests/node-condition (untaint --node-condition): patch on nodes/status for the
+    loader's account in the overlay's namespace, the env var on untaint, the toleration of the
+    example NodeReadinessRule's taint; every other object as without it. The default build has
+    none of the three."""
+    plain = kustomize_overlay(tmp_path / "plain", "aapl-nrc")
+    docs = kustomize_overlay(tmp_path / "nrc", "aapl-nrc", ("node-condition",))
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    before = {(d["kind"], d["metadata"]["name"]): d for d in plain}
+    added = sorted(set(by) - set(before))
+    assert added == [("ClusterRole", "apparmor-profile-loader-node-condition"),
+                     ("ClusterRoleBinding", "apparmor-profile-loader-node-condition")]
+    assert by[added[0]]["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}]
+    assert by[added[1]]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "apparmor-profile-loader", "namespace": "aapl-nrc"}]
+    assert by[added[1]]["roleRef"]["name"] == "apparmor-profile-loader-node-condition"
+    ds, ds_before = (d[("DaemonSet", "apparmor-profile-loader")] for d in (by, before))
+    spec, spec_before = ds["spec"]["template"]["spec"], ds_before["spec"]["template"]["spec"]
+    assert spec["tolerations"] == spec_before["tolerations"] + [
+        {"key": "readiness.k8s.io/WaitingForAppArmorProfiles", "operator": "Exists"}]
+    untaint = {c["name"]: c for c in spec["initContainers"]}["untaint"]
+    untaint_before = {c["name"]: c for c in spec_before["initContainers"]}["untaint"]
+    assert untaint["env"] == untaint_before["env"] + [
+        {"name": "APPARMOR_LOADER_NODE_CONDITION", "value": "true"}]
+    assert not any(e["name"] == "APPARMOR_LOADER_NODE_CONDITION" for e in untaint_before["env"])
+    for key, doc in before.items():
+        if key != ("DaemonSet", "apparmor-profile-loader"):
+            assert by[key] == doc, key
+    rules = [r for d in plain if d["kind"] == "ClusterRole" for r in d["rules"]]
+    assert all("nodes/status" not in r["resources"] for r in rules), rules
