@@ -264,7 +264,12 @@ fn run(p: &Prereqs, f: &mut Findings) -> Result<(), String> {
     // scenario 11 last: the node reboots from its disk
     let result = result.and_then(|()| {
         let before = before_reboot(&cp, &pods, "aapl-node-d")?;
-        let _ = guest.sh("sync", Duration::from_secs(60));
+        // what the node wrote must be on its disk before QEMU goes (a lost write would read as
+        // a loader failure after the reboot)
+        match guest.sh("sync", Duration::from_secs(120))? {
+            (0, _) => {}
+            (rc, out) => return Err(format!("sync before the reboot: exit {rc}: {out}")),
+        }
         drop(guest);
         let dir = dir.join("reboot");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -1249,6 +1254,8 @@ struct BeforeReboot {
     workload: String,
     workload_container: String,
     load_started: Value,
+    /// When the node went down (taken just before the guest is stopped).
+    down_since: Instant,
 }
 
 fn before_reboot(cp: &ControlPlane, pods: &Watch, node: &str) -> Result<BeforeReboot, String> {
@@ -1267,6 +1274,7 @@ fn before_reboot(cp: &ControlPlane, pods: &Watch, node: &str) -> Result<BeforeRe
         workload: name(&wl).to_string(),
         workload_container: container_id(&wl, "containerStatuses", "app").unwrap_or_default(),
         load_started: init_status(&loader, "load")["state"]["terminated"]["startedAt"].clone(),
+        down_since: Instant::now(),
     })
 }
 
@@ -1314,6 +1322,10 @@ fn scenario_11(c: &Cluster, f: &mut Findings, before: &BeforeReboot) -> Result<(
         format!("the node's boot loaded the top-level files of /etc/apparmor.d before the kubelet started: {boot_load:?}"),
     );
     let pods_before = c.pods.len();
+    eprintln!(
+        "scenario 11: node {node} down for {:.0?} before node_up (pods tolerate 300 s unless told otherwise)",
+        before.down_since.elapsed()
+    );
     let (rc, out) = c
         .guest
         .sh(&format!("node_up {node} ''"), Duration::from_secs(60))?;
@@ -1327,9 +1339,27 @@ fn scenario_11(c: &Cluster, f: &mut Findings, before: &BeforeReboot) -> Result<(
                 .is_some_and(|id| id != before.workload_container)
     });
     let Some((_, _, wl)) = back else {
+        let now: Vec<String> =
+            c.cp.get_json(&["pods", "-n", LABELLED_NS])
+                .ok()
+                .and_then(|l| l["items"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} on {} phase {} deleting {}",
+                        name(p),
+                        p["spec"]["nodeName"],
+                        p["status"]["phase"],
+                        p["metadata"]["deletionTimestamp"]
+                    )
+                })
+                .collect();
         return Err(format!(
-            "the workload {} never ran again on {node} after the reboot",
-            before.workload
+            "the workload {} never ran again on {node} after the reboot (down {:.0?} before \
+             node_up); pods in {LABELLED_NS} now: {now:?}",
+            before.workload,
+            before.down_since.elapsed()
         ));
     };
     let id = container_id(&wl, "containerStatuses", "app").unwrap_or_default();
