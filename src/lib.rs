@@ -4,15 +4,18 @@
 //! The folders are layers; each names only the layers below it:
 //!
 //! - top: [`cli`] (arguments), [`app`] (wiring: arguments to step options, one step run, an exit
-//!   code out), [`logging`], [`exit_code`];
+//!   code out), [`logging`];
 //! - `steps`: one module per container of the DaemonSet pod, in pod order `copy` → `load` →
 //!   `untaint` (init containers), then `pause`; plus `validate` for an operator's CI;
+//! - `kube`: the gate taint, the node condition, the API client and the node update `untaint`
+//!   sends (requests, retries, patches);
 //! - `profile`: ConfigMap keys and the profile volume, profile names, checking a set of profile
 //!   files, the ownership records on the host, the node labels `load` reports to `untaint`;
-//! - `kube`: the gate taint, the node condition;
 //! - `apparmor`: the parser process, its compile cache and toolchain fingerprint, the node's
 //!   feature set and parser generation, the kernel's profile list;
-//! - `host`: crash-safe writes, non-blocking reads of host files, the run lock.
+//! - `host`: crash-safe writes, non-blocking reads of host files, the run lock;
+//! - bottom: [`exit_code`], the exit codes and the `ExitStatus` trait every layer's errors
+//!   implement; it names no other module, so any layer may use it.
 //!
 //! Public is only what `src/bin/` and the integration tests use.
 

@@ -1,4 +1,7 @@
-//! Kubernetes: the gate taint (`taint`) and the node condition `untaint` can write (`condition`).
+//! Kubernetes: the gate taint (`taint`), the node condition `untaint` can write (`condition`),
+//! the API client (`client`) and bringing a node to what `untaint` wants (`node_update`).
 
+pub mod client;
 pub mod condition;
+pub mod node_update;
 pub mod taint;
