@@ -1304,6 +1304,11 @@ fn init_status(pod: &Value, container: &str) -> Value {
 /// `/etc/apparmor.d` with the node's parser before the kubelet starts (as Ubuntu's
 /// apparmor.service does); the workload's container starts again, confined, before the loader pod
 /// has re-run; the loader re-runs, loads nothing, and the node keeps its labels.
+///
+/// "Before the loader has re-run" is made certain, not left to the race between two pods: until
+/// the workload has been seen confined, the node's `/etc/apparmor/parser.conf` is a dangling
+/// link, which `copy` refuses (exit 1, naming it), so no `load` can run in this boot before then.
+/// The file is put back afterwards and the loader's next retry goes through.
 fn scenario_11(c: &Cluster, f: &mut Findings, before: &BeforeReboot) -> Result<(), String> {
     f.begin("11");
     let node = before.node.as_str();
@@ -1322,6 +1327,14 @@ fn scenario_11(c: &Cluster, f: &mut Findings, before: &BeforeReboot) -> Result<(
         format!("the node's boot loaded the top-level files of /etc/apparmor.d before the kubelet started: {boot_load:?}"),
     );
     let pods_before = c.pods.len();
+    let (rc, out) = c.guest.sh(
+        "mv /etc/apparmor/parser.conf /etc/apparmor/parser.conf.held && \
+         ln -s /nonexistent/held-by-scenario-11 /etc/apparmor/parser.conf",
+        Duration::from_secs(60),
+    )?;
+    if rc != 0 {
+        return Err(format!("hold the loader back (parser.conf): {out}"));
+    }
     eprintln!(
         "scenario 11: node {node} down for {:.0?} before node_up (pods tolerate 300 s unless told otherwise)",
         before.down_since.elapsed()
@@ -1373,6 +1386,33 @@ fn scenario_11(c: &Cluster, f: &mut Findings, before: &BeforeReboot) -> Result<(
         !workload_may_write(c, &id, "after-reboot")?,
         "and its profile denies the write to /data (the rules of the repository's profile)",
     );
+    // Meanwhile no load of this boot has run: the loader's copy refused the held parser.conf.
+    let loaders: Vec<Value> = c
+        .pods
+        .between(pods_before, c.pods.len())
+        .into_iter()
+        .filter(|p| is_loader(p) && on_node(p, node))
+        .collect();
+    let loaded_this_boot = loaders.iter().any(|p| {
+        let load = init_status(p, "load");
+        !load["state"]["terminated"].is_null()
+            && load["state"]["terminated"]["startedAt"] != before.load_started
+    });
+    f.check(
+        "11",
+        !loaded_this_boot,
+        format!(
+            "no load of this boot had run when the workload was seen confined (copy held back): {:?}",
+            loaders.last().map(init_summary)
+        ),
+    );
+    let (rc, out) = c.guest.sh(
+        "rm /etc/apparmor/parser.conf && mv /etc/apparmor/parser.conf.held /etc/apparmor/parser.conf",
+        Duration::from_secs(60),
+    )?;
+    if rc != 0 {
+        return Err(format!("release the loader (parser.conf): {out}"));
+    }
     let rerun = c.pods.wait(pods_before, *WAIT, |p| {
         is_loader(p) && on_node(p, node) && running(p) && {
             let load = init_status(p, "load");
