@@ -956,6 +956,10 @@ fn ungated_node_runs_the_workload(
     f: &mut Findings,
     d: &str,
 ) -> Result<(usize, usize), String> {
+    // scenario 8 as an operator with the node-readiness-controller deploys it: the repository's
+    // manifests with the component node-condition, through an overlay
+    let overlay = node_condition_overlay(c)?;
+    apply_retrying(c.cp, overlay.as_array().map(Vec::as_slice).unwrap_or(&[]))?;
     let pods_before = c.pods.len();
     // scenario 8: a workload that requires its profile's node label, and no taint on the node
     let labelled =
@@ -973,6 +977,22 @@ fn ungated_node_runs_the_workload(
         return Err(format!("the workload never ran on the ungated node {d}"));
     }
     Ok((ni, pods_before))
+}
+
+/// The repository's manifests (and profiles) rendered through an overlay that adds the component
+/// `manifests/node-condition`, as `kubectl apply -k <overlay>` would.
+fn node_condition_overlay(c: &Cluster) -> Result<Value, String> {
+    let dir = tempfile_dir(c, "node-condition")?;
+    for d in ["manifests", "profiles"] {
+        copy_tree(&node_common::repo().join(d), &dir.join(d))?;
+    }
+    std::fs::create_dir_all(dir.join("overlay")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("overlay/kustomization.yaml"),
+        "resources: [../manifests]\ncomponents: [../manifests/node-condition]\n",
+    )
+    .map_err(|e| e.to_string())?;
+    c.cp.render(&dir.join("overlay"))
 }
 
 // === scenario 8: the gate without a taint ========================================================
@@ -1054,6 +1074,35 @@ fn scenario_8(c: &Cluster, f: &mut Findings, node: &str, ni: usize, pods_before:
         "8",
         attr == format!("{PROFILE} (enforce)"),
         format!("it runs confined by {PROFILE}: {attr:?}"),
+    );
+    // Deployed with manifests/node-condition: untaint set the condition through nodes/status (RBAC
+    // and the admission policy let it), and the kubelet's own conditions are still there.
+    let conditions =
+        c.cp.get_json(&["node", node])
+            .map(|n| n["status"]["conditions"].clone())
+            .unwrap_or_default();
+    let ours = conditions
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["type"] == "AppArmorProfilesLoaded"))
+        .cloned()
+        .unwrap_or_default();
+    let message = ours["message"].as_str().unwrap_or_default();
+    f.check(
+        "8",
+        ours["status"] == "True"
+            && ours["reason"] == "ProfilesLoaded"
+            && message.starts_with("3 AppArmor profiles loaded and proven in the kernel")
+            && message.contains("set sha256:"),
+        format!("deployed with the component node-condition, the node has AppArmorProfilesLoaded=True with the set's digest: {ours}"),
+    );
+    let ready = conditions
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| c["status"].clone());
+    f.check(
+        "8",
+        ready == Some(Value::from("True")),
+        format!("and the kubelet's Ready condition is still True beside it: {ready:?}"),
     );
 }
 
