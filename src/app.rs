@@ -3,7 +3,7 @@
 //! exits with the code the failure carries ([`CliError`]).
 
 use anyhow::Context;
-use tracing::{error, info, info_span};
+use tracing::{error, info, info_span, warn};
 
 use crate::apparmor::features::Features;
 use crate::apparmor::kernel::Kernel;
@@ -11,10 +11,11 @@ use crate::apparmor::node_parser::NodeParser;
 use crate::apparmor::parser::Parser;
 use crate::cli::{
     Cli, Command, CopyArgs, LoadArgs, NodeAppArmor, NodeArgs, ParserArgs, ProfileDirArgs,
-    ValidateArgs,
+    UntaintArgs, ValidateArgs,
 };
 use crate::exit_code::CliError;
 use crate::host::lock::LockOptions;
+use crate::kube::condition::CONDITION_TYPE;
 use crate::steps::{copy, load, pause, untaint, validate};
 
 /// Runs the selected step and returns the process exit code.
@@ -45,18 +46,7 @@ fn run_step(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Copy(args) => run_copy(args, &node),
         Command::Load(args) => run_load(args, &node),
-        Command::Untaint(args) => {
-            untaint::run_step(untaint::UntaintOptions {
-                node: cli.node_name,
-                taints: args.taints,
-                kubeconfig: args.kubeconfig,
-                timeout: args.timeout,
-                node_report: args.node_report,
-                label_prefix: args.label_prefix,
-                node_condition: args.node_condition,
-            })?;
-            Ok(())
-        }
+        Command::Untaint(args) => run_untaint(args, cli.node_name),
         Command::Pause => {
             let signal = pause::run(|| info!("pausing until SIGTERM"))
                 .context("cannot wait for signals")
@@ -115,6 +105,52 @@ fn run_copy(args: CopyArgs, node: &str) -> Result<(), CliError> {
             report.unchanged.len(),
             opts.dest.display()
         );
+    }
+    Ok(())
+}
+
+fn run_untaint(args: UntaintArgs, node: Option<String>) -> Result<(), CliError> {
+    let r = untaint::run(&untaint::UntaintOptions {
+        node,
+        taints: args.taints,
+        kubeconfig: args.kubeconfig,
+        timeout: args.timeout,
+        node_report: args.node_report,
+        label_prefix: args.label_prefix,
+        node_condition: args.node_condition,
+    })?;
+    let (node, outcome) = (&r.node, &r.outcome);
+    for near in &outcome.near_misses {
+        warn!(
+            taint = %near,
+            "removed {near}: its key is a gate key but its value or effect is not one of the \
+             --taint values; whoever set it gated this node the same way"
+        );
+    }
+    let labels = match (&r.labelled_under, outcome.label_ops) {
+        (None, _) => String::new(),
+        (Some(p), 0) => format!("; labels under {p}/ already up to date"),
+        (Some(p), n) => format!("; {n} change(s) to the labels and annotation under {p}/"),
+    };
+    let condition = if outcome.condition_written {
+        format!("; condition {CONDITION_TYPE} set")
+    } else {
+        String::new()
+    };
+    let nothing = if outcome.label_ops == 0 && !outcome.condition_written {
+        ", nothing to do"
+    } else {
+        ""
+    };
+    if outcome.removed.is_empty() {
+        info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
+              label_ops = outcome.label_ops,
+              "untaint complete: no gate taint on node {node}{labels}{condition}{nothing}");
+    } else {
+        info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
+              label_ops = outcome.label_ops,
+              "untaint complete: removed {} from node {node}{labels}{condition}",
+              outcome.removed.join(", "));
     }
     Ok(())
 }

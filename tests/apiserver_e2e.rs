@@ -35,8 +35,8 @@ use apiserver_common::shared::{
 use apiserver_common::{NS, POLICY, SETTLE, client, poll, repo_root};
 use apparmor_profile_loader::condition::{CONDITION_TYPE, LoadedCondition};
 use apparmor_profile_loader::exit_code;
+use apparmor_profile_loader::node_update::{self, UntaintError};
 use apparmor_profile_loader::taint::GATE_TAINT;
-use apparmor_profile_loader::untaint::{self, UntaintError};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Taint as ApiTaint};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -445,7 +445,7 @@ fn a_report_at_the_annotation_budget_is_written_and_the_servers_limit_is_real() 
 // 4. concurrent changes to other taints are kept
 //
 // The binary is a black box with no hook between its GET and its PATCH, so this test drives the
-// library (`untaint::run`) with a client whose transport is a tower-test mock serviced by the
+// library (`node_update::run`) with a client whose transport is a tower-test mock serviced by the
 // test: each request is forwarded to the real API server (with the pod-bound token), and right
 // after the first GET's response arrives, before the library sees it, the admin client changes
 // the node's taints. The race is thereby forced, deterministically, on every run.
@@ -488,15 +488,15 @@ fn concurrent_taint_changes_between_get_and_patch_are_not_lost() {
         };
         let (client, log) = proxied_client(id.client.clone(), interfere);
         let started = Instant::now();
-        let result = untaint::run(client, name, &gate_taints(), Duration::from_secs(60)).await;
+        let result = node_update::run(client, name, &gate_taints(), Duration::from_secs(60)).await;
         let exchanges = log.lock().unwrap().clone();
         eprintln!(
-            "untaint::run with a concurrent writer: {:.1?}, {result:?}, requests {exchanges:#?}",
+            "node_update::run with a concurrent writer: {:.1?}, {result:?}, requests {exchanges:#?}",
             started.elapsed()
         );
         let outcome = result.unwrap_or_else(|e| {
             panic!(
-                "untaint::run must re-read the node when its JSON Patch test fails (422) and then \
+                "node_update::run must re-read the node when its JSON Patch test fails (422) and then \
                  succeed; it failed: {e}\nrequests: {exchanges:#?}"
             )
         });
@@ -944,7 +944,7 @@ fn bad_tokens_and_missing_nodes_fail_at_once_with_a_clear_message() {
             );
             // Same through the library: exactly one request, then the error.
             let (client, log) = proxied_client(id.client.clone(), || async {});
-            let err = untaint::run(client, node, &gate_taints(), Duration::from_secs(60))
+            let err = node_update::run(client, node, &gate_taints(), Duration::from_secs(60))
                 .await
                 .expect_err(what);
             assert!(
@@ -975,7 +975,7 @@ fn bad_tokens_and_missing_nodes_fail_at_once_with_a_clear_message() {
             run.stderr
         );
         let (client, log) = proxied_client(valid.client.clone(), || async {});
-        let err = untaint::run(client, missing, &gate_taints(), Duration::from_secs(60))
+        let err = node_update::run(client, missing, &gate_taints(), Duration::from_secs(60))
             .await
             .expect_err("missing node");
         assert!(matches!(err, UntaintError::NodeNotFound(_)), "{err}");

@@ -4,8 +4,8 @@
 //! `nodes/status`, before the taint goes: a gate that waits for the condition (the
 //! node-readiness-controller) and the taint lift on the same proof.
 //!
-//! This module reads the options and the report, runs `kube::node_update` under a deadline and
-//! the signals, and logs the summary; the requests, retries and patches are in `kube/`.
+//! This module reads the options and the report and runs `kube::node_update` under a deadline
+//! and the signals; the requests, retries and patches are in `kube/`, the summary line in `app`.
 
 use std::time::Duration;
 
@@ -13,10 +13,9 @@ use crate::kube::condition::LoadedCondition;
 use crate::kube::taint::Taint;
 use crate::profile::node_labels::{Desired, LabelPrefix, NodeReport};
 
-pub use crate::kube::client::client;
-pub use crate::kube::node_update::{
-    UntaintError, UntaintOutcome, Wanted, run, run_labelled, run_with,
-};
+use crate::kube::client::client;
+pub use crate::kube::node_update::{UntaintError, UntaintOutcome};
+use crate::kube::node_update::{Wanted, run_with};
 
 /// What the `untaint` step needs, whoever parsed it (`app` builds it from the arguments).
 #[derive(Debug, Clone)]
@@ -37,10 +36,19 @@ pub struct UntaintOptions {
     pub node_condition: bool,
 }
 
+/// What a run did, for the summary line `app` logs.
+#[derive(Debug)]
+pub struct UntaintReport {
+    pub node: String,
+    pub outcome: UntaintOutcome,
+    /// The prefix of the labels it kept in line (`--node-report` given).
+    pub labelled_under: Option<LabelPrefix>,
+}
+
 /// The `untaint` step as the init container runs it: a current-thread runtime, the removal
 /// bounded by `--timeout`, and ended early (exit 6) by SIGTERM or SIGINT so a stopping pod
-/// never reports success. Logs the summary line.
-pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
+/// never reports success.
+pub fn run(args: &UntaintOptions) -> Result<UntaintReport, UntaintError> {
     use tokio::signal::unix::{SignalKind, signal};
     let node = args
         .node
@@ -87,8 +95,11 @@ pub fn run_step(args: UntaintOptions) -> Result<UntaintOutcome, UntaintError> {
             _ = int.recv() => Err(UntaintError::Stopped("SIGINT")),
         }
     })?;
-    log_outcome(&node, &outcome, desired.as_ref());
-    Ok(outcome)
+    Ok(UntaintReport {
+        node,
+        outcome,
+        labelled_under: desired.map(|d| d.prefix),
+    })
 }
 
 /// The node labels `load`'s report asks for; warns about the profiles whose name cannot be a
@@ -102,43 +113,4 @@ fn desired_labels(prefix: LabelPrefix, report: &NodeReport) -> Desired {
             desired.prefix.annotation_key());
     }
     desired
-}
-
-/// The summary line of a run, and a warning per near miss removed.
-fn log_outcome(node: &str, outcome: &UntaintOutcome, desired: Option<&Desired>) {
-    for near in &outcome.near_misses {
-        tracing::warn!(
-            taint = %near,
-            "removed {near}: its key is a gate key but its value or effect is not one of the \
-             --taint values; whoever set it gated this node the same way"
-        );
-    }
-    let labels = match (desired, outcome.label_ops) {
-        (None, _) => String::new(),
-        (Some(d), 0) => format!("; labels under {}/ already up to date", d.prefix),
-        (Some(d), n) => format!(
-            "; {n} change(s) to the labels and annotation under {}/",
-            d.prefix
-        ),
-    };
-    let condition = if outcome.condition_written {
-        format!("; condition {} set", crate::kube::condition::CONDITION_TYPE)
-    } else {
-        String::new()
-    };
-    let labels = labels + &condition;
-    let nothing = if outcome.label_ops == 0 && !outcome.condition_written {
-        ", nothing to do"
-    } else {
-        ""
-    };
-    if outcome.removed.is_empty() {
-        tracing::info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
-              label_ops = outcome.label_ops,
-              "untaint complete: no gate taint on node {node}{labels}{nothing}");
-    } else {
-        tracing::info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
-              label_ops = outcome.label_ops,
-              "untaint complete: removed {} from node {node}{labels}", outcome.removed.join(", "));
-    }
 }

@@ -85,7 +85,7 @@ pub fn run_untaint_with(kubeconfig: &Path, node: &str, extra: &[&str]) -> Loader
 /// response body.
 pub type Exchange = (String, String, u16, String);
 
-/// A client for `untaint::run` that forwards every request to `real` and records what went
+/// A client for `node_update::run` that forwards every request to `real` and records what went
 /// through. `after_first_get` runs once, after the first GET's response arrived and before the
 /// library sees it (i.e. between its GET and its PATCH).
 pub fn proxied_client<F, Fut>(

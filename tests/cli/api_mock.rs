@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::fixtures::gate_taints;
 use apparmor_profile_loader::node_labels::Desired;
-use apparmor_profile_loader::untaint::{self, UntaintError};
+use apparmor_profile_loader::node_update::{self, UntaintError};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -219,13 +219,13 @@ pub fn status_response_with(status: StatusCode, message: &str, details: Value) -
 pub const PATCH_TEST_FAILED: &str =
     "the server rejected our request due to an error in our request";
 
-/// Runs `untaint::run` on node `node` (the default gate taints) against the mock while `scenario`
+/// Runs `node_update::run` on node `node` (the default gate taints) against the mock while `scenario`
 /// plays the server.
 pub async fn against_mock<F, Fut>(
     node: &str,
     timeout: Duration,
     scenario: F,
-) -> Result<untaint::UntaintOutcome, UntaintError>
+) -> Result<node_update::UntaintOutcome, UntaintError>
 where
     F: FnOnce(ApiServerVerifier) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -233,14 +233,14 @@ where
     against_mock_with(node, timeout, None, scenario).await
 }
 
-/// Runs `untaint::run_labelled` (labels in line with `desired`, if given) against the mock
+/// Runs `node_update::run_labelled` (labels in line with `desired`, if given) against the mock
 /// while `scenario` plays the server.
 pub async fn against_mock_with<F, Fut>(
     node: &str,
     timeout: Duration,
     desired: Option<Desired>,
     scenario: F,
-) -> Result<untaint::UntaintOutcome, UntaintError>
+) -> Result<node_update::UntaintOutcome, UntaintError>
 where
     F: FnOnce(ApiServerVerifier) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -249,7 +249,7 @@ where
     let client = Client::new(service, "kube-system");
     let server = tokio::spawn(scenario(ApiServerVerifier::new(handle, node, None)));
     let result =
-        untaint::run_labelled(client, node, &gate_taints(), desired.as_ref(), timeout).await;
+        node_update::run_labelled(client, node, &gate_taints(), desired.as_ref(), timeout).await;
     server.await.expect("scenario assertions");
     result
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use apparmor_profile_loader::untaint::UntaintError;
+use apparmor_profile_loader::node_update::UntaintError;
 use http::StatusCode;
 use k8s_openapi::api::core::v1::{Node, NodeSpec, Taint as ApiTaint};
 use serde_json::{Value, json};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::fixtures::{NodeFixture, autoscaler_gate, gate, taint};
 use apparmor_profile_loader::node_labels::{DEFAULT_PREFIX, Desired, NodeReport};
-use apparmor_profile_loader::untaint::UntaintError;
+use apparmor_profile_loader::node_update::UntaintError;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
