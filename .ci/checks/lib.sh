@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # its variables are used by the scripts that source it
 # .ci/checks/lib.sh: what every check of .ci/check-deploy shares. Sourced by .ci/check-deploy and by each
 # .ci/checks/<check> script, so a check runs the same in the sequence and alone (e.g. `.ci/checks/yamllint`).
 #
