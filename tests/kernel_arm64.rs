@@ -1,7 +1,7 @@
 //! The arm64 executable on a real arm64 AppArmor kernel: Debian trixie's `linux-image-*-cloud-arm64` under
 //! `qemu-system-aarch64` (TCG), an initramfs with the arm64 `apparmor-loader` (release build for
-//! `aarch64-unknown-linux-gnu`), the arm64 image's parser tree (`tests/deploy/parser-rootfs.sh --arch arm64`, the
-//! versions of `tests/deploy/debian-packages.lock`) and bookworm's arm64 busybox. The guest (`tests/vm/guest/init`,
+//! `aarch64-unknown-linux-gnu`), the arm64 image's parser tree (`build/parser-rootfs.sh --arch arm64`, the
+//! versions of `build/debian-packages.lock`) and bookworm's arm64 busybox. The guest (`tests/vm/guest/init`,
 //! suite `arm64`) runs `copy` + `load` on three profiles — 3.0 syntax, 4.0 syntax, complain mode — and observes;
 //! this test asserts that every profile is in the kernel's list in its mode and that the enforce-mode ones deny the
 //! write they do not allow while complain mode does not. It prints its wall time as `METRIC arm64_vm_ms`.

@@ -4,7 +4,7 @@
 //! (5 shrinks the ConfigMap from 44 files to 5, so 4, 6 and 9 do not compile 40 profiles again under TCG; B
 //! starts each round from an empty profile directory and cache), shared by their tests through a
 //! `OnceLock`; a second boot with `apparmor=0` runs scenario 7. The guest's parser is the image's (Debian trixie's
-//! AppArmor 4.1, laid out by `tests/deploy/parser-rootfs.sh`), with no `policy-features` pin. The guest
+//! AppArmor 4.1, laid out by `build/parser-rootfs.sh`), with no `policy-features` pin. The guest
 //! (`tests/vm/guest/init`) observes and reports; each `#[test]` asserts its own scenario, so a failure names
 //! itself and shows that scenario's transcript.
 //!

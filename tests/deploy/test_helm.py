@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "build"))  # gen_profiles_yaml, sbom: release inputs
 import gen_profiles_yaml  # noqa: E402
 from test_kustomize import (  # noqa: E402
     REPO, containers, kustomize_build, kustomize_overlay, one, profiles_configmap_name, tool,

@@ -17,6 +17,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "build"))  # gen_profiles_yaml, sbom: release inputs
 import gen_profiles_yaml  # noqa: E402
 
 IMAGE = "ghcr.io/example/apparmor-profile-loader:0.1.0"
@@ -387,7 +388,7 @@ def test_plain_files_match_rendered(rendered):
 def test_profiles_configmap_in_sync():
     """profiles/profiles.yaml and the generator's kustomization match the profile files."""
     diffs = gen_profiles_yaml.stale()
-    assert not diffs, "".join(diffs.values()) + "\nrun tests/deploy/gen_profiles_yaml.py"
+    assert not diffs, "".join(diffs.values()) + "\nrun build/gen_profiles_yaml.py"
     generated = one(kustomize_build("profiles"), "ConfigMap")
     plain = yaml.safe_load((REPO / "profiles" / "profiles.yaml").read_text())
     assert generated["metadata"].pop("name").startswith("apparmor-profiles-")

@@ -1,4 +1,4 @@
-"""tests/deploy/sbom.py: the SBOM lists every crate the executable links and every .deb of the rootfs, and its
+"""build/sbom.py: the SBOM lists every crate the executable links and every .deb of the rootfs, and its
 check notices when one is missing or wrong. Runs against the real `cargo tree` of this repository and a rootfs
 manifest in parser-rootfs.sh's format; .ci/check-deploy runs the same check on the images' real rootfs."""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "build"))  # gen_profiles_yaml, sbom: release inputs
 import sbom  # noqa: E402
 
 DEBS = [

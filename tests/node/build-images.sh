@@ -3,7 +3,7 @@
 # import`), saved as docker archives (they carry the full image name, so the import names them):
 #   OUTDIR/loader.tar   ghcr.io/example/apparmor-profile-loader:0.1.0 (the name manifests/daemonset.yaml
 #                       uses): the product image, built from the Containerfile with ROOTFS_FROM=prebuilt
-#                       exactly as .ci/check-deploy does (tests/deploy/parser-rootfs.sh + LOADER + links)
+#                       exactly as .ci/check-deploy does (build/parser-rootfs.sh + LOADER + links)
 #   OUTDIR/sandbox.tar  localhost/aapl-sandbox:ci: the pod sandbox ("pause") image containerd is told to
 #                       use: our own executable's `pause` step, FROM scratch, uid 65535
 #   OUTDIR/busybox.tar  localhost/aapl-busybox:ci: busybox-static, the workload
@@ -27,7 +27,7 @@ flock 9
 
 # the product image, as .ci/check-deploy builds it
 ctx=$work/context
-sh "$repo/tests/deploy/parser-rootfs.sh" "$ctx/rootfs"
+sh "$repo/build/parser-rootfs.sh" "$ctx/rootfs"
 install -D -m 0755 "$loader" "$ctx/rootfs/usr/local/bin/apparmor-loader"
 objcopy --strip-debug "$ctx/rootfs/usr/local/bin/apparmor-loader" 2>/dev/null || true
 for cmd in copy load untaint pause validate; do ln -s apparmor-loader "$ctx/rootfs/usr/local/bin/$cmd"; done

@@ -4,7 +4,7 @@
 #   tests/vm/build-initramfs.sh OUT.cpio.gz LOADER_BIN PAYLOAD_DIR [INIT]
 #
 # Contents: busybox-static (+ one symlink per applet); the image's parser tree, laid out by
-# tests/deploy/parser-rootfs.sh --vm exactly as in the image (Debian trixie's apparmor 4.1 parser at
+# build/parser-rootfs.sh --vm exactly as in the image (Debian trixie's apparmor 4.1 parser at
 # /usr/sbin/apparmor_parser with trixie's libc and include tree /etc/apparmor.d/{abi,abstractions,tunables}, a
 # non-pinning /etc/apparmor/parser.conf, bookworm's 3.0 parser at /usr/lib/apparmor-profile-loader/apparmor_parser-3
 # with its include tree) plus bookworm's AppArmor 3.0 feature file at /usr/share/apparmor-features/features for
@@ -49,7 +49,7 @@ if [ -n "${PARSER_ROOTFS:-}" ]; then
     [ -x "$PARSER_ROOTFS/usr/sbin/apparmor_parser" ] || die "PARSER_ROOTFS=$PARSER_ROOTFS has no usr/sbin/apparmor_parser"
     cp -a "$PARSER_ROOTFS"/. "$root/"
 else
-    sh "$here/../deploy/parser-rootfs.sh" --vm "$root" || die "tests/deploy/parser-rootfs.sh --vm failed"
+    sh "$here/../../build/parser-rootfs.sh" --vm "$root" || die "build/parser-rootfs.sh --vm failed"
 fi
 [ -f "$root/usr/share/apparmor-features/features" ] || die "the parser tree lacks usr/share/apparmor-features/features (use --vm)"
 

@@ -6,8 +6,8 @@
 #                      on; CONFIG_SECURITY_APPARMOR=y), <package>/ kept, older ones dropped
 #   busybox            bookworm's busybox-static for arm64, the same version as the host's /bin/busybox (the
 #                      initramfs takes the applet list from the host's, which cannot run the arm64 one)
-#   parser-rootfs/     tests/deploy/parser-rootfs.sh --vm --arch arm64: the arm64 image's parsers, libc and include
-#                      trees at the versions of tests/deploy/debian-packages.lock
+#   parser-rootfs/     build/parser-rootfs.sh --vm --arch arm64: the arm64 image's parsers, libc and include
+#                      trees at the versions of build/debian-packages.lock
 #
 # Nothing is installed on the host: apt runs with the arm64 source list parser-rootfs.sh keeps in
 # <cache>/trixie-arm64 (suites trixie and bookworm, Architectures: arm64), `apt-get download` + `dpkg-deb -x`.
@@ -25,8 +25,8 @@ mkdir -p "$kdir"
 # 1. the parser tree (this also sets up and refreshes the arm64 apt lists in $apt_dir)
 tree_tmp=$(mktemp -d "$kdir/.parser-rootfs.XXXXXX")
 trap 'rm -rf "$tree_tmp"' EXIT
-sh "$here/../deploy/parser-rootfs.sh" --vm --arch arm64 "$tree_tmp/root" >&2 ||
-    die "tests/deploy/parser-rootfs.sh --vm --arch arm64 failed"
+sh "$here/../../build/parser-rootfs.sh" --vm --arch arm64 "$tree_tmp/root" >&2 ||
+    die "build/parser-rootfs.sh --vm --arch arm64 failed"
 rm -rf "$kdir/parser-rootfs"
 mv "$tree_tmp/root" "$kdir/parser-rootfs"
 

@@ -6,7 +6,7 @@
 # linux-image-<ver>-cloud-amd64 (the version linux-image-cloud-amd64 depends on) is fetched with `apt-get download`
 # and unpacked with `dpkg-deb -x`.
 #
-# It also fetches (once) the Debian .debs of the guest's parsers (tests/deploy/parser-rootfs.sh: trixie's apparmor
+# It also fetches (once) the Debian .debs of the guest's parsers (build/parser-rootfs.sh: trixie's apparmor
 # 4.1 and libc6, bookworm's apparmor 3.0, cached in <cache>/trixie/debs), so that a missing archive shows here
 # rather than in the middle of a test.
 #
@@ -61,6 +61,6 @@ fi
 ln -sfn "$pkg" "$kdir/current.tmp" && mv -T "$kdir/current.tmp" "$kdir/current"
 
 parsers=$(mktemp -d "${TMPDIR:-/tmp}/aapl-parsers.XXXXXX")
-sh "$(dirname "$0")/../deploy/parser-rootfs.sh" --vm "$parsers/root" >&2 || { rm -rf "$parsers"; die "tests/deploy/parser-rootfs.sh --vm failed"; }
+sh "$(dirname "$0")/../../build/parser-rootfs.sh" --vm "$parsers/root" >&2 || { rm -rf "$parsers"; die "build/parser-rootfs.sh --vm failed"; }
 rm -rf "$parsers"
 echo "$out/vmlinuz"

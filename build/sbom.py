@@ -9,7 +9,7 @@ The image holds two things, and the SBOM lists both:
   (no build, dev or proc-macro crates), with version, declared license (`cargo metadata`), the `Cargo.lock`
   checksum and a purl; plus the executable itself with its SHA-256;
 - the Debian packages whose files the image carries: `usr/share/doc/apparmor-profile-loader/debian-packages` in
-  the rootfs, which tests/deploy/parser-rootfs.sh writes from the very .debs it unpacked (package, version, arch,
+  the rootfs, which build/parser-rootfs.sh writes from the very .debs it unpacked (package, version, arch,
   suite, .deb SHA-256), with a purl (`pkg:deb/debian/...`).
 
 `check` recomputes both lists from cargo and the rootfs and fails if the SBOM misses any crate or .deb (or has
@@ -26,7 +26,7 @@ import sys
 import uuid
 from datetime import datetime, timezone
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRIPLES = {"amd64": "x86_64-unknown-linux-gnu", "arm64": "aarch64-unknown-linux-gnu"}
 MANIFEST = "usr/share/doc/apparmor-profile-loader/debian-packages"
 NAME = "apparmor-profile-loader"
@@ -195,7 +195,7 @@ def generate(arch, rootfs, binary, version):
                  "referenceLocator": f"pkg:deb/debian/{name}@{ver}?arch={deb_arch}&distro={suite}"}
             ],
             "primaryPackagePurpose": "OPERATING-SYSTEM" if name == "libc6" else "APPLICATION",
-            "comment": f"Debian {suite}; files unpacked by tests/deploy/parser-rootfs.sh; "
+            "comment": f"Debian {suite}; files unpacked by build/parser-rootfs.sh; "
             "copyright in /usr/share/doc/apparmor-profile-loader/",
         })
         rels.append({"spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": pid})
@@ -208,7 +208,7 @@ def generate(arch, rootfs, binary, version):
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": f"{NAME}-{version}-linux-{arch}",
         "documentNamespace": f"https://example.com/spdx/{NAME}/{version}/linux-{arch}/{uuid.uuid4()}",
-        "creationInfo": {"created": created, "creators": ["Tool: apparmor-profile-loader tests/deploy/sbom.py"]},
+        "creationInfo": {"created": created, "creators": ["Tool: apparmor-profile-loader build/sbom.py"]},
         "packages": packages,
         "relationships": rels,
     }

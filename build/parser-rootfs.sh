@@ -33,7 +33,7 @@
 # (arm64: .../trixie-arm64/debs); the lists are refreshed at most once a day (APT_LISTS_MAX_AGE_MIN, minutes), and
 # if the archive is unreachable the lists already there are used. DEBIAN_MIRROR overrides the archive URI.
 #
-# Versions are pinned by the lock file (DEBIAN_PACKAGES_LOCK, default tests/deploy/debian-packages.lock beside
+# Versions are pinned by the lock file (DEBIAN_PACKAGES_LOCK, default build/debian-packages.lock beside
 # this script; lines "arch package suite version"): a build takes exactly those versions and fails if the archive
 # no longer has one. --refresh-lock resolves the newest versions in the archive for ARCH and rewrites that arch's
 # lines of the lock file before building. APPARMOR4_VERSION, APPARMOR3_VERSION, LIBC6_VERSION override a pin
@@ -168,7 +168,7 @@ if [ "$refresh" = 1 ]; then
 		if [ -f "$lock_file" ]; then
 			grep -v "^$arch " "$lock_file" || true
 		else
-			echo "# Debian package versions tests/deploy/parser-rootfs.sh builds the image's parser tree from."
+			echo "# Debian package versions build/parser-rootfs.sh builds the image's parser tree from."
 			echo "# arch package suite version; rewritten per arch by \`parser-rootfs.sh --arch ARCH --refresh-lock DIR\`."
 		fi
 		printf '%s apparmor trixie %s\n%s apparmor bookworm %s\n%s libc6 trixie %s\n' \
@@ -271,7 +271,7 @@ cp "$work/aa3/usr/share/doc/apparmor/copyright" "$doc/apparmor-3.copyright"
 cp "$work/libc/usr/share/doc/libc6/copyright" "$doc/libc6.copyright"
 printf 'apparmor %s /usr/sbin/apparmor_parser\napparmor %s /usr/lib/apparmor-profile-loader/apparmor_parser-3\nlibc6 %s\n' \
 	"$aa4_ver" "$aa3_ver" "$libc_ver" >"$doc/parser-packages"
-# the manifest of every .deb whose files are in the tree (read by tests/deploy/sbom.py)
+# the manifest of every .deb whose files are in the tree (read by build/sbom.py)
 for entry in "apparmor $aa4_ver trixie $aa4_deb" "apparmor $aa3_ver bookworm $aa3_deb" "libc6 $libc_ver trixie $libc_deb"; do
 	set -- $entry
 	deb_arch=$(dpkg-deb -f "$4" Architecture)
