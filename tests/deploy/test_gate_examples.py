@@ -307,4 +307,5 @@ def test_readme_choosing_a_gate_names_the_pinned_versions_and_files():
                       ("NodeReadinessRule", by_kind(NRR, "NodeReadinessRule"))):
         assert f"`{doc['apiVersion']}` {kind}" in section, kind
     assert f"`{GATE['key']}={GATE['value']}:{GATE['effect']}`" in section
-    assert "not implemented yet" in section
+    assert "not implemented yet" not in section
+    assert "`manifests/node-condition`" in section and (REPO / "manifests" / "node-condition").is_dir()
