@@ -72,8 +72,10 @@ def test_every_suite_has_its_line_and_every_link_resolves():
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", section)
     missing = [link for link in links if not link.startswith("http") and not (REPO / link).exists()]
     assert not missing, f"README Testing links to files that do not exist: {missing}"
+    # a suite is a file tests/<name>.rs or a directory tests/<name>/ with a main.rs (cargo's two forms)
     suites = sorted(f"tests/{p.name}" for p in (REPO / "tests").glob("*.rs"))
-    suites += ["tests/cli/", "tests/deploy/", "CONTRIBUTING.md"]
+    suites += sorted(f"tests/{p.parent.name}/" for p in (REPO / "tests").glob("*/main.rs"))
+    suites += ["tests/deploy/", "CONTRIBUTING.md"]
     unlinked = [s for s in suites if s not in links]
     assert not unlinked, f"README Testing has no line linking to {unlinked}"
 

@@ -1,4 +1,4 @@
-//! Harness of the node end-to-end suite (`tests/node_e2e.rs`): a real control plane on this machine
+//! Harness of the node end-to-end suite (`tests/node_e2e/`): a real control plane on this machine
 //! (the kube-apiserver + etcd harness of `tests/apiserver`, kube-scheduler, kube-controller-manager) and a
 //! QEMU guest that is a real node (containerd, runc, CNI, kube-proxy, kubelet; `tests/node/guest/init`).
 //!
@@ -136,7 +136,7 @@ pub fn prerequisites() -> Option<Prereqs> {
         });
     }
     let msg = format!("missing:\n  {}\n{HINT}", missing.join("\n  "));
-    prereq::require("node end-to-end suite (tests/node_e2e.rs)", Err(msg))
+    prereq::require("node end-to-end suite (tests/node_e2e/)", Err(msg))
 }
 
 // === processes ==================================================================================

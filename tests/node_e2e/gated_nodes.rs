@@ -1,0 +1,147 @@
+//! Nodes B and C: a broken ConfigMap keeps the gate shut (scenario 3); the autoscaler-prefixed gate taint (scenario 6).
+
+use super::*;
+
+// === node B: a broken ConfigMap keeps the gate shut ==============================================
+
+/// Scenario 3: a broken ConfigMap keeps node `b` (an AppArmor 3 node) tainted with the reason in the
+/// pod status, so does a 4.0-only profile; fixing the ConfigMap releases it.
+pub(crate) fn scenario_3(c: &Cluster, f: &mut Findings, b: &str) -> Result<(), String> {
+    let good = configmap(c)?;
+    let mut broken = good.clone();
+    broken["data"]["aapl-broken"] = Value::String(
+        "abi <abi/3.0>,\n#include <tunables/global>\nprofile aapl-broken {\n  /etc/** rw\n  this is not a rule,\n}\n"
+            .into(),
+    );
+    strip_meta(&mut broken);
+    c.cp.apply(&[broken])?;
+    // node B boots AppArmor 3 (Ubuntu 22.04, single-quoted as os-release(5) allows, behind Ubuntu's link)
+    c.guest.out(UBUNTU_2204);
+    let pods_before = c.pods.len();
+    let (ni, _) = register(c, b, &format!("{GATE}=true:NoSchedule"))?;
+    // copy fails; the kubelet restarts it with back-off: wait for the second failure
+    let failed = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p) && on_node(p, b) && copy_failures(p) >= 2
+    });
+    let Some((_, _, lp)) = failed else {
+        return Err(format!(
+            "the loader pod on {b} never failed twice; {}",
+            loader_pod_summary(c, b)
+        ));
+    };
+    let node = c.cp.get_json(&["node", b])?;
+    f.check(
+        "3",
+        taint_keys(&node).iter().any(|k| k == GATE),
+        format!(
+            "{b} keeps the gate taint while the ConfigMap is broken (taints {:?})",
+            taint_keys(&node)
+        ),
+    );
+    let wl = c.cp.get_json(&["pods", "-n", WORKLOAD_NS])?;
+    let wl_items = wl["items"].as_array().cloned().unwrap_or_default();
+    f.check(
+        "3",
+        !wl_items.is_empty()
+            && wl_items
+                .iter()
+                .all(|p| p["status"]["phase"] == "Pending" && p["spec"]["nodeName"].is_null()),
+        format!(
+            "the workload stays Pending and unbound: {:?}",
+            wl_items
+                .iter()
+                .map(|p| format!(
+                    "{} {} {}",
+                    name(p),
+                    p["status"]["phase"],
+                    p["spec"]["nodeName"]
+                ))
+                .collect::<Vec<_>>()
+        ),
+    );
+    let msg = copy_message(&lp);
+    f.check(
+        "3",
+        msg.contains("aapl-broken"),
+        format!("the loader pod's status names the broken key without kubectl logs: {msg:?}"),
+    );
+    let describe =
+        c.cp.kubectl(&["describe", "pod", "-n", "kube-system", name(&lp)], None)
+            .unwrap_or_default();
+    f.check(
+        "3",
+        describe.contains("aapl-broken"),
+        "`kubectl describe pod` shows the reason",
+    );
+    // The operator fixes the syntax, but the profile now asks for AppArmor 4 (`userns,`): the image's 4.1
+    // parser compiles it, the node's own AppArmor 3 boot could not. copy refuses it, the node stays gated.
+    let lp = scenario_3_reboot_parity(c, f, b, &good, &lp)?;
+    // the operator fixes the ConfigMap and restarts the pod
+    let mut fixed = good;
+    strip_meta(&mut fixed);
+    c.cp.kubectl(&["replace", "-f", "-"], Some(&fixed.to_string()))?;
+    c.cp.kubectl(
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "kube-system",
+            name(&lp),
+            "--wait=false",
+        ],
+        None,
+    )?;
+    let released = c.nodes.wait(ni, *WAIT, gate_released(b, GATE));
+    if released.is_none() {
+        save_guest_diag(c, b);
+    }
+    f.check(
+        "3",
+        released.is_some(),
+        format!("fixing the ConfigMap and restarting the pod released {b}"),
+    );
+    workload_runs_on(c, f, "3", pods_before, b);
+
+    Ok(())
+}
+
+// === node C: the autoscaler-prefixed gate taint ==================================================
+
+/// Scenario 6: the autoscaler-prefixed gate taint on node `cn` is released the same way.
+pub(crate) fn scenario_6(c: &Cluster, f: &mut Findings, cn: &str) -> Result<(), String> {
+    let pods_before = c.pods.len();
+    let (ni, reg) = register(c, cn, &format!("{AUTOSCALER_GATE}=true:NoSchedule"))?;
+    let released = registered_with_then_released(c, f, "6", ni, cn, AUTOSCALER_GATE);
+    if released.is_none() {
+        save_guest_diag(c, cn);
+    }
+    f.check(
+        "6",
+        released.is_some(),
+        format!(
+            "the prefixed gate taint was removed from {cn}{}",
+            released
+                .as_ref()
+                .map(|(_, at, _)| format!(" after {:.1}s", (*at - reg).as_secs_f64()))
+                .unwrap_or_default()
+        ),
+    );
+    let wl = workload_runs_on(c, f, "6", pods_before, cn);
+    if let (Some((_, rel_at, _)), Some((_, _, _))) = (&released, &wl) {
+        let early = c
+            .pods
+            .between(pods_before, c.pods.len())
+            .iter()
+            .zip(pods_before..)
+            .any(|(p, i)| {
+                is_workload(p) && p["spec"]["nodeName"] == cn && c.pods_event_time(i) < *rel_at
+            });
+        f.check(
+            "6",
+            !early,
+            "no workload pod was bound to the node while the prefixed taint was there",
+        );
+    }
+
+    Ok(())
+}
