@@ -34,6 +34,3 @@ pub use apparmor::{parser_cache, parser_conf};
 pub use kube::{condition, node_update, taint};
 pub use profile::node_labels;
 pub use steps::untaint;
-
-#[cfg(test)]
-mod executable_script;

@@ -14,25 +14,23 @@
 //! tests print how to build it and pass, unless env `CI` is set: then they fail.
 //!
 //! The helpers (the shared server, objects, nodes, tokens, running the loader) are in
-//! tests/apiserver_common; nodes and taints come from the fixtures shared with tests/cli/untaint_mock.rs.
-
-mod apiserver_common;
+//! test-support/src/apiserver/; nodes and taints come from the fixtures shared with tests/cli/untaint_mock.rs.
 
 use std::time::{Duration, Instant};
 
-use apiserver_common::cluster::{
+use aapl_test_support::apiserver::cluster::{
     Identity, api_error, create_loader_pod, create_node, get_node, pod_token, rv,
 };
-use apiserver_common::fixtures::{
-    NodeFixture, autoscaler_gate, gate, gate_taints, is_gate, taint, taints_of,
-};
-use apiserver_common::loader::{proxied_client, run_untaint, run_untaint_with};
-use apiserver_common::objects::{json_patch, render};
-use apiserver_common::shared::{
+use aapl_test_support::apiserver::loader::{proxied_client, run_untaint, run_untaint_with};
+use aapl_test_support::apiserver::objects::{json_patch, render};
+use aapl_test_support::apiserver::shared::{
     apply_all, block_on, env, install_in_namespace, install_overlay, run_local, server_of_its_own,
     wait_until_confined,
 };
-use apiserver_common::{NS, POLICY, SETTLE, client, poll, repo_root};
+use aapl_test_support::apiserver::{NS, POLICY, SETTLE, client, poll, repo_root};
+use aapl_test_support::fixtures::{
+    NodeFixture, autoscaler_gate, gate, gate_taints, is_gate, taint, taints_of,
+};
 use apparmor_profile_loader::condition::{CONDITION_TYPE, LoadedCondition};
 use apparmor_profile_loader::exit_code;
 use apparmor_profile_loader::node_update::{self, UntaintError};

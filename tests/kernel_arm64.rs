@@ -8,16 +8,15 @@
 //!
 //! Short on purpose: aarch64 under TCG boots in ~20 s on our 2 vCPUs. `tests/run-all` prepares everything first
 //! (`tests/vm/prepare-arm64.sh`, `cargo build --release --target aarch64-unknown-linux-gnu`); this test builds and
-//! downloads nothing. A missing prerequisite skips it loudly, and fails it under CI (`tests/prereq/mod.rs`).
-
-mod vm_common;
+//! downloads nothing. A missing prerequisite skips it loudly, and fails it under CI (`test-support/src/prereq.rs`).
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vm_common::qemu::{self, Arch, Qemu, which};
-use vm_common::{Boot, Report, release_build};
+use aapl_test_support::qemu::{self, Arch, Qemu, which};
+use aapl_test_support::release_build;
+use aapl_test_support::vm::{Boot, Report};
 
 const HINT: &str = "\
 to run the arm64 real-kernel test:
@@ -82,7 +81,7 @@ fn elf_machine_and_interp(path: &Path) -> Result<(u16, bool), String> {
 }
 
 fn find_prereqs() -> Result<Prereqs, String> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let repo = aapl_test_support::repo();
     let cache = std::env::var_os("AAPL_CI_CACHE")
         .map_or_else(|| PathBuf::from("/var/cache/aapl-ci"), PathBuf::from)
         .join("kernel-arm64");
@@ -171,12 +170,12 @@ fn write_payload(dir: &Path, repo: &Path) {
     std::fs::write(dir.join("suite"), "arm64\n").unwrap();
 }
 
-/// Packs the initramfs (`vm_common`'s builder, with the arm64 pieces) and boots it under `qemu-system-aarch64 -M virt
-/// -cpu max` (TCG on an x86 host), bounded by `timeout` (the shared launcher, `tests/qemu`).
+/// Packs the initramfs (the builder of `aapl_test_support::vm`, with the arm64 pieces) and boots it under `qemu-system-aarch64 -M virt
+/// -cpu max` (TCG on an x86 host), bounded by `timeout` (the shared launcher, `test-support/src/qemu.rs`).
 fn boot(p: &Prereqs, payload: &Path) -> Result<Boot, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let initrd = dir.path().join("initrd.cpio.gz");
-    vm_common::build_initramfs(
+    aapl_test_support::vm::build_initramfs(
         &p.repo,
         &initrd,
         &p.loader,
@@ -216,7 +215,7 @@ fn boot(p: &Prereqs, payload: &Path) -> Result<Boot, String> {
 
 #[test]
 fn arm64_executable_loads_and_enforces_3_0_4_0_and_complain_profiles_on_an_arm64_kernel() {
-    let Some(p) = vm_common::require(
+    let Some(p) = aapl_test_support::vm::require(
         "arm64 real-kernel test (tests/kernel_arm64.rs)",
         find_prereqs(),
     ) else {

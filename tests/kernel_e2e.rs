@@ -11,13 +11,11 @@
 //! Prerequisites: `apt-get install apparmor qemu-system-x86 busybox-static cpio` and `tests/vm/prepare.sh`.
 //! Without them the tests print how to install and pass, unless env `CI` is set: then they fail.
 
-mod vm_common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use vm_common::{Boot, Prereqs};
+use aapl_test_support::vm::{Boot, Prereqs};
 
 /// Profiles the test generates (besides the repo's examples).
 const GENERATED: usize = 40;
@@ -387,7 +385,7 @@ struct MainBoot {
 type Shared<T> = OnceLock<Option<Result<T, String>>>;
 
 fn prereqs() -> Option<Prereqs> {
-    vm_common::prerequisites()
+    aapl_test_support::vm::prerequisites()
 }
 
 /// Lays out a payload in a tempdir and boots it; `None` when skipped outside CI.
@@ -401,7 +399,7 @@ fn boot_with<T>(
     let payload_dir = dir.path().join("payload");
     std::fs::create_dir_all(&payload_dir).unwrap();
     let plan = payload(&payload_dir, &p.repo);
-    Some(vm_common::boot(&p, label, &payload_dir, append).map(|b| (b, plan)))
+    Some(aapl_test_support::vm::boot(&p, label, &payload_dir, append).map(|b| (b, plan)))
 }
 
 /// The AppArmor boot (scenarios 1-6, 8); `None` when skipped outside CI.
@@ -725,7 +723,7 @@ fn generated_profiles_compile_on_the_host() {
     let parser = PathBuf::from("/usr/sbin/apparmor_parser");
     if !parser.is_file() || !Path::new("/etc/apparmor.d/abstractions/base").is_file() {
         // Under CI a missing parser fails, as every harness prerequisite does.
-        vm_common::skip_or_fail(
+        aapl_test_support::vm::skip_or_fail(
             "kernel_e2e generated_profiles_compile_on_the_host",
             "apparmor_parser and /etc/apparmor.d/abstractions are missing: apt-get install apparmor",
         );

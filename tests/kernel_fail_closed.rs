@@ -14,12 +14,10 @@
 //!
 //! Prerequisites as for `kernel_e2e.rs` (tests/vm/README.md); under CI a missing one fails.
 
-mod vm_common;
-
 use std::path::Path;
 use std::sync::OnceLock;
 
-use vm_common::Boot;
+use aapl_test_support::vm::Boot;
 
 /// A parent profile that denies writes under `/etc`, with a hat and a child profile that each allow the
 /// `/etc/aapl-fc-*` writes of the test tasks, or without them. The parent may write its tasks'
@@ -54,7 +52,7 @@ fn payload(dir: &Path) {
         std::fs::write(path, text).unwrap();
     };
     write("suite", "failclosed\n");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = &aapl_test_support::repo();
     std::fs::copy(
         repo.join("tests/vm/guest/fail-closed.sh"),
         dir.join("fail-closed.sh"),
@@ -127,12 +125,12 @@ fn payload(dir: &Path) {
 fn the_boot() -> Option<&'static Boot> {
     static BOOT: OnceLock<Option<Result<Boot, String>>> = OnceLock::new();
     let shared = BOOT.get_or_init(|| {
-        let p = vm_common::prerequisites()?;
+        let p = aapl_test_support::vm::prerequisites()?;
         let dir = tempfile::tempdir().expect("tempdir");
         let payload_dir = dir.path().join("payload");
         std::fs::create_dir_all(&payload_dir).unwrap();
         payload(&payload_dir);
-        Some(vm_common::boot(
+        Some(aapl_test_support::vm::boot(
             &p,
             "failclosed",
             &payload_dir,
@@ -152,7 +150,7 @@ fn the_reboot() -> Option<&'static Boot> {
     static BOOT: OnceLock<Option<Result<Boot, String>>> = OnceLock::new();
     let shared = BOOT.get_or_init(|| {
         let first = the_boot()?;
-        let p = vm_common::prerequisites()?;
+        let p = aapl_test_support::vm::prerequisites()?;
         let state = first.report.output("F5", "state", "stdout").join("\n");
         assert!(
             !state.is_empty(),
@@ -164,7 +162,7 @@ fn the_reboot() -> Option<&'static Boot> {
         payload(&payload_dir);
         std::fs::write(payload_dir.join("suite"), "failclosed-reboot\n").unwrap();
         std::fs::write(payload_dir.join("state.b64"), state + "\n").unwrap();
-        Some(vm_common::boot(
+        Some(aapl_test_support::vm::boot(
             &p,
             "failclosed-reboot",
             &payload_dir,

@@ -486,7 +486,7 @@ mod tests {
 
     fn script_parser(dir: &Path, body: &str, timeout: Duration) -> Parser {
         let path = dir.join("fake_parser");
-        crate::executable_script::write(&path, &format!("#!/bin/sh\n{body}\n"));
+        aapl_test_support::executable_script::write(&path, &format!("#!/bin/sh\n{body}\n"));
         Parser {
             binary: path,
             base: dir.to_path_buf(),
@@ -622,7 +622,7 @@ mod tests {
 
         // An executable whose interpreter is missing: a script naming a missing shell.
         let orphan = dir.path().join("orphan");
-        crate::executable_script::write(&orphan, "#!/no/such/shell\n");
+        aapl_test_support::executable_script::write(&orphan, "#!/no/such/shell\n");
         p.binary = orphan;
         let msg = p
             .names(&[File(dir.path().join("x"))])

@@ -388,7 +388,7 @@ mod tests {
     fn a_parser_that_drops_the_markers_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let binary = dir.path().join("fake_parser");
-        crate::executable_script::write(
+        aapl_test_support::executable_script::write(
             &binary,
             "#!/bin/sh\necho 'Name:\t\tp'; echo 'Mode: '; echo p\n",
         );

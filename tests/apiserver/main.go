@@ -186,7 +186,7 @@ func serve(args []string) error {
 	dir := fs.String("dir", "", "directory for state, certificates and the kubeconfig (required)")
 	cleanup := fs.Bool("cleanup", false, "remove --dir when the harness exits")
 	verbosity := fs.String("v", "0", "kube-apiserver log verbosity")
-	// For a kubelet outside this machine's loopback (tests/node_e2e/: a QEMU guest behind user
+	// For a kubelet outside this machine's loopback (tests/node_e2e.rs: a QEMU guest behind user
 	// networking reaches this machine's 127.0.0.1 as 10.0.2.2): the address the `kubernetes`
 	// Service's endpoints name and the serving certificate carries. Unset: 127.0.0.1 and no
 	// endpoints (the API server tests need no Service).

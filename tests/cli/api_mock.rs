@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::fixtures::gate_taints;
+use aapl_test_support::fixtures::gate_taints;
 use apparmor_profile_loader::node_labels::Desired;
 use apparmor_profile_loader::node_update::{self, UntaintError};
 use http::{Method, Request, Response, StatusCode};

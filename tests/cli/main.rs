@@ -5,12 +5,6 @@
 //! (`kernel_e2e`, `kernel_fail_closed`, `apiserver_e2e`, `node_e2e`).
 
 mod api_mock;
-#[path = "../fixtures/mod.rs"]
-mod fixtures;
-#[path = "../prereq/mod.rs"]
-mod prereq;
-#[path = "../release_build/mod.rs"]
-mod release_build;
 mod support;
 
 mod copy;

@@ -12,8 +12,8 @@ use std::process::Command;
 
 use apparmor_profile_loader::parser_conf::{self, PIECE_LEN};
 
-use crate::prereq;
 use crate::support::real_parser;
+use aapl_test_support::prereq;
 
 /// What a parser run shows of its reading of a `parser.conf`, in order.
 #[derive(Debug, PartialEq, Eq)]

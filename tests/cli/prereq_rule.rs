@@ -1,9 +1,9 @@
-//! The one rule every harness follows for a missing prerequisite (tests/prereq/mod.rs): which
+//! The one rule every harness follows for a missing prerequisite (test-support/src/prereq.rs): which
 //! values of env `CI` make it a failure, and the skip line `tests/run-all` summarises.
 
 use std::ffi::OsStr;
 
-use crate::prereq;
+use aapl_test_support::prereq;
 
 #[test]
 fn ci_is_strict_only_when_set_to_a_value_other_than_empty_0_or_false() {

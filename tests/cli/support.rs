@@ -1,11 +1,7 @@
 //! Shared fixtures for the CLI tests: ConfigMap-shaped source volumes, host directories, a
 //! fake kernel (securityfs tree) and the real `apparmor_parser`.
-#![allow(dead_code)]
 
-#[path = "../../src/executable_script.rs"]
-mod executable_script;
-
-use crate::{prereq, release_build};
+use aapl_test_support::{prereq, release_build};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,8 +22,8 @@ pub fn profile(name: &str) -> String {
 pub const BROKEN: &str =
     "abi <abi/3.0>,\nprofile broken {\n  /tmp/** rw,\n  /etc/** rw\n  junk,\n}\n";
 
-/// Writes an executable script (see `src/executable_script.rs` for why through a child `sh`).
-pub use executable_script::write as write_executable;
+/// Writes an executable script (see `test-support/src/executable_script.rs` for why through a child `sh`).
+pub use aapl_test_support::executable_script::write as write_executable;
 
 /// A kernel feature set the parser can compile (and cache) for on a machine whose own kernel has
 /// no AppArmor: the one Debian's `apparmor` package ships.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::fixtures::{NodeFixture, autoscaler_gate, gate, taint};
+use aapl_test_support::fixtures::{NodeFixture, autoscaler_gate, gate, taint};
 use apparmor_profile_loader::node_labels::{DEFAULT_PREFIX, Desired, NodeReport};
 use apparmor_profile_loader::node_update::UntaintError;
 use http::{Method, Request, Response, StatusCode};
@@ -466,7 +466,7 @@ async fn the_fake_server_applies_a_patch_or_fails_its_test_like_kube_apiserver()
         (
             remove_at(0, GATE),
             Err(422),
-            crate::fixtures::taints_of(&node),
+            aapl_test_support::fixtures::taints_of(&node),
         ),
     ] {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -482,6 +482,6 @@ async fn the_fake_server_applies_a_patch_or_fails_its_test_like_kube_apiserver()
         };
         assert_eq!(got.as_deref().map_err(|c| *c), want);
         let stored = api.stored.unwrap();
-        assert_eq!(crate::fixtures::taints_of(&stored), want_taints);
+        assert_eq!(aapl_test_support::fixtures::taints_of(&stored), want_taints);
     }
 }

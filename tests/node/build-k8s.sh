@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the node and control-plane binaries the node end-to-end suite (tests/node_e2e/) runs:
+# Builds the node and control-plane binaries the node end-to-end suite (tests/node_e2e.rs) runs:
 # kubelet and kube-proxy (inside the QEMU guest), kube-scheduler and kube-controller-manager (on this
 # machine, next to the kube-apiserver harness of tests/apiserver). All four are the upstream `cmd/*`
 # packages of k8s.io/kubernetes, pinned to the same release as tests/apiserver (go.mod here lists

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares (once, cached) what the node end-to-end suite (tests/node_e2e/) boots, and prints the
+# Prepares (once, cached) what the node end-to-end suite (tests/node_e2e.rs) boots, and prints the
 # directory of the guest's static part:
 #   - kubelet, kube-proxy, kube-scheduler, kube-controller-manager (tests/node/build-k8s.sh);
 #   - Debian trixie's containerd and CNI plugins (bridge, host-local, loopback), fetched with

@@ -33,7 +33,7 @@ pub(crate) fn rollout(
 ) -> Result<Rollout, String> {
     let dir = tempfile_dir(c, "rollout")?;
     for d in ["manifests", "profiles"] {
-        copy_tree(&node_common::repo().join(d), &dir.join(d))?;
+        copy_tree(&aapl_test_support::repo().join(d), &dir.join(d))?;
     }
     edit(&dir.join("profiles"))?;
     let rendered = c.cp.render(&dir.join("manifests"))?;

@@ -20,7 +20,7 @@ pub(crate) fn gate_lifts(c: &Cluster, f: &mut Findings, a: &str) -> Result<GateL
     // the workload arrives once the node is there (and tainted): the scheduler then says why it waits (it
     // would not retry a pod that was pending before, since the new node's taint does not help it)
     let workload =
-        c.cp.render(&node_common::repo().join("tests/node/workload.yaml"))?;
+        c.cp.render(&aapl_test_support::repo().join("tests/node/workload.yaml"))?;
     apply_retrying(c.cp, workload.as_array().map(Vec::as_slice).unwrap_or(&[]))?;
     let released = registered_with_then_released(c, f, "1", ni, a, GATE);
     let Some((_, released_at, _)) = released else {

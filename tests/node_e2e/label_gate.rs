@@ -19,7 +19,7 @@ pub(crate) fn ungated_node_runs_the_workload(
     let pods_before = c.pods.len();
     // scenario 8: a workload that requires its profile's node label, and no taint on the node
     let labelled =
-        c.cp.render(&node_common::repo().join("tests/node/workload-labelled.yaml"))?;
+        c.cp.render(&aapl_test_support::repo().join("tests/node/workload-labelled.yaml"))?;
     apply_retrying(c.cp, labelled.as_array().map(Vec::as_slice).unwrap_or(&[]))?;
     let (ni, reg) = register(c, d, "")?;
     let wl = c.pods.wait(pods_before, *WAIT, |p| {
@@ -40,7 +40,7 @@ pub(crate) fn ungated_node_runs_the_workload(
 pub(crate) fn node_condition_overlay(c: &Cluster) -> Result<Value, String> {
     let dir = tempfile_dir(c, "node-condition")?;
     for d in ["manifests", "profiles"] {
-        copy_tree(&node_common::repo().join(d), &dir.join(d))?;
+        copy_tree(&aapl_test_support::repo().join(d), &dir.join(d))?;
     }
     std::fs::create_dir_all(dir.join("overlay")).map_err(|e| e.to_string())?;
     std::fs::write(

@@ -18,9 +18,6 @@
 //! share and the `#[test]`s; the scenarios are in one file per phase: `gate` (node A: 1, 2, 4, 5), `day2`
 //! (node A: 7, 9, 10), `gated_nodes` (nodes B and C: 3, 6), `label_gate` (node D: 8) and `reboot` (11).
 
-#[path = "../node_common/mod.rs"]
-mod node_common;
-
 mod day2;
 mod gate;
 mod gated_nodes;
@@ -39,7 +36,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use node_common::{ControlPlane, Guest, Prereqs, Watch};
+use aapl_test_support::node::{ControlPlane, Guest, Prereqs, Watch};
 use serde_json::Value;
 
 const GATE: &str = "WaitingForAppArmorProfiles";
@@ -100,7 +97,7 @@ impl Findings {
 fn session() -> Option<&'static Findings> {
     static S: OnceLock<Option<Findings>> = OnceLock::new();
     S.get_or_init(|| {
-        let p = node_common::prerequisites()?;
+        let p = aapl_test_support::node::prerequisites()?;
         let started = Instant::now();
         let mut f = Findings::default();
         let mut result = run(&p, &mut f);
@@ -176,7 +173,7 @@ fn assert_scenario(scenario: &str) {
 // === the session =================================================================================
 
 fn out_dir() -> PathBuf {
-    let base = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let base = aapl_test_support::target_tmpdir();
     let d = base.join("node_e2e");
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create the node_e2e log dir");
@@ -250,7 +247,7 @@ fn run(p: &Prereqs, f: &mut Findings) -> Result<(), String> {
     let pods = Watch::start(&cp, "pods")?;
 
     // what an operator applies: the kustomization (profiles ConfigMap, RBAC, DaemonSet, admission policy)
-    let rendered = cp.render(&node_common::repo().join("manifests"))?;
+    let rendered = cp.render(&aapl_test_support::repo().join("manifests"))?;
     let items = rendered.as_array().cloned().unwrap_or_default();
     apply_retrying(&cp, &items)?;
 
@@ -363,7 +360,7 @@ fn build_initrd(p: &Prereqs, cp: &ControlPlane, dir: &Path) -> Result<PathBuf, S
             .then_some(())
             .ok_or_else(|| format!("`{script}` failed ({st})"))
     };
-    let repo = node_common::repo();
+    let repo = aapl_test_support::repo();
     std::fs::create_dir_all(aapl.join("etc/kubernetes")).map_err(|e| e.to_string())?;
     sh(&format!(
         "cp -a {g}/etc/. {a}/etc/ && cp {g}/init {r}/init && chmod 0755 {r}/init",

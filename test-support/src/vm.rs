@@ -6,14 +6,7 @@
 //! `qemu-system-x86_64`, bounded by `timeout`, and parse the `AAPL-*` lines that `tests/vm/guest/init` prints
 //! on the serial console.
 
-#![allow(dead_code)]
-
-#[path = "../prereq/mod.rs"]
-mod prereq;
-#[path = "../qemu/mod.rs"]
-pub mod qemu;
-#[path = "../release_build/mod.rs"]
-pub mod release_build;
+use crate::{prereq, qemu, release_build};
 /// The shared rule for a missing prerequisite (fail under CI, skip loudly elsewhere), for checks
 /// of kernel_e2e's own (e.g. a host-side test that needs only `apparmor_parser`).
 #[allow(unused_imports)]
@@ -99,7 +92,7 @@ pub fn prerequisites() -> Option<Prereqs> {
                 kernel,
                 qemu: qemu.unwrap(),
                 loader: loader.unwrap(),
-                repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+                repo: crate::repo(),
             })
         } else {
             Err(missing)
@@ -389,7 +382,7 @@ static BOOT_LOCK: Mutex<()> = Mutex::new(());
 
 /// Where a boot's whole serial console is kept for reading after the run (`target/tmp/`).
 fn console_log_path(label: &str) -> PathBuf {
-    let dir = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = crate::target_tmpdir();
     dir.join(format!("kernel_e2e-{label}.console.log"))
 }
 

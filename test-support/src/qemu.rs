@@ -1,10 +1,7 @@
-//! The one QEMU launcher of the harnesses (`vm_common` for `kernel_e2e`/`kernel_fail_closed`,
-//! `kernel_arm64`, `node_common` for `node_e2e`): the command line per architecture, the accelerator
+//! The one QEMU launcher of the harnesses (`vm` for `kernel_e2e`/`kernel_fail_closed`,
+//! `kernel_arm64`, `node` for `node_e2e`): the command line per architecture, the accelerator
 //! (KVM only when a tiny guest really boots with it, else TCG), and every run bounded by `timeout`.
 //!
-//! Included with `#[path = "../qemu/mod.rs"] mod qemu;`.
-
-#![allow(dead_code)]
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};

@@ -15,9 +15,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use super::cluster::{Identity, create_node};
-use super::fixtures::{NodeFixture, gate};
 use super::objects::{apply, is_namespaced, manifest_files, object_ref, render, render_overlay};
 use super::{Harness, POLICY, SETTLE, poll};
+use crate::fixtures::{NodeFixture, gate};
 
 /// The shared server and how applying the manifests went.
 pub struct Env {

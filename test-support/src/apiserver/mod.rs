@@ -2,8 +2,8 @@
 //! finding the built binary, starting it, waiting for "ready" with a bound, and stopping it.
 //! Submodules: `shared` (the one server a test file shares, manifests applied), `objects`
 //! (render, strict apply, JSON Patch), `cluster` (nodes, loader pods, pod-bound tokens),
-//! `loader` (running `untaint`); `fixtures` (nodes and taints, shared with the mock tests) and
-//! `prereq` (the skip-or-fail rule, shared with the other harnesses).
+//! `loader` (running `untaint`). Nodes and taints come from `crate::fixtures` (shared with the mock
+//! tests), the skip-or-fail rule from `crate::prereq`.
 //!
 //! The harness is built once per machine by `tests/apiserver/build.sh`. Its path comes from env
 //! `APPARMOR_LOADER_TEST_APISERVER`, or else from `build.sh --path`. A missing harness fails the
@@ -16,12 +16,7 @@
 //! exits for any reason (even SIGKILL), since the kernel then closes the pipe. Either way it
 //! removes its state directory.
 
-#![allow(dead_code)]
-
-#[path = "../fixtures/mod.rs"]
-pub mod fixtures;
-#[path = "../prereq/mod.rs"]
-pub mod prereq;
+use crate::prereq;
 
 pub mod cluster;
 pub mod loader;
@@ -37,7 +32,6 @@ use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// The executable under test.
-pub const LOADER: &str = env!("CARGO_BIN_EXE_apparmor-loader");
 /// Where the DaemonSet, its ServiceAccount and the loader pods live.
 pub const NS: &str = "kube-system";
 /// The loader's ServiceAccount.
@@ -57,7 +51,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    crate::repo()
 }
 
 /// The harness binary, or why it is not there and how to build it.

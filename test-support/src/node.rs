@@ -6,14 +6,7 @@
 //! (processes on 127.0.0.1, stopped on drop), [`Watch`] (a `kubectl get -w` stream, every event stamped on
 //! arrival: the clock of the METRIC lines), [`Guest`] (the VM, its console and its command channel).
 
-#![allow(dead_code)]
-
-#[path = "../prereq/mod.rs"]
-mod prereq;
-#[path = "../qemu/mod.rs"]
-mod qemu;
-#[path = "../release_build/mod.rs"]
-mod release_build;
+use crate::{prereq, qemu, release_build};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -37,7 +30,7 @@ to run the node end-to-end suite:
   cargo test --test node_e2e -- --nocapture --test-threads 1";
 
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    crate::repo()
 }
 
 fn run_script(script: &str, args: &[&str]) -> Result<String, String> {
@@ -67,7 +60,7 @@ pub struct Prereqs {
 }
 
 /// The prerequisites (building the cached ones when needed), or `None` outside CI when some cannot be had.
-/// Under CI a missing prerequisite panics, elsewhere the suite skips loudly: the shared rule of `tests/prereq`.
+/// Under CI a missing prerequisite panics, elsewhere the suite skips loudly: the shared rule of `crate::prereq`.
 pub fn prerequisites() -> Option<Prereqs> {
     let mut missing = Vec::new();
     for tool in [
@@ -499,6 +492,10 @@ impl Watch {
             }
             evs = cv.wait_timeout(evs, left).unwrap().0;
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {

@@ -1,5 +1,5 @@
 //! One rule for a missing test prerequisite (a harness not built, a tool not installed), shared by
-//! every harness module (`vm_common`, `apiserver_common`, `node_common`, `tests/cli/support.rs`): under CI
+//! every harness module (`vm`, `apiserver`, `node`, `tests/cli/support.rs`): under CI
 //! the test fails; elsewhere it is skipped, loudly.
 //!
 //! "Under CI" means env `CI` is set to a non-empty value other than `0` or `false` (any case): CI
@@ -11,9 +11,6 @@
 //! `AAPL_SKIP_LOG`, if set: `tests/run-all` sets it and lists every skipped harness at the end of
 //! the run, so a green run that skipped a harness says so.
 //!
-//! Included with `#[path = "../prereq/mod.rs"] mod prereq;` by each harness module.
-
-#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::io::Write as _;

@@ -7,11 +7,8 @@
 //! for both targets before `cargo test`, and a build from inside a test once took 1 min 50 s of a test's
 //! time. A missing executable, or one older than the sources (`src/**`, `Cargo.toml`, `Cargo.lock`), is
 //! refused with the exact command that makes it; callers pass that to the prerequisite rule
-//! (`tests/prereq/mod.rs`: skip outside CI, fail under CI).
+//! (`test-support/src/prereq.rs`: skip outside CI, fail under CI).
 //!
-//! Included with `#[path = "../release_build/mod.rs"] mod release_build;`.
-
-#![allow(dead_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,7 +25,7 @@ pub fn loader_for(triple: &str) -> Result<PathBuf, String> {
 }
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    crate::repo()
 }
 
 /// Cargo's target directory: env `CARGO_TARGET_DIR` (relative to the repository) or `target/`.

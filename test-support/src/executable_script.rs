@@ -1,6 +1,5 @@
-//! Writing an executable script that a test then runs, shared by the library's unit tests
-//! (a `#[cfg(test)]` module of the library) and the CLI tests (`tests/cli/support.rs`
-//! includes this file).
+//! Writing an executable script that a test then runs, for the library's unit tests and the CLI
+//! tests.
 //!
 //! The file is written by a child `sh`, never through a file descriptor of the test process:
 //! test threads spawn processes all the time, and a forked child that has not yet exec'd holds

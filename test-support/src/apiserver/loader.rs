@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{LOADER, NS};
+use super::NS;
 
 /// How one run of the binary ended: exit code, its stderr (JSON log lines), wall time.
 pub struct LoaderRun {
@@ -46,7 +46,7 @@ pub fn run_untaint(kubeconfig: &Path, node: &str) -> LoaderRun {
 
 /// [`run_untaint`] with extra arguments (e.g. `--node-report FILE`).
 pub fn run_untaint_with(kubeconfig: &Path, node: &str, extra: &[&str]) -> LoaderRun {
-    let mut cmd = Command::new(LOADER);
+    let mut cmd = Command::new(crate::loader_exe());
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy();
         if k.starts_with("APPARMOR_LOADER_") || k == "NODE_NAME" || k == "KUBECONFIG" {
