@@ -1329,7 +1329,7 @@ fn with_the_node_condition_component_untaint_sets_only_its_condition_on_its_own_
         let dir = tempfile::tempdir().unwrap();
         let report = dir.path().join("loaded-profiles.json");
         let loaded = apparmor_profile_loader::node_labels::NodeReport {
-            loader: "apparmor-profile-loader test".into(),
+            loader: "0.1.0-test".into(),
             profiles: [(
                 "k8s-nginx".to_string(),
                 "sha256:0123456789abcdef".to_string(),

@@ -37,7 +37,7 @@ impl LoadedCondition {
             .collect();
         let n = report.profiles.len();
         let message = format!(
-            "{n} AppArmor profile{} loaded and proven in the kernel by {}; set sha256:{}",
+            "{n} AppArmor profile{} loaded and proven in the kernel by apparmor-profile-loader {}; set sha256:{}",
             if n == 1 { "" } else { "s" },
             report.loader,
             sha256_hex(lines.as_bytes())
@@ -93,7 +93,7 @@ mod tests {
 
     fn report(profiles: &[(&str, &str)]) -> NodeReport {
         NodeReport {
-            loader: "apparmor-profile-loader 0.1.0".into(),
+            loader: "0.1.0".into(),
             profiles: profiles
                 .iter()
                 .map(|(n, d)| (n.to_string(), d.to_string()))
