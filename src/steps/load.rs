@@ -32,8 +32,8 @@ use std::time::Instant;
 use crate::apparmor::compile_cache::CompileCache;
 use crate::apparmor::kernel::{Kernel, KernelError};
 use crate::apparmor::mode::Mode;
-use crate::apparmor::parser::{Cache, Parser, ParserError, ParserInput};
-use crate::apparmor::policy_blob;
+use crate::apparmor::parser::{Cache, Parser, ParserError};
+use crate::apparmor::stub::{self, StubError, StubHash};
 use crate::exit_code::{self, ExitStatus};
 use crate::host::host_file;
 use crate::host::lock::{self, LockError, LockOptions};
@@ -132,25 +132,8 @@ pub enum LoadError {
 /// Why children that left the ConfigMap are not neutralised (always exit 5, as a whole).
 #[derive(Debug, thiserror::Error)]
 pub enum NeutraliseFailure {
-    #[error("cannot create a temporary file in {dir}: {source}")]
-    CreateStub {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    WriteStub {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
-    Parser(ParserError),
-    #[error("cannot read the compiled stub {path}: {source}")]
-    ReadStub {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Blob(policy_blob::BadBlob),
+    Stub(#[from] StubError),
     #[error(
         "the kernel does not show the stubs' policy for them: {}{}",
         .0.join("; "),
@@ -664,16 +647,18 @@ fn neutralise(
     let mut expected: BTreeMap<&ProfileName, String> = BTreeMap::new();
     let mut unexpressible = Vec::new();
     for name in stale {
-        match stub_hash(&opts.cache_dir, parser, name) {
-            Ok(Ok(hash)) if hashes.get(name.as_str()) == Some(&hash) => {
+        match stub::stub_hash(&opts.cache_dir, parser, name) {
+            Ok(StubHash::Hash(hash)) if hashes.get(name.as_str()) == Some(&hash) => {
                 // Already the stub (an earlier run loaded it).
                 result.insert(name.clone(), hash);
             }
-            Ok(Ok(hash)) => {
+            Ok(StubHash::Hash(hash)) => {
                 expected.insert(name, hash);
             }
-            Ok(Err(why)) => unexpressible.push((name, format!("{name:?}: {why}"))),
-            Err(e) => return Err(fail(&result, LoadError::NotNeutralised(all(), e))),
+            Ok(StubHash::Unexpressible(why)) => {
+                unexpressible.push((name, format!("{name:?}: {why}")))
+            }
+            Err(e) => return Err(fail(&result, LoadError::NotNeutralised(all(), e.into()))),
         }
     }
     let unexpressible_err = |result: &Neutralised| {
@@ -693,12 +678,8 @@ fn neutralise(
             Err(unexpressible_err(&result))
         };
     }
-    let stubs: Vec<&ProfileName> = expected.keys().copied().collect();
-    let outcome = stub_file(&opts.cache_dir, &stubs).and_then(|stub| {
-        parser
-            .replace(&[Stubs(stub.path())], Cache::Skip)
-            .map_err(NeutraliseFailure::Parser)
-    });
+    let stubs: Vec<&str> = expected.keys().map(|n| n.as_str()).collect();
+    let outcome = stub::load_stubs(&opts.cache_dir, parser, &stubs);
     let after = opts
         .kernel
         .loaded_profiles()
@@ -720,7 +701,7 @@ fn neutralise(
         ));
     }
     if let Err(e) = outcome {
-        return Err(fail(&result, LoadError::NotNeutralised(left, e)));
+        return Err(fail(&result, LoadError::NotNeutralised(left, e.into())));
     }
     if !left.is_empty() {
         let no_hashes = hashes.is_empty();
@@ -733,90 +714,6 @@ fn neutralise(
         return Err(unexpressible_err(&result));
     }
     Ok(result)
-}
-
-/// The hash the kernel will give the stub of `name`, from the bytes the parser compiles it to
-/// (`Ok(Err(why))` when those bytes do not hold exactly one profile of exactly that name: the
-/// stub cannot express it).
-fn stub_hash(
-    dir: &std::path::Path,
-    parser: &Parser,
-    name: &ProfileName,
-) -> Result<Result<String, String>, NeutraliseFailure> {
-    let stub = stub_file(dir, &[name])?;
-    let out = stub_temp(dir)?;
-    match parser.compile_to(&Stubs(stub.path()), out.path()) {
-        Ok(()) => {}
-        Err(e @ ParserError::Failed { .. }) => {
-            return Ok(Err(format!("the parser refuses its stub: {e}")));
-        }
-        Err(e) => return Err(NeutraliseFailure::Parser(e)),
-    }
-    let blob = std::fs::read(out.path()).map_err(|source| NeutraliseFailure::ReadStub {
-        path: out.path().to_path_buf(),
-        source,
-    })?;
-    let profiles = policy_blob::profile_hashes(&blob).map_err(NeutraliseFailure::Blob)?;
-    Ok(match profiles.as_slice() {
-        [(got, hash)] if got == name.as_str() => Ok(hash.clone()),
-        _ => Err(format!(
-            "the parser reads its stub as {:?}, not as this name",
-            profiles.iter().map(|(n, _)| n).collect::<Vec<_>>()
-        )),
-    })
-}
-
-/// An empty temporary file for a stub or its compiled policy, created exclusively under an
-/// unpredictable name in `dir`.
-fn stub_temp(dir: &std::path::Path) -> Result<tempfile::NamedTempFile, NeutraliseFailure> {
-    tempfile::Builder::new()
-        .prefix(".apparmor-profile-loader.stub-")
-        .tempfile_in(dir)
-        .map_err(|source| NeutraliseFailure::CreateStub {
-            dir: dir.to_path_buf(),
-            source,
-        })
-}
-
-/// A profile file declaring an empty (deny-everything) profile for each name, in a temporary
-/// file of its own (created exclusively, with an unpredictable name) in `dir`.
-fn stub_file(
-    dir: &std::path::Path,
-    names: &[&ProfileName],
-) -> Result<tempfile::NamedTempFile, NeutraliseFailure> {
-    use std::io::Write;
-    let stub: String = names
-        .iter()
-        .map(|n| format!("profile {} {{\n}}\n", quote_name(n)))
-        .collect();
-    let mut file = stub_temp(dir)?;
-    file.write_all(stub.as_bytes())
-        .map_err(|source| NeutraliseFailure::WriteStub {
-            path: file.path().to_path_buf(),
-            source,
-        })?;
-    Ok(file)
-}
-
-/// The stub file, as the parser's input.
-struct Stubs<'a>(&'a std::path::Path);
-
-impl ParserInput for Stubs<'_> {
-    fn key(&self) -> &str {
-        "(deny-everything stubs for children that left the ConfigMap)"
-    }
-    fn path(&self) -> &std::path::Path {
-        self.0
-    }
-}
-
-/// A profile name in a `profile` statement, quoted. The parser keeps a backslash in a quoted
-/// name as it is (`"a\\b"` is the name `a\\b`, not `a\b`) but reads `\"` as a quote and other
-/// escapes (`\t`, `\101`) as the character they stand for: so only quotes are escaped, and
-/// whether the parser reads back exactly the name is checked on the compiled stub
-/// ([`stub_hash`]), never assumed.
-fn quote_name(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\\\""))
 }
 
 /// Our record of what is loaded: file → hash, names and modes.
@@ -1022,13 +919,5 @@ mod tests {
             &BTreeMap::new(),
             "t"
         ));
-    }
-
-    #[test]
-    fn names_are_quoted_for_the_stub() {
-        assert_eq!(quote_name("a b"), "\"a b\"");
-        assert_eq!(quote_name("x\"y"), "\"x\\\"y\"");
-        // The parser keeps a backslash in a quoted name: it is not doubled.
-        assert_eq!(quote_name("p//a\\b"), "\"p//a\\b\"");
     }
 }
