@@ -33,14 +33,15 @@ use crate::apparmor::compile_cache::CompileCache;
 use crate::apparmor::kernel::{Kernel, KernelError};
 use crate::apparmor::mode::Mode;
 use crate::apparmor::parser::{Cache, Parser, ParserError};
-use crate::apparmor::stub::{self, StubError, StubHash};
 use crate::exit_code::{self, ExitStatus};
 use crate::host::host_file;
 use crate::host::lock::{self, LockError, LockOptions};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
 use crate::profile::keys::Key;
-use crate::profile::names::{BadProfileName, ProfileName};
+use crate::profile::names::ProfileName;
+pub use crate::profile::neutralise::NeutraliseFailure;
+use crate::profile::neutralise::{self, NeutraliseError};
 use crate::profile::node_labels::{NodeReport, ReportTooLarge};
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
 use crate::profile::prune;
@@ -130,31 +131,13 @@ pub enum LoadError {
     },
 }
 
-/// Why children that left the ConfigMap are not neutralised (always exit 5, as a whole).
-#[derive(Debug, thiserror::Error)]
-pub enum NeutraliseFailure {
-    #[error(transparent)]
-    Stub(#[from] StubError),
-    #[error(
-        "the kernel does not show the stubs' policy for them: {}{}",
-        .0.join("; "),
-        if *.1 { " (the kernel keeps no policy hashes, apparmor.hash_policy=0, so no stub can \
-                  be proven: boot with apparmor.hash_policy=1)" } else { "" }
-    )]
-    NotProven(Vec<String>, bool),
-    #[error(
-        "no deny-everything stub can be written for these names (nothing was loaded for them; \
-         their old rules stay reachable until the node reboots: drain and reboot it, or define \
-         them again in the ConfigMap): {}",
-        .0.join("; ")
-    )]
-    Unexpressible(Vec<String>),
-    #[error(
-        "the kernel lists them under our profiles with names this tool does not load, so no \
-         stub can be proven for them: {}",
-        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-    )]
-    Unnameable(Vec<BadProfileName>),
+impl From<NeutraliseError> for LoadError {
+    fn from(e: NeutraliseError) -> Self {
+        match e {
+            NeutraliseError::Kernel(e) => LoadError::Kernel(e),
+            NeutraliseError::NotNeutralised(names, why) => LoadError::NotNeutralised(names, why),
+        }
+    }
 }
 
 fn parser_note(parser: &Option<ParserError>) -> String {
@@ -303,7 +286,14 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     }
     retired.keep_in(&mut current, &boot_id);
     let (stale, unnameable) = prune::stale_children(&loaded, &current);
-    let neutralised = neutralise(opts, parser, &stale, &hashes);
+    let neutralised = neutralise::neutralise(
+        &opts.kernel,
+        parser,
+        &opts.cache_dir,
+        &stale,
+        unnameable,
+        &hashes,
+    );
     // Keep what is known to be neutralised in the record even when this run failed half-way.
     current.neutralised = match &neutralised {
         Ok(done) => done.clone(),
@@ -311,12 +301,6 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     };
     current.save(&opts.cache_dir, LOADED_PROFILES)?;
     let neutralised = neutralised.map_err(|(_, e)| e)?;
-    if !unnameable.is_empty() {
-        return Err(LoadError::NotNeutralised(
-            unnameable.iter().map(|bad| bad.name.clone()).collect(),
-            NeutraliseFailure::Unnameable(unnameable),
-        ));
-    }
     for name in neutralised.keys() {
         tracing::warn!(
             profile = %name,
@@ -475,104 +459,6 @@ fn verify(
             parser: parser_failure,
         })
     }
-}
-
-/// Neutralised children, each with the kernel's hash of its stub.
-type Neutralised = BTreeMap<ProfileName, String>;
-
-/// Replaces each stale child by a deny-everything profile of the same name, in one parser call,
-/// and proves each by the kernel's own policy hash: each stub is compiled alone to the bytes the
-/// kernel will get, which must hold exactly one profile of exactly the child's name (a name the
-/// stub cannot express is never loaded under another name) and give the hash the kernel must
-/// show; after loading, the kernel must list the child in enforce mode with that hash. A child
-/// whose kernel hash already is its stub's is left alone (computed afresh on every run, never
-/// taken from the record: a record may hold a hash that was never proven). Returns the
-/// neutralised names with the kernel's hash of their stub; on failure, also what is known to be
-/// done. `hashes` are the kernel's policy hashes as the load left them.
-fn neutralise(
-    opts: &LoadOptions,
-    parser: &Parser,
-    stale: &[ProfileName],
-    hashes: &BTreeMap<String, String>,
-) -> Result<Neutralised, (Neutralised, LoadError)> {
-    let mut result: Neutralised = BTreeMap::new();
-    if stale.is_empty() {
-        return Ok(result);
-    }
-    let fail = |result: &Neutralised, e: LoadError| (result.clone(), e);
-    let all = || stale.iter().map(ToString::to_string).collect::<Vec<_>>();
-
-    // What the kernel must show for each stub, from the very bytes a load sends it.
-    let mut expected: BTreeMap<&ProfileName, String> = BTreeMap::new();
-    let mut unexpressible = Vec::new();
-    for name in stale {
-        match stub::stub_hash(&opts.cache_dir, parser, name) {
-            Ok(StubHash::Hash(hash)) if hashes.get(name.as_str()) == Some(&hash) => {
-                // Already the stub (an earlier run loaded it).
-                result.insert(name.clone(), hash);
-            }
-            Ok(StubHash::Hash(hash)) => {
-                expected.insert(name, hash);
-            }
-            Ok(StubHash::Unexpressible(why)) => {
-                unexpressible.push((name, format!("{name:?}: {why}")))
-            }
-            Err(e) => return Err(fail(&result, LoadError::NotNeutralised(all(), e.into()))),
-        }
-    }
-    let unexpressible_err = |result: &Neutralised| {
-        let (names, why): (Vec<String>, Vec<String>) = unexpressible
-            .iter()
-            .map(|(n, why)| (n.to_string(), why.clone()))
-            .unzip();
-        fail(
-            result,
-            LoadError::NotNeutralised(names, NeutraliseFailure::Unexpressible(why)),
-        )
-    };
-    if expected.is_empty() {
-        return if unexpressible.is_empty() {
-            Ok(result)
-        } else {
-            Err(unexpressible_err(&result))
-        };
-    }
-    let stubs: Vec<&str> = expected.keys().map(|n| n.as_str()).collect();
-    let outcome = stub::load_stubs(&opts.cache_dir, parser, &stubs);
-    let after = opts
-        .kernel
-        .loaded_profiles()
-        .map_err(|e| fail(&result, e.into()))?;
-    let hashes = opts.kernel.policy_hashes();
-    let (mut left, mut unproven) = (Vec::new(), Vec::new());
-    for (name, want) in &expected {
-        let mode = after.get(name.as_str());
-        let have = hashes.get(name.as_str());
-        if outcome.is_ok() && mode == Some(&Mode::Enforce) && have == Some(want) {
-            result.insert((*name).clone(), want.clone());
-            continue;
-        }
-        left.push(name.to_string());
-        unproven.push(format!(
-            "{name:?} is {} with policy hash {}, the stub's is {want}",
-            mode.map_or("not listed".to_string(), |m| format!("listed in {m} mode")),
-            have.map_or("none", String::as_str)
-        ));
-    }
-    if let Err(e) = outcome {
-        return Err(fail(&result, LoadError::NotNeutralised(left, e.into())));
-    }
-    if !left.is_empty() {
-        let no_hashes = hashes.is_empty();
-        return Err(fail(
-            &result,
-            LoadError::NotNeutralised(left, NeutraliseFailure::NotProven(unproven, no_hashes)),
-        ));
-    }
-    if !unexpressible.is_empty() {
-        return Err(unexpressible_err(&result));
-    }
-    Ok(result)
 }
 
 /// Our record of what is loaded: file → hash, names and modes.
