@@ -26,7 +26,7 @@
 //!   another name.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::apparmor::compile_cache::CompileCache;
@@ -39,12 +39,13 @@ use crate::host::lock::{self, LockError, LockOptions};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
 use crate::profile::keys::Key;
+use crate::profile::loaded::{self, Changes};
 use crate::profile::names::ProfileName;
 pub use crate::profile::neutralise::NeutraliseFailure;
 use crate::profile::neutralise::{self, NeutraliseError};
-use crate::profile::node_labels::{NodeReport, ReportTooLarge};
+use crate::profile::node_labels::ReportTooLarge;
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
-use crate::profile::prune;
+use crate::profile::prune::{self, Retired};
 use crate::profile::records::{
     ClaimLost, Inventory, KernelNow, LOADED_PROFILES, OWNED_FILES, StateError,
 };
@@ -169,11 +170,46 @@ impl ExitStatus for LoadError {
 
 /// Loads, verifies and prunes; see the module docs for the order and why.
 pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError> {
-    // === Prepare: the lock, AppArmor on, our records, the cache ===
     let lock = lock::acquire(&opts.dest, "load", &opts.lock)?;
     lock.remove_stale_temps(&opts.cache_dir)?;
     tracing::info!("compiling for {}", parser.features.explain());
     let started = Instant::now();
+    let ready = prepare(opts, parser)?;
+    let (inputs, compiled) = compile(opts, parser, &ready)?;
+    refuse_foreign(opts, &compiled, &ready)?;
+    let mut current = record_before_loading(opts, &compiled, &ready.previous)?;
+    let parser_failure = apply(opts, parser, &inputs, &compiled, &ready)?;
+    let listed = verify(&opts.kernel, &compiled, parser_failure)?;
+    current.toolchain = ready.cache.toolchain.clone();
+    let hashes = opts.kernel.policy_hashes();
+    loaded::take_policy_hashes(&mut current, &hashes);
+    let changes = Changes::since(&ready.previous, &current);
+    let (retired, neutralised) = prune(opts, parser, &ready, &listed, &hashes, &mut current)?;
+    report_to_untaint(opts, &current, &ready.owned)?;
+    Ok(LoadReport {
+        loaded: changes.loaded,
+        unchanged: changes.unchanged,
+        retired,
+        neutralised,
+        verified: compiled.iter().map(|c| c.names.len()).sum(),
+        took_ms: started.elapsed().as_millis(),
+    })
+}
+
+// === Prepare: AppArmor on, our records, the cache ===
+
+/// What every later phase reads: this boot's id, `copy`'s record of our files, our record of
+/// the last load, and the compile cache.
+struct Ready {
+    boot_id: String,
+    owned: Inventory,
+    previous: Inventory,
+    cache: CompileCache,
+}
+
+/// Checks AppArmor is on and reads our records; without `copy`'s record there is nothing to
+/// load.
+fn prepare(opts: &LoadOptions, parser: &Parser) -> Result<Ready, LoadError> {
     opts.kernel.ensure_enabled()?;
     let boot_id = opts.kernel.boot_id().unwrap_or_else(|| {
         tracing::warn!(
@@ -195,70 +231,213 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     std::fs::create_dir_all(&opts.cache_dir).map_err(cache_err)?;
     let previous = Inventory::load(&opts.cache_dir, LOADED_PROFILES)?;
     let cache = CompileCache::open(&opts.cache_dir, parser).map_err(cache_err)?;
+    Ok(Ready {
+        boot_id,
+        owned,
+        previous,
+        cache,
+    })
+}
 
-    // === Compile, the kernel untouched ===
-    // Compile what is on disk now (that is what the host loads at boot), not what a record says.
-    let inputs = read_owned_files(opts, &owned)?;
-    // A file copy wrote, byte for byte, with this toolchain compiled then (copy records only
-    // what compiled), and its policy is in the cache: the load below reads it from there.
-    // Anything else (edited behind copy's back, or recorded by another parser or include tree)
-    // is compiled afresh now, before the kernel is touched.
-    let known = owned.if_compiled_by(&cache.toolchain);
+// === Compile, the kernel untouched ===
+
+/// Compiles what is on disk now (that is what the host loads at boot), not what a record says.
+///
+/// A file copy wrote, byte for byte, with this toolchain compiled then (copy records only what
+/// compiled), and its policy is in the cache: the load reads it from there. Anything else
+/// (edited behind copy's back, or recorded by another parser or include tree) is compiled
+/// afresh now, before the kernel is touched.
+fn compile(
+    opts: &LoadOptions,
+    parser: &Parser,
+    ready: &Ready,
+) -> Result<(Vec<ProfileInput>, Vec<CompiledProfile>), LoadError> {
+    let inputs = read_owned_files(&opts.dest, &ready.owned)?;
+    let known = ready.owned.if_compiled_by(&ready.cache.toolchain);
     let unproven = ownership::unproven(&known, &inputs);
     for i in &unproven {
         tracing::info!(file = %i.key, "{} was not compiled by copy with this parser; compiling it now", i.key);
     }
+    let dir = &ready.cache.dir;
     parser
-        .compile(&unproven, Cache::Refresh(&cache.dir))
+        .compile(&unproven, Cache::Refresh(dir))
         .map_err(CheckError::from)?;
-    let compiled = profile::check::check(&inputs, parser, &known, Cache::ReadWrite(&cache.dir))?;
+    let compiled = profile::check::check(&inputs, parser, &known, Cache::ReadWrite(dir))?;
+    Ok((inputs, compiled))
+}
 
-    // === Guard: nothing of someone else's replaced; what we load recorded first ===
-    refuse_foreign(opts, &compiled, &previous, &owned, &boot_id)?;
+/// Reads every file `copy` recorded. Only a file that does not exist is "missing" (exit 3);
+/// any other read error is reported as it is.
+fn read_owned_files(dest: &Path, owned: &Inventory) -> Result<Vec<ProfileInput>, LoadError> {
+    owned
+        .files
+        .keys()
+        .map(|key| {
+            let path = dest.join(key);
+            match host_file::read(&path) {
+                Ok(bytes) => Ok(ProfileInput {
+                    key: key.clone(),
+                    path,
+                    sha256: sha256_hex(&bytes),
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(LoadError::MissingFile(key.clone()))
+                }
+                Err(source) => Err(LoadError::Read { path, source }),
+            }
+        })
+        .collect()
+}
 
-    // Record before loading, as copy records before writing: if the load or its verification
-    // fails half-way, whatever reached the kernel is still ours to unload later.
-    let current = record(&compiled);
+// === Guard: nothing of someone else's replaced; what we load recorded first ===
+
+/// Refuses to replace a loaded profile that our records do not call ours: "nothing already
+/// loaded is harmed" covers profiles that are not ours.
+///
+/// A name is ours only if `load` loaded it before (`loaded.json`) or `copy` claimed it for a
+/// file we own (`copy` refuses to claim a name the kernel already has from someone else; the
+/// claim also covers a reboot between `copy` and `load`, when the host loaded our file itself).
+/// Nothing is guessed from other files: a host file the parser cannot read never makes this
+/// pass.
+fn refuse_foreign(
+    opts: &LoadOptions,
+    compiled: &[CompiledProfile],
+    ready: &Ready,
+) -> Result<(), LoadError> {
+    if opts.adopt_loaded {
+        return Ok(());
+    }
+    let loaded = opts.kernel.loaded_profiles()?;
+    let hashes = opts.kernel.policy_hashes();
+    let now = KernelNow {
+        listed: &loaded,
+        hashes: &hashes,
+        boot_id: &ready.boot_id,
+    };
+    // copy's claims count only where copy saw the kernel's list when it made them; retired
+    // names only while the kernel holds exactly what we retired, in the same boot.
+    let ours = ownership::our_names(&ready.owned, Some(&ready.previous), now);
+    ownership::refuse_someone_elses(compiled, &loaded, &ours, Claimant::Load)?;
+    Ok(())
+}
+
+/// Records what we load before loading it, as copy records before writing: if the load or its
+/// verification fails half-way, whatever reached the kernel is still ours to unload later.
+fn record_before_loading(
+    opts: &LoadOptions,
+    compiled: &[CompiledProfile],
+    previous: &Inventory,
+) -> Result<Inventory, LoadError> {
+    let current = loaded::record(compiled);
     ownership::record_before_acting(
-        &previous,
+        previous,
         &current,
         &previous.toolchain,
         &opts.cache_dir,
         LOADED_PROFILES,
     )?;
+    Ok(current)
+}
 
-    // === Apply, then verify in the kernel's own list ===
-    let parser_failure = apply(opts, parser, &inputs, &compiled, &previous, &cache)?;
-    let loaded = verify(&opts.kernel, &compiled, parser_failure)?;
-    let mut current = current;
-    current.toolchain = cache.toolchain.clone();
-    let hashes = opts.kernel.policy_hashes();
-    for entry in current.files.values_mut() {
-        entry.policy_sha1 = entry
-            .profiles
-            .iter()
-            .filter_map(|n| hashes.get(n.as_str()).map(|h| (n.clone(), h.clone())))
-            .collect();
+// === Apply, then verify in the kernel's own list ===
+
+/// Loads every file in one parser call, unless the kernel provably holds exactly these bytes
+/// already. Returns the parser's complaint when it ran to its end and said no (what reached the
+/// kernel is verified next, and the parser's words go with the verdict).
+fn apply(
+    opts: &LoadOptions,
+    parser: &Parser,
+    inputs: &[ProfileInput],
+    compiled: &[CompiledProfile],
+    ready: &Ready,
+) -> Result<Option<ParserError>, LoadError> {
+    let hashes_before = opts.kernel.policy_hashes();
+    let toolchain = &ready.cache.toolchain;
+    if inputs.is_empty()
+        || prune::unchanged_in_kernel(compiled, &ready.previous, &hashes_before, toolchain)
+    {
+        tracing::info!(
+            "every profile is in the kernel from exactly these bytes (the kernel's policy hashes \
+             match our record): nothing to load"
+        );
+        return Ok(None);
     }
-
-    let mut report = LoadReport {
-        verified: compiled.iter().map(|c| c.names.len()).sum(),
-        ..LoadReport::default()
-    };
-    for (key, entry) in &current.files {
-        match previous.files.get(key) {
-            Some(old) if old.sha256 == entry.sha256 => report.unchanged += 1,
-            _ => report.loaded += 1,
-        }
+    match parser.replace(inputs, Cache::ReadWrite(&ready.cache.dir)) {
+        Ok(()) => Ok(None),
+        Err(e @ ParserError::Failed { .. }) => Ok(Some(e)),
+        // Killed (OOM), timed out, could not start: keep what happened, and its exit code.
+        Err(e) => Err(LoadError::Parser(e)),
     }
+}
 
-    // === Prune: retire what left, neutralise stale children, never unload ===
+/// Proves every compiled profile is in the kernel, in the mode its flags ask for. Returns the
+/// kernel's list it proved it against.
+fn verify(
+    kernel: &Kernel,
+    compiled: &[CompiledProfile],
+    parser_failure: Option<ParserError>,
+) -> Result<BTreeMap<String, Mode>, LoadError> {
+    let listed = kernel.loaded_profiles()?;
+    let missing = loaded::not_in_force(compiled, &listed);
+    if missing.is_empty() && parser_failure.is_none() {
+        Ok(listed)
+    } else if missing.is_empty() {
+        // Everything is in force, but the parser complained: fail closed, it may be partial.
+        Err(LoadError::NotLoaded {
+            missing: vec!["the parser reported an error while loading".into()],
+            parser: parser_failure,
+        })
+    } else {
+        Err(LoadError::NotLoaded {
+            missing,
+            parser: parser_failure,
+        })
+    }
+}
+
+// === Prune: retire what left, neutralise stale children, never unload ===
+
+/// Retires our top-level profiles that left the ConfigMap and neutralises the children our
+/// files no longer define, then saves the record (with what is known to be neutralised even
+/// when that failed half-way). Returns the retired and the neutralised names.
+fn prune(
+    opts: &LoadOptions,
+    parser: &Parser,
+    ready: &Ready,
+    listed: &BTreeMap<String, Mode>,
+    hashes: &BTreeMap<String, String>,
+    current: &mut Inventory,
+) -> Result<(Vec<ProfileName>, Vec<ProfileName>), LoadError> {
     let now = KernelNow {
-        listed: &loaded,
-        hashes: &hashes,
-        boot_id: &boot_id,
+        listed,
+        hashes,
+        boot_id: &ready.boot_id,
     };
-    let retired = prune::retire(&previous, &current, now);
+    let retired = prune::retire(&ready.previous, current, now);
+    log_retired(&retired);
+    retired.keep_in(current, &ready.boot_id);
+    let (stale, unnameable) = prune::stale_children(listed, current);
+    let dir = &opts.cache_dir;
+    let neutralised = neutralise::neutralise(&opts.kernel, parser, dir, &stale, unnameable, hashes);
+    current.neutralised = match &neutralised {
+        Ok(done) => done.clone(),
+        Err((done, _)) => done.clone(),
+    };
+    current.save(&opts.cache_dir, LOADED_PROFILES)?;
+    let neutralised = neutralised.map_err(|(_, e)| e)?;
+    for name in neutralised.keys() {
+        tracing::warn!(
+            profile = %name,
+            "neutralised {name:?}: its parent no longer defines it, so it was replaced by a \
+             deny-everything profile of the same name (processes inside stay confined and are \
+             allowed nothing; nobody can enter it with its old rules)"
+        );
+    }
+    Ok((retired.tops, neutralised.into_keys().collect()))
+}
+
+/// Says what was retired now, and which earlier retired names are no longer ours.
+fn log_retired(retired: &Retired) {
     for name in &retired.tops {
         tracing::warn!(
             profile = %name,
@@ -284,188 +463,21 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
             ),
         }
     }
-    retired.keep_in(&mut current, &boot_id);
-    let (stale, unnameable) = prune::stale_children(&loaded, &current);
-    let neutralised = neutralise::neutralise(
-        &opts.kernel,
-        parser,
-        &opts.cache_dir,
-        &stale,
-        unnameable,
-        &hashes,
-    );
-    // Keep what is known to be neutralised in the record even when this run failed half-way.
-    current.neutralised = match &neutralised {
-        Ok(done) => done.clone(),
-        Err((done, _)) => done.clone(),
-    };
-    current.save(&opts.cache_dir, LOADED_PROFILES)?;
-    let neutralised = neutralised.map_err(|(_, e)| e)?;
-    for name in neutralised.keys() {
-        tracing::warn!(
-            profile = %name,
-            "neutralised {name:?}: its parent no longer defines it, so it was replaced by a \
-             deny-everything profile of the same name (processes inside stay confined and are \
-             allowed nothing; nobody can enter it with its old rules)"
-        );
-    }
-    // === Report, to the log and to `untaint` ===
+}
+
+// === Report, to `untaint` ===
+
+/// Writes what `untaint` labels the node with, when asked to; the retired names count too: they
+/// accumulate until the node reboots.
+fn report_to_untaint(
+    opts: &LoadOptions,
+    current: &Inventory,
+    owned: &Inventory,
+) -> Result<(), LoadError> {
     if let Some(path) = &opts.node_report {
-        // The retired names count too: they accumulate until the node reboots.
-        let out = node_report(&current, &owned.node_os);
+        let out = loaded::node_report(current, &owned.node_os);
         out.fits()?;
         out.save(path)?;
     }
-    report.retired = retired.tops;
-    report.neutralised = neutralised.into_keys().collect();
-    report.took_ms = started.elapsed().as_millis();
-    Ok(report)
-}
-
-/// Loads every file in one parser call, unless the kernel provably holds exactly these bytes
-/// already. Returns the parser's complaint when it ran to its end and said no (what reached the
-/// kernel is verified next, and the parser's words go with the verdict).
-fn apply(
-    opts: &LoadOptions,
-    parser: &Parser,
-    inputs: &[ProfileInput],
-    compiled: &[CompiledProfile],
-    previous: &Inventory,
-    cache: &CompileCache,
-) -> Result<Option<ParserError>, LoadError> {
-    let hashes_before = opts.kernel.policy_hashes();
-    if inputs.is_empty()
-        || prune::unchanged_in_kernel(compiled, previous, &hashes_before, &cache.toolchain)
-    {
-        tracing::info!(
-            "every profile is in the kernel from exactly these bytes (the kernel's policy hashes \
-             match our record): nothing to load"
-        );
-        return Ok(None);
-    }
-    match parser.replace(inputs, Cache::ReadWrite(&cache.dir)) {
-        Ok(()) => Ok(None),
-        Err(e @ ParserError::Failed { .. }) => Ok(Some(e)),
-        // Killed (OOM), timed out, could not start: keep what happened, and its exit code.
-        Err(e) => Err(LoadError::Parser(e)),
-    }
-}
-
-/// What `untaint` labels the node with: each top-level profile with its file's digest, the
-/// retired ones, and the node's release as `copy` found it.
-fn node_report(current: &Inventory, node_os: &str) -> NodeReport {
-    NodeReport::of(
-        current
-            .files
-            .values()
-            .map(|e| (e.sha256.as_str(), e.profiles.as_slice())),
-        current.retired.iter().map(ToString::to_string).collect(),
-    )
-    .with_node_os(node_os)
-}
-
-/// Reads every file `copy` recorded. Only a file that does not exist is "missing" (exit 3);
-/// any other read error is reported as it is.
-fn read_owned_files(opts: &LoadOptions, owned: &Inventory) -> Result<Vec<ProfileInput>, LoadError> {
-    owned
-        .files
-        .keys()
-        .map(|key| {
-            let path = opts.dest.join(key);
-            match host_file::read(&path) {
-                Ok(bytes) => Ok(ProfileInput {
-                    key: key.clone(),
-                    path,
-                    sha256: sha256_hex(&bytes),
-                }),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(LoadError::MissingFile(key.clone()))
-                }
-                Err(source) => Err(LoadError::Read { path, source }),
-            }
-        })
-        .collect()
-}
-
-/// Refuses to replace a loaded profile that our records do not call ours: "nothing already
-/// loaded is harmed" covers profiles that are not ours.
-///
-/// A name is ours only if `load` loaded it before (`loaded.json`) or `copy` claimed it for a
-/// file we own (`copy` refuses to claim a name the kernel already has from someone else; the
-/// claim also covers a reboot between `copy` and `load`, when the host loaded our file itself).
-/// Nothing is guessed from other files: a host file the parser cannot read never makes this
-/// pass.
-fn refuse_foreign(
-    opts: &LoadOptions,
-    compiled: &[CompiledProfile],
-    previous: &Inventory,
-    owned: &Inventory,
-    boot_id: &str,
-) -> Result<(), LoadError> {
-    if opts.adopt_loaded {
-        return Ok(());
-    }
-    let loaded = opts.kernel.loaded_profiles()?;
-    let hashes = opts.kernel.policy_hashes();
-    let now = KernelNow {
-        listed: &loaded,
-        hashes: &hashes,
-        boot_id,
-    };
-    // copy's claims count only where copy saw the kernel's list when it made them; retired
-    // names only while the kernel holds exactly what we retired, in the same boot.
-    let ours = ownership::our_names(owned, Some(previous), now);
-    ownership::refuse_someone_elses(compiled, &loaded, &ours, Claimant::Load)?;
     Ok(())
-}
-
-/// Proves every compiled profile is in the kernel, in the mode its flags ask for. Returns the
-/// kernel's list it proved it against.
-fn verify(
-    kernel: &Kernel,
-    compiled: &[CompiledProfile],
-    parser_failure: Option<ParserError>,
-) -> Result<BTreeMap<String, Mode>, LoadError> {
-    let loaded = kernel.loaded_profiles()?;
-    let mut missing = Vec::new();
-    for profile in compiled {
-        for name in &profile.names {
-            let want = profile.modes.get(name);
-            match (loaded.get(name.as_str()), want) {
-                (None, _) => missing.push(format!(
-                    "{name:?} from file {:?} is not in the kernel's profile list (is \
-                     disable/{} present in the profile directory?)",
-                    profile.key, profile.key
-                )),
-                (Some(have), Some(want)) if have != want => missing.push(format!(
-                    "{name:?} from file {:?} is loaded in {have} mode, its flags ask for {want}",
-                    profile.key
-                )),
-                _ => {}
-            }
-        }
-    }
-    if missing.is_empty() && parser_failure.is_none() {
-        Ok(loaded)
-    } else if missing.is_empty() {
-        // Everything is in force, but the parser complained: fail closed, it may be partial.
-        Err(LoadError::NotLoaded {
-            missing: vec!["the parser reported an error while loading".into()],
-            parser: parser_failure,
-        })
-    } else {
-        Err(LoadError::NotLoaded {
-            missing,
-            parser: parser_failure,
-        })
-    }
-}
-
-/// Our record of what is loaded: file → hash, names and modes.
-fn record(compiled: &[CompiledProfile]) -> Inventory {
-    let mut inv = Inventory::default();
-    for p in compiled {
-        inv.files.insert(p.key.clone(), ownership::entry(p, false));
-    }
-    inv
 }
