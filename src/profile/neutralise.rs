@@ -86,6 +86,18 @@ pub fn neutralise(
     Ok(done)
 }
 
+/// Says which children were neutralised, and what that means for the processes inside.
+pub fn log_done(done: &Neutralised) {
+    for name in done.keys() {
+        tracing::warn!(
+            profile = %name,
+            "neutralised {name:?}: its parent no longer defines it, so it was replaced by a \
+             deny-everything profile of the same name (processes inside stay confined and are \
+             allowed nothing; nobody can enter it with its old rules)"
+        );
+    }
+}
+
 /// [`neutralise`] for the children this tool can name.
 fn replace_by_stubs(
     kernel: &Kernel,

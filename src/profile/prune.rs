@@ -1,17 +1,22 @@
 //! What `load` does with what left the ConfigMap, decided from our records and the kernel's
-//! list, never by unloading: the kernel unconfines every task of a profile it unloads
-//! (`security/apparmor/policy.c`, `__remove_profile()`) and keeps a replaced profile's children
-//! that the new version does not define (`__replace_profile()`).
+//! list as read once, never by unloading.
 //!
-//! - a top-level profile of ours that left is **retired** ([`retire`]): it stays in the kernel,
-//!   and in our record with its whole family, only while the kernel holds exactly that policy in
-//!   that boot;
-//! - a child that its parent no longer defines is **stale** ([`stale_children`]) and is
-//!   neutralised (see `profile::neutralise`);
-//! - a rerun loads nothing when the kernel provably holds exactly these bytes already
-//!   ([`unchanged_in_kernel`]).
+//! The kernel unconfines every task of a profile (or child profile, or hat) that is unloaded
+//! (`security/apparmor/policy.c`, `__remove_profile()`), and keeps a replaced profile's children
+//! that the new version does not define (`__replace_profile()` hands them to the new parent). So
+//! nothing is ever unloaded:
+//! - a top-level profile that left the ConfigMap is **retired** ([`retire`]): it stays in the
+//!   kernel as last loaded until the node reboots (its file is already gone, so the boot does not
+//!   load it). Its tasks stay confined as before and nothing gains a right. Retired profiles stay
+//!   in our record with their whole family (the children the kernel lists under them), each with
+//!   the kernel's policy hash, and the boot id: they are ours, reported on every run, only while
+//!   the kernel holds exactly that policy in that boot, and leave the record otherwise.
+//! - a child profile or hat that its parent no longer defines is **stale**
+//!   ([`stale_children`]) and is neutralised: replaced by a deny-everything profile of exactly
+//!   the same name, proven by the kernel's policy hash (`profile::neutralise`).
 //!
-//! Everything here is a pure decision over the records and the kernel's list as read once.
+//! A rerun loads nothing when the kernel provably holds exactly these bytes already
+//! ([`unchanged_in_kernel`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -67,6 +72,35 @@ impl Retired {
             boot_id.to_string()
         };
         current.retired = self.tops.iter().cloned().collect();
+    }
+
+    /// Says what was retired now, and which earlier retired names are no longer ours.
+    pub fn log(&self) {
+        for name in &self.tops {
+            tracing::warn!(
+                profile = %name,
+                "retired {name:?}: it left the ConfigMap and stays loaded, as last loaded, until \
+                 the node reboots (unloading it would unconfine every process running under it); \
+                 its file is gone, so the next boot does not load it"
+            );
+        }
+        for (name, why) in &self.lost {
+            match why {
+                ClaimLost::Gone => tracing::info!(
+                    profile = %name,
+                    "{name:?} was retired and the kernel no longer lists it (the node rebooted): \
+                     dropped from the record"
+                ),
+                ClaimLost::NotOurs => tracing::warn!(
+                    profile = %name,
+                    "{name:?} was retired, but the kernel's {name:?} is not provably the policy we \
+                     retired (the node rebooted since, or its policy hash changed: someone else \
+                     loaded that name): dropped from the record, left alone and no longer counted \
+                     as ours; to take it over, bring it back in the ConfigMap and pass \
+                     --adopt-loaded once"
+                ),
+            }
+        }
     }
 }
 

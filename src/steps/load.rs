@@ -7,23 +7,8 @@
 //! exactly its children) is in force in the asked-for mode, and only then deal with what left
 //! the ConfigMap, without ever unconfining a running process.
 //!
-//! The kernel unconfines every task of a profile (or child profile, or hat) that is unloaded
-//! (`security/apparmor/policy.c`, `__remove_profile()`), and keeps a replaced profile's children
-//! that the new version does not define (`__replace_profile()` hands them to the new parent). So
-//! nothing is ever unloaded:
-//! - a top-level profile that left the ConfigMap is **retired**: it stays in the kernel as last
-//!   loaded until the node reboots (its file is already gone, so the boot does not load it).
-//!   Its tasks stay confined as before and nothing gains a right. Retired profiles stay in our
-//!   record with their whole family (the children the kernel lists under them), each with the
-//!   kernel's policy hash, and the boot id: they are ours, reported on every run, only while the
-//!   kernel holds exactly that policy in that boot, and leave the record otherwise.
-//! - a child profile or hat that its parent no longer defines is **neutralised**: replaced by a
-//!   deny-everything profile of exactly the same name. It stays reachable (a hat through
-//!   change_hat), so keeping its old rules would grant them to whoever enters it; the stub is not
-//!   a hat, so the kernel refuses change_hat into it, and a task already inside stays confined,
-//!   allowed nothing. Each stub is proven by the kernel's policy hash, computed beforehand from
-//!   the very bytes the parser compiles it to; a name no stub can express is never stubbed under
-//!   another name.
+//! Nothing is ever unloaded, as unloading unconfines every task of the profile: what left the
+//! ConfigMap is retired or neutralised (see `profile::prune` and `profile::neutralise`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,10 +30,8 @@ pub use crate::profile::neutralise::NeutraliseFailure;
 use crate::profile::neutralise::{self, NeutraliseError};
 use crate::profile::node_labels::ReportTooLarge;
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
-use crate::profile::prune::{self, Retired};
-use crate::profile::records::{
-    ClaimLost, Inventory, KernelNow, LOADED_PROFILES, OWNED_FILES, StateError,
-};
+use crate::profile::prune;
+use crate::profile::records::{Inventory, KernelNow, LOADED_PROFILES, OWNED_FILES, StateError};
 use crate::profile::source::{ProfileInput, sha256_hex};
 
 #[derive(Debug, Clone)]
@@ -414,7 +397,7 @@ fn prune(
         boot_id: &ready.boot_id,
     };
     let retired = prune::retire(&ready.previous, current, now);
-    log_retired(&retired);
+    retired.log();
     retired.keep_in(current, &ready.boot_id);
     let (stale, unnameable) = prune::stale_children(listed, current);
     let dir = &opts.cache_dir;
@@ -425,44 +408,8 @@ fn prune(
     };
     current.save(&opts.cache_dir, LOADED_PROFILES)?;
     let neutralised = neutralised.map_err(|(_, e)| e)?;
-    for name in neutralised.keys() {
-        tracing::warn!(
-            profile = %name,
-            "neutralised {name:?}: its parent no longer defines it, so it was replaced by a \
-             deny-everything profile of the same name (processes inside stay confined and are \
-             allowed nothing; nobody can enter it with its old rules)"
-        );
-    }
+    neutralise::log_done(&neutralised);
     Ok((retired.tops, neutralised.into_keys().collect()))
-}
-
-/// Says what was retired now, and which earlier retired names are no longer ours.
-fn log_retired(retired: &Retired) {
-    for name in &retired.tops {
-        tracing::warn!(
-            profile = %name,
-            "retired {name:?}: it left the ConfigMap and stays loaded, as last loaded, until the \
-             node reboots (unloading it would unconfine every process running under it); its \
-             file is gone, so the next boot does not load it"
-        );
-    }
-    for (name, why) in &retired.lost {
-        match why {
-            ClaimLost::Gone => tracing::info!(
-                profile = %name,
-                "{name:?} was retired and the kernel no longer lists it (the node rebooted): \
-                 dropped from the record"
-            ),
-            ClaimLost::NotOurs => tracing::warn!(
-                profile = %name,
-                "{name:?} was retired, but the kernel's {name:?} is not provably the policy we \
-                 retired (the node rebooted since, or its policy hash changed: someone else \
-                 loaded that name): dropped from the record, left alone and no longer counted \
-                 as ours; to take it over, bring it back in the ConfigMap and pass \
-                 --adopt-loaded once"
-            ),
-        }
-    }
 }
 
 // === Report, to `untaint` ===
