@@ -26,6 +26,7 @@ use crate::host::atomic_file;
 use crate::host::lock::{self, LockError, LockOptions};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
+use crate::profile::copied;
 use crate::profile::keys::Key;
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
 use crate::profile::records::{Inventory, KernelNow, LOADED_PROFILES, OWNED_FILES, StateError};
@@ -175,7 +176,7 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
         .map_err(|source| io("create a snapshot directory in", &opts.scratch_dir, source))?;
     // Files the record vouches for are not compiled again, so not written, unless the AppArmor 3
     // check below must see every file.
-    let every_file = needs_every_file_checked(opts, &known);
+    let every_file = copied::needs_every_file_checked(&opts.node_parser, &known);
     let inputs = write_snapshot(snapshot.path(), &source.profiles, &known, every_file, mtime)?;
     // Every early return from here on drops the staging, which discards what was compiled.
     let staging = match &cache {
@@ -231,23 +232,7 @@ fn write_destination(
             clashes,
         });
     }
-    let mut wanted = Inventory {
-        toolchain,
-        checked_with_apparmor3: matches!(opts.node_parser, NodeParser::V3 { .. }),
-        node_os: opts.node_parser.os().to_string(),
-        ..Inventory::default()
-    };
-    for compiled in compiled {
-        // A claim checked against the kernel once stays checked while the names are the same.
-        let checked_before = owned
-            .files
-            .get(&compiled.key)
-            .is_some_and(|e| !e.unverified && e.profiles == compiled.names);
-        wanted.files.insert(
-            compiled.key.clone(),
-            ownership::entry(compiled, !(kernel_seen || checked_before)),
-        );
-    }
+    let wanted = copied::wanted(owned, compiled, toolchain, &opts.node_parser, kernel_seen);
 
     let mut report = CopyReport::default();
     let mut to_write = Vec::new();
@@ -258,19 +243,8 @@ fn write_destination(
             to_write.push(file);
         }
     }
-    report.removed = owned
-        .files
-        .keys()
-        .filter(|k| !wanted.files.contains_key(*k))
-        .cloned()
-        .collect();
-    if to_write.is_empty()
-        && report.removed.is_empty()
-        && owned.files == wanted.files
-        && owned.toolchain == wanted.toolchain
-        && owned.checked_with_apparmor3 == wanted.checked_with_apparmor3
-        && owned.node_os == wanted.node_os
-    {
+    report.removed = copied::removed(owned, &wanted);
+    if to_write.is_empty() && report.removed.is_empty() && copied::same_record(owned, &wanted) {
         return Ok(report);
     }
 
@@ -349,22 +323,12 @@ fn check_reboot_parity(
             path: v3.binary.clone(),
         });
     }
-    let to_check = if needs_every_file_checked(opts, owned) {
-        inputs.iter().collect()
-    } else {
-        ownership::unproven(owned, inputs)
-    };
+    let to_check = copied::to_check_with_apparmor3(&opts.node_parser, owned, inputs);
     v3.compile(&to_check, Cache::Skip)
         .map_err(|source| CopyError::NodeParser {
             os: os.clone(),
             source,
         })
-}
-
-/// Whether the AppArmor 3 check must compile every file, not only new or changed ones: the node
-/// boots with AppArmor 3 and the record does not say its files were checked so.
-fn needs_every_file_checked(opts: &CopyOptions, owned: &Inventory) -> bool {
-    matches!(opts.node_parser, NodeParser::V3 { .. }) && !owned.checked_with_apparmor3
 }
 
 /// Refuses to claim a profile name the kernel already has from someone else.
