@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::apparmor::kernel::Kernel;
 use crate::apparmor::mode::Mode;
 use crate::profile::check::CompiledProfile;
 use crate::profile::names::ProfileName;
@@ -57,7 +58,7 @@ fn why(claimant: Claimant) -> &'static str {
 /// kernel's list (`owned`), and every name `load` loaded or neutralised, or retired while the
 /// kernel still holds exactly what it retired, in the same boot (`loaded`, checked against
 /// `now`).
-pub fn our_names(
+fn our_names(
     owned: &Inventory,
     loaded: Option<&Inventory>,
     now: KernelNow<'_>,
@@ -71,7 +72,7 @@ pub fn our_names(
 
 /// Refuses to replace a profile the kernel has loaded that `ours` does not list: the names
 /// our files define that are someone else's, one line per name, naming the file.
-pub fn refuse_someone_elses(
+fn refuse_someone_elses(
     compiled: &[CompiledProfile],
     loaded: &BTreeMap<String, Mode>,
     ours: &BTreeSet<ProfileName>,
@@ -88,6 +89,28 @@ pub fn refuse_someone_elses(
     } else {
         Err(SomeoneElses { names, claimant })
     }
+}
+
+/// Refuses to replace a profile the kernel lists (`listed`) that our records (`copy`'s `owned`,
+/// `load`'s `loaded`) do not prove ours as the kernel holds it now, its policy hashes read now
+/// and in this boot (`boot_id`): [`our_names`], then [`refuse_someone_elses`].
+pub fn refuse_someone_elses_now(
+    kernel: &Kernel,
+    listed: &BTreeMap<String, Mode>,
+    boot_id: &str,
+    owned: &Inventory,
+    loaded: Option<&Inventory>,
+    compiled: &[CompiledProfile],
+    claimant: Claimant,
+) -> Result<(), SomeoneElses> {
+    let hashes = kernel.policy_hashes();
+    let now = KernelNow {
+        listed,
+        hashes: &hashes,
+        boot_id,
+    };
+    let ours = our_names(owned, loaded, now);
+    refuse_someone_elses(compiled, listed, &ours, claimant)
 }
 
 /// The inputs `known` does not vouch for (not these bytes, or not with this toolchain): the

@@ -29,7 +29,7 @@ use crate::profile::check::{CheckError, CompiledProfile};
 use crate::profile::copied;
 use crate::profile::keys::Key;
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
-use crate::profile::records::{Inventory, KernelNow, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
 use crate::profile::source::{ProfileFile, ProfileInput};
 
 /// Profile files are world-readable, like the distribution's own.
@@ -367,15 +367,16 @@ fn refuse_foreign(
         Some(dir) => Some(Inventory::load(dir, LOADED_PROFILES)?),
         None => None,
     };
-    let hashes = opts.kernel.policy_hashes();
     let boot_id = opts.kernel.boot_id().unwrap_or_default();
-    let now = KernelNow {
-        listed: &loaded,
-        hashes: &hashes,
-        boot_id: &boot_id,
-    };
-    let ours = ownership::our_names(owned, loaded_record.as_ref(), now);
-    ownership::refuse_someone_elses(compiled, &loaded, &ours, Claimant::Copy)?;
+    ownership::refuse_someone_elses_now(
+        &opts.kernel,
+        &loaded,
+        &boot_id,
+        owned,
+        loaded_record.as_ref(),
+        compiled,
+        Claimant::Copy,
+    )?;
     Ok(true)
 }
 

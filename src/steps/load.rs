@@ -291,16 +291,17 @@ fn refuse_foreign(
         return Ok(());
     }
     let loaded = opts.kernel.loaded_profiles()?;
-    let hashes = opts.kernel.policy_hashes();
-    let now = KernelNow {
-        listed: &loaded,
-        hashes: &hashes,
-        boot_id: &ready.boot_id,
-    };
     // copy's claims count only where copy saw the kernel's list when it made them; retired
     // names only while the kernel holds exactly what we retired, in the same boot.
-    let ours = ownership::our_names(&ready.owned, Some(&ready.previous), now);
-    ownership::refuse_someone_elses(compiled, &loaded, &ours, Claimant::Load)?;
+    ownership::refuse_someone_elses_now(
+        &opts.kernel,
+        &loaded,
+        &ready.boot_id,
+        &ready.owned,
+        Some(&ready.previous),
+        compiled,
+        Claimant::Load,
+    )?;
     Ok(())
 }
 
