@@ -348,17 +348,9 @@ fn refuse_foreign(
     owned: &Inventory,
     compiled: &[CompiledProfile],
 ) -> Result<bool, CopyError> {
-    let loaded = match opts.kernel.loaded_profiles() {
-        Ok(loaded) => loaded,
-        Err(e) => match opts.kernel.ensure_enabled() {
-            // No AppArmor (and load refuses the node); nothing is loaded to be harmed.
-            Err(KernelError::NoModule { .. } | KernelError::Disabled { .. })
-                if !opts.kernel.has_profile_list() =>
-            {
-                return Ok(false);
-            }
-            _ => return Err(e.into()),
-        },
+    let Some(loaded) = opts.kernel.loaded_profiles_if_running()? else {
+        // No AppArmor (and load refuses the node); nothing is loaded to be harmed.
+        return Ok(false);
     };
     if opts.adopt_loaded {
         return Ok(true);
