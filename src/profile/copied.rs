@@ -19,12 +19,12 @@ use crate::profile::source::ProfileInput;
 pub fn wanted(
     owned: &Inventory,
     compiled: &[CompiledProfile],
-    toolchain: String,
+    toolchain: &str,
     node_parser: &NodeParser,
     kernel_seen: bool,
 ) -> Inventory {
     let mut wanted = Inventory {
-        toolchain,
+        toolchain: toolchain.to_string(),
         checked_with_apparmor3: matches!(node_parser, NodeParser::V3 { .. }),
         node_os: node_parser.os().to_string(),
         ..Inventory::default()
@@ -128,7 +128,7 @@ mod tests {
         let r = wanted(
             &Inventory::default(),
             &[compiled("a", "s", &["a"])],
-            "t1".into(),
+            "t1",
             &v3(),
             true,
         );
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(r.node_os, "ubuntu 22.04 (AppArmor 3.0)");
         assert_eq!(r.files["a"].sha256, "s");
         assert!(!r.files["a"].unverified);
-        let r = wanted(&Inventory::default(), &[], "t1".into(), &current(), true);
+        let r = wanted(&Inventory::default(), &[], "t1", &current(), true);
         assert!(!r.checked_with_apparmor3);
         assert_eq!(r.node_os, "ubuntu 24.04 (AppArmor 4.0)");
     }
@@ -147,7 +147,7 @@ mod tests {
         let before = wanted(
             &Inventory::default(),
             &[compiled("a", "s1", &["a"]), compiled("b", "s1", &["b"])],
-            "t".into(),
+            "t",
             &current(),
             true,
         );
@@ -156,14 +156,14 @@ mod tests {
             compiled("b", "s2", &["b", "b//hat"]),
             compiled("c", "s2", &["c"]),
         ];
-        let r = wanted(&before, &now, "t".into(), &current(), false);
+        let r = wanted(&before, &now, "t", &current(), false);
         assert!(!r.files["a"].unverified, "same names, checked before");
         assert!(r.files["b"].unverified, "a new name was never checked");
         assert!(r.files["c"].unverified, "a new file was never checked");
         // An unverified claim stays so until the kernel's list is seen.
-        let again = wanted(&r, &now, "t".into(), &current(), false);
+        let again = wanted(&r, &now, "t", &current(), false);
         assert!(again.files["c"].unverified);
-        let seen = wanted(&r, &now, "t".into(), &current(), true);
+        let seen = wanted(&r, &now, "t", &current(), true);
         assert!(seen.files.values().all(|e| !e.unverified));
     }
 
@@ -172,14 +172,14 @@ mod tests {
         let owned = wanted(
             &Inventory::default(),
             &[compiled("a", "s", &["a"]), compiled("b", "s", &["b"])],
-            "t".into(),
+            "t",
             &current(),
             true,
         );
         let new = wanted(
             &owned,
             &[compiled("b", "s", &["b"]), compiled("c", "s", &["c"])],
-            "t".into(),
+            "t",
             &current(),
             true,
         );
@@ -189,22 +189,22 @@ mod tests {
     #[test]
     fn the_record_is_rewritten_when_anything_it_says_changed() {
         let files = [compiled("a", "s", &["a"])];
-        let owned = wanted(&Inventory::default(), &files, "t".into(), &current(), true);
+        let owned = wanted(&Inventory::default(), &files, "t", &current(), true);
         assert!(same_record(
             &owned,
-            &wanted(&owned, &files, "t".into(), &current(), true)
+            &wanted(&owned, &files, "t", &current(), true)
         ));
         for other in [
-            wanted(&owned, &files, "t2".into(), &current(), true),
-            wanted(&owned, &files, "t".into(), &v3(), true),
+            wanted(&owned, &files, "t2", &current(), true),
+            wanted(&owned, &files, "t", &v3(), true),
             wanted(
                 &owned,
                 &[compiled("a", "s2", &["a"])],
-                "t".into(),
+                "t",
                 &current(),
                 true,
             ),
-            wanted(&owned, &[], "t".into(), &current(), true),
+            wanted(&owned, &[], "t", &current(), true),
         ] {
             assert!(!same_record(&owned, &other), "{other:?}");
         }
@@ -217,8 +217,8 @@ mod tests {
     fn the_apparmor3_parser_checks_every_file_until_the_record_says_they_were_checked_so() {
         let inputs = [input("a", "s1"), input("b", "s2")];
         let files = [compiled("a", "s1", &["a"]), compiled("b", "s1", &["b"])];
-        let not_checked = wanted(&Inventory::default(), &files, "t".into(), &current(), true);
-        let checked = wanted(&Inventory::default(), &files, "t".into(), &v3(), true);
+        let not_checked = wanted(&Inventory::default(), &files, "t", &current(), true);
+        let checked = wanted(&Inventory::default(), &files, "t", &v3(), true);
         let keys = |v: Vec<&ProfileInput>| v.iter().map(|i| i.key.to_string()).collect::<Vec<_>>();
         assert!(needs_every_file_checked(&v3(), &not_checked));
         assert_eq!(

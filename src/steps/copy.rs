@@ -16,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::apparmor::compile_cache::CompileCache;
+use crate::apparmor::compile_cache::{CompileCache, Staging};
 use crate::apparmor::kernel::{Kernel, KernelError};
 use crate::apparmor::node_parser::NodeParser;
 use crate::apparmor::parser::{Cache, Parser, ParserError};
@@ -30,7 +30,7 @@ use crate::profile::copied;
 use crate::profile::keys::Key;
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
 use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
-use crate::profile::source::{ProfileFile, ProfileInput};
+use crate::profile::source::{ProfileFile, ProfileInput, Source};
 
 /// Profile files are world-readable, like the distribution's own.
 const PROFILE_MODE: u32 = 0o644;
@@ -136,7 +136,6 @@ impl ExitStatus for CopyError {
 /// Nothing is written unless every key is valid and compiles. Ownership is recorded before a
 /// file is created, so a crash mid-run never leaves a file we wrote but do not own.
 pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError> {
-    // === Prepare: the lock, the source, our records, the cache ===
     let lock = lock::acquire(&opts.dest, "copy", &opts.lock)?;
     lock.remove_stale_temps(&opts.dest)?;
     tracing::info!("compiling for {}", parser.features.explain());
@@ -146,13 +145,38 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
             opts.v3_parser.binary.display()
         );
     }
+    let ready = prepare(opts, parser)?;
+    let mtime = SystemTime::now();
+    let compiled = compile(opts, parser, &ready, mtime)?;
+    check_reboot_parity(opts, &ready.known, &compiled.inputs)?;
+    let kernel_seen = refuse_foreign(opts, &ready.owned, &compiled.profiles)?;
+    let report = write_destination(opts, &ready, &compiled.profiles, mtime, kernel_seen)?;
+    promote(&ready, compiled.staging)?;
+    Ok(report)
+}
+
+// === Prepare: the source, our records, the cache ===
+
+/// What every later phase reads: the source, our record of the files we own, the compile cache
+/// and the toolchain the record must name to vouch for a file.
+struct Ready {
+    source: Source,
+    owned: Inventory,
+    cache: Option<CompileCache>,
+    toolchain: String,
+    /// What the record says a file defines holds only for the toolchain that said it.
+    known: Inventory,
+}
+
+/// Reads the whole source (refusing an empty one and any key that is not accepted) and our
+/// records, and opens the compile cache.
+fn prepare(opts: &CopyOptions, parser: &Parser) -> Result<Ready, CopyError> {
     let source = profile::source::read_source_dir(&opts.source, opts.max_size)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {
         return Err(CopyError::Empty(opts.source.clone()));
     }
     profile::check::accept_keys(&source)?;
     let owned = Inventory::load(&opts.dest, OWNED_FILES)?;
-
     let cache = match &opts.cache_dir {
         Some(dir) => Some(
             CompileCache::open(dir, parser)
@@ -165,44 +189,65 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
         None => toolchain::fingerprint(parser)
             .map_err(|source| io("fingerprint the parser", &parser.binary, source))?,
     };
-    // What the record says a file defines holds only for the toolchain that said it.
     let known = owned.if_compiled_by(&toolchain);
+    Ok(Ready {
+        source,
+        owned,
+        cache,
+        toolchain,
+        known,
+    })
+}
 
-    // === Compile: a private snapshot, never the volume (the kubelet may swap it meanwhile) ===
-    let mtime = SystemTime::now();
+// === Compile: a private snapshot, never the volume (the kubelet may swap it meanwhile) ===
+
+/// What was compiled, from the snapshot (kept until the run ends: the AppArmor 3 check reads
+/// it too), into the staging area of the cache (dropped, so discarded, on every early return).
+struct Compiled<'a> {
+    _snapshot: tempfile::TempDir,
+    inputs: Vec<ProfileInput>,
+    profiles: Vec<CompiledProfile>,
+    staging: Option<Staging<'a>>,
+}
+
+/// Compiles every file the record does not vouch for, from a private snapshot written with one
+/// modification time (`mtime`, which the files written to the destination keep too).
+fn compile<'a>(
+    opts: &CopyOptions,
+    parser: &Parser,
+    ready: &'a Ready,
+    mtime: SystemTime,
+) -> Result<Compiled<'a>, CopyError> {
     let snapshot = tempfile::Builder::new()
         .prefix("apparmor-profile-loader-")
         .tempdir_in(&opts.scratch_dir)
         .map_err(|source| io("create a snapshot directory in", &opts.scratch_dir, source))?;
     // Files the record vouches for are not compiled again, so not written, unless the AppArmor 3
-    // check below must see every file.
-    let every_file = copied::needs_every_file_checked(&opts.node_parser, &known);
-    let inputs = write_snapshot(snapshot.path(), &source.profiles, &known, every_file, mtime)?;
-    // Every early return from here on drops the staging, which discards what was compiled.
-    let staging = match &cache {
+    // check must see every file.
+    let every_file = copied::needs_every_file_checked(&opts.node_parser, &ready.known);
+    let files = &ready.source.profiles;
+    let inputs = write_snapshot(snapshot.path(), files, &ready.known, every_file, mtime)?;
+    let staging = match &ready.cache {
         Some(c) => Some(c.staging().map_err(|source| io("create", &c.dir, source))?),
         None => None,
     };
     let cache_mode = staging
         .as_ref()
         .map_or(Cache::Skip, |s| Cache::Refresh(s.path()));
-    let compiled = profile::check::check(&inputs, parser, &known, cache_mode)?;
+    let profiles = profile::check::check(&inputs, parser, &ready.known, cache_mode)?;
+    Ok(Compiled {
+        _snapshot: snapshot,
+        inputs,
+        profiles,
+        staging,
+    })
+}
 
-    // === Guard: the node's own parser, and names someone else loaded ===
-    check_reboot_parity(opts, &known, &inputs)?;
-    let kernel_seen = refuse_foreign(opts, &owned, &compiled)?;
+// === Apply: the destination, then the compiled policy into the cache ===
 
-    // === Apply: the destination, then the compiled policy into the cache ===
-    let report = write_destination(
-        opts,
-        &owned,
-        &source.profiles,
-        &compiled,
-        mtime,
-        toolchain,
-        kernel_seen,
-    )?;
-    if let (Some(c), Some(staging)) = (&cache, staging) {
+/// Moves what was compiled into the cache `load` reads, once the destination is written.
+fn promote(ready: &Ready, staging: Option<Staging<'_>>) -> Result<(), CopyError> {
+    if let (Some(c), Some(staging)) = (&ready.cache, staging) {
         let promoted = staging
             .promote()
             .map_err(|source| io("promote compiled policy into", &c.dir, source))?;
@@ -212,19 +257,18 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
             c.dir.display()
         );
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Writes the destination: ownership first, then the files, then the stale files removed.
 fn write_destination(
     opts: &CopyOptions,
-    owned: &Inventory,
-    files: &[ProfileFile],
+    ready: &Ready,
     compiled: &[CompiledProfile],
     mtime: SystemTime,
-    toolchain: String,
     kernel_seen: bool,
 ) -> Result<CopyReport, CopyError> {
+    let (owned, files) = (&ready.owned, &ready.source.profiles);
     let clashes = foreign_files(&opts.dest, owned, files.iter().map(|p| &p.key));
     if !clashes.is_empty() {
         return Err(CopyError::Clash {
@@ -232,7 +276,13 @@ fn write_destination(
             clashes,
         });
     }
-    let wanted = copied::wanted(owned, compiled, toolchain, &opts.node_parser, kernel_seen);
+    let wanted = copied::wanted(
+        owned,
+        compiled,
+        &ready.toolchain,
+        &opts.node_parser,
+        kernel_seen,
+    );
 
     let mut report = CopyReport::default();
     let mut to_write = Vec::new();
