@@ -287,7 +287,9 @@ fn write_destination(
     let mut report = CopyReport::default();
     let mut to_write = Vec::new();
     for file in files {
-        if is_current(&opts.dest.join(&file.key), file.content.as_bytes()) {
+        // An unchanged profile keeps its mtime (and the parser's cache stays valid).
+        let path = opts.dest.join(&file.key);
+        if atomic_file::holds(&path, file.content.as_bytes(), PROFILE_MODE) {
             report.unchanged.push(file.key.clone());
         } else {
             to_write.push(file);
@@ -440,16 +442,4 @@ fn foreign_files<'a>(
         .filter(|k| fs::symlink_metadata(dest.join(k)).is_ok())
         .map(|k| format!("{k:?} ({})", dest.join(k).display()))
         .collect()
-}
-
-/// Whether the destination already holds exactly this content as a regular file with our mode,
-/// so an unchanged profile keeps its mtime (and the parser's cache stays valid).
-fn is_current(path: &Path, content: &[u8]) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o777 == PROFILE_MODE => {
-            fs::read(path).is_ok_and(|existing| existing == content)
-        }
-        _ => false,
-    }
 }
