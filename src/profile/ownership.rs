@@ -16,6 +16,7 @@ use std::path::Path;
 use crate::apparmor::kernel::Kernel;
 use crate::apparmor::mode::Mode;
 use crate::profile::check::CompiledProfile;
+use crate::profile::keys::Key;
 use crate::profile::names::ProfileName;
 use crate::profile::records::{Entry, Inventory, KernelNow, StateError};
 use crate::profile::source::ProfileInput;
@@ -113,6 +114,19 @@ pub fn refuse_someone_elses_now(
     refuse_someone_elses(compiled, listed, &ours, claimant)
 }
 
+/// The keys whose file already exists in the destination but is not ours (`owned` does not list
+/// it), each with its path: writing them would replace someone else's file.
+pub fn foreign_files<'a>(
+    dest: &Path,
+    owned: &Inventory,
+    keys: impl Iterator<Item = &'a Key>,
+) -> Vec<String> {
+    keys.filter(|k| !owned.files.contains_key(*k))
+        .filter(|k| std::fs::symlink_metadata(dest.join(k)).is_ok())
+        .map(|k| format!("{k:?} ({})", dest.join(k).display()))
+        .collect()
+}
+
 /// The inputs `known` does not vouch for (not these bytes, or not with this toolchain): the
 /// ones to compile and ask about now.
 pub fn unproven<'a>(known: &Inventory, inputs: &'a [ProfileInput]) -> Vec<&'a ProfileInput> {
@@ -147,4 +161,35 @@ pub fn record_before_acting(
     intent.files.extend(wanted.files.clone());
     intent.toolchain = toolchain.to_string();
     intent.save(dir, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_in_the_destination_that_we_do_not_own_is_foreign_even_as_a_dangling_link() {
+        let dest = tempfile::tempdir().unwrap();
+        let key = |k: &str| Key::try_from(k).unwrap();
+        std::fs::write(dest.path().join("ours"), "").unwrap();
+        std::fs::write(dest.path().join("theirs"), "").unwrap();
+        std::os::unix::fs::symlink("/nowhere", dest.path().join("link")).unwrap();
+        let mut owned = Inventory::default();
+        owned.files.insert(
+            key("ours"),
+            Entry {
+                sha256: String::new(),
+                profiles: vec![],
+                modes: BTreeMap::new(),
+                policy_sha1: BTreeMap::new(),
+                unverified: false,
+            },
+        );
+        let keys = ["ours", "theirs", "link", "new"].map(key);
+        let shown = |k: &str| format!("{k:?} ({})", dest.path().join(k).display());
+        assert_eq!(
+            foreign_files(dest.path(), &owned, keys.iter()),
+            [shown("theirs"), shown("link")]
+        );
+    }
 }

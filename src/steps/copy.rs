@@ -269,7 +269,7 @@ fn write_destination(
     kernel_seen: bool,
 ) -> Result<CopyReport, CopyError> {
     let (owned, files) = (&ready.owned, &ready.source.profiles);
-    let clashes = foreign_files(&opts.dest, owned, files.iter().map(|p| &p.key));
+    let clashes = ownership::foreign_files(&opts.dest, owned, files.iter().map(|p| &p.key));
     if !clashes.is_empty() {
         return Err(CopyError::Clash {
             dest: opts.dest.clone(),
@@ -430,16 +430,4 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> CopyError {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Keys whose file already exists in the destination but is not ours.
-fn foreign_files<'a>(
-    dest: &Path,
-    owned: &Inventory,
-    keys: impl Iterator<Item = &'a Key>,
-) -> Vec<String> {
-    keys.filter(|k| !owned.files.contains_key(*k))
-        .filter(|k| fs::symlink_metadata(dest.join(k)).is_ok())
-        .map(|k| format!("{k:?} ({})", dest.join(k).display()))
-        .collect()
 }
