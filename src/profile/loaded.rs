@@ -1,6 +1,6 @@
 //! `load`'s record of what it loaded (`loaded.json`), as pure steps over the compiled files and
-//! the kernel's list: the record written before loading ([`record`]), what the kernel's list
-//! does not prove ([`not_in_force`]), the kernel's policy hashes taken into the record
+//! the kernel's list: the record written before loading ([`record`]), whether the kernel's list
+//! proves the load ([`proven`]), the kernel's policy hashes taken into the record
 //! ([`take_policy_hashes`]), what changed since the last load ([`Changes`]), and what `untaint`
 //! labels the node with ([`node_report`]).
 
@@ -21,9 +21,28 @@ pub fn record(compiled: &[CompiledProfile]) -> Inventory {
     inv
 }
 
+/// Whether the load is proven: every compiled profile in force in the kernel's list (`listed`)
+/// in the mode its flags ask for, and the parser did not complain. Otherwise, what is not in
+/// force, each as a line an operator can act on; when everything is in force but the parser
+/// complained, that line (fail closed: the load may be partial).
+pub fn proven(
+    compiled: &[CompiledProfile],
+    listed: &BTreeMap<String, Mode>,
+    parser_complained: bool,
+) -> Result<(), Vec<String>> {
+    let missing = not_in_force(compiled, listed);
+    if !missing.is_empty() {
+        Err(missing)
+    } else if parser_complained {
+        Err(vec!["the parser reported an error while loading".into()])
+    } else {
+        Ok(())
+    }
+}
+
 /// Every compiled profile the kernel's list does not show in force in the mode its flags ask
 /// for, each as a line an operator can act on (empty when all are proven).
-pub fn not_in_force(compiled: &[CompiledProfile], listed: &BTreeMap<String, Mode>) -> Vec<String> {
+fn not_in_force(compiled: &[CompiledProfile], listed: &BTreeMap<String, Mode>) -> Vec<String> {
     let mut missing = Vec::new();
     for profile in compiled {
         for name in &profile.names {
@@ -168,6 +187,18 @@ mod tests {
         .map(|(n, m)| (n.to_string(), m))
         .collect();
         assert!(not_in_force(&files, &all).is_empty());
+        // The verdict: what is not in force, else the parser's complaint, else proven.
+        assert_eq!(proven(&files, &all, false), Ok(()));
+        assert_eq!(
+            proven(&files, &all, true),
+            Err(vec![
+                "the parser reported an error while loading".to_string()
+            ])
+        );
+        assert_eq!(
+            proven(&files, &listed, true),
+            Err(not_in_force(&files, &listed))
+        );
     }
 
     #[test]

@@ -362,20 +362,12 @@ fn verify(
     parser_failure: Option<ParserError>,
 ) -> Result<BTreeMap<String, Mode>, LoadError> {
     let listed = kernel.loaded_profiles()?;
-    let missing = loaded::not_in_force(compiled, &listed);
-    if missing.is_empty() && parser_failure.is_none() {
-        Ok(listed)
-    } else if missing.is_empty() {
-        // Everything is in force, but the parser complained: fail closed, it may be partial.
-        Err(LoadError::NotLoaded {
-            missing: vec!["the parser reported an error while loading".into()],
-            parser: parser_failure,
-        })
-    } else {
-        Err(LoadError::NotLoaded {
+    match loaded::proven(compiled, &listed, parser_failure.is_some()) {
+        Ok(()) => Ok(listed),
+        Err(missing) => Err(LoadError::NotLoaded {
             missing,
             parser: parser_failure,
-        })
+        }),
     }
 }
 
