@@ -132,8 +132,27 @@ impl Kernel {
         out
     }
 
+    /// The loaded profiles, or `None` when AppArmor is not running here at all (no module, or
+    /// disabled, and securityfs shows no profile list): then nothing is loaded that could be
+    /// harmed. The list is read whenever securityfs has it, whatever the enabled file says.
+    pub fn loaded_profiles_if_running(
+        &self,
+    ) -> Result<Option<BTreeMap<String, Mode>>, KernelError> {
+        match self.loaded_profiles() {
+            Ok(loaded) => Ok(Some(loaded)),
+            Err(e) => match self.ensure_enabled() {
+                Err(KernelError::NoModule { .. } | KernelError::Disabled { .. })
+                    if !self.has_profile_list() =>
+                {
+                    Ok(None)
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
     /// Whether securityfs shows a profile list at all (AppArmor is running).
-    pub fn has_profile_list(&self) -> bool {
+    fn has_profile_list(&self) -> bool {
         std::fs::symlink_metadata(self.profiles_file()).is_ok()
     }
 
@@ -243,6 +262,29 @@ mod tests {
         }
         let k = Kernel::new(&sfs, &enabled_file);
         (dir, k)
+    }
+
+    #[test]
+    fn the_list_is_read_whenever_securityfs_has_it_and_is_none_only_without_apparmor() {
+        // No module, or disabled, and no list: nothing is loaded.
+        for enabled in [None, Some("N\n")] {
+            let (_d, k) = fake(enabled, false);
+            assert!(
+                k.loaded_profiles_if_running().unwrap().is_none(),
+                "{enabled:?}"
+            );
+        }
+        // A list, whatever the enabled file says, is read.
+        let (d, k) = fake(Some("N\n"), true);
+        fs::write(d.path().join("security/apparmor/profiles"), "p (enforce)\n").unwrap();
+        let listed = k.loaded_profiles_if_running().unwrap().unwrap();
+        assert_eq!(listed["p"], Mode::Enforce);
+        // Enabled, but no list to read: an error, never "nothing loaded".
+        let (_d, k) = fake(Some("Y\n"), false);
+        assert!(matches!(
+            k.loaded_profiles_if_running(),
+            Err(KernelError::Io { .. })
+        ));
     }
 
     #[test]

@@ -52,6 +52,17 @@ pub fn write_at(
     tmp.persist(dir.join(name)).map(drop).map_err(|e| e.error)
 }
 
+/// Whether `path` already holds exactly `content` as a regular file (not through a link) with
+/// permission bits `mode`: a writer that leaves such a file alone keeps its modification time.
+pub fn holds(path: &Path, content: &[u8], mode: u32) -> bool {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o777 == mode => {
+            fs::read(path).is_ok_and(|existing| existing == content)
+        }
+        _ => false,
+    }
+}
+
 /// Whether `name` is one of our temporary files: [`TEMP_PREFIX`] then exactly
 /// [`TEMP_RANDOM_LEN`] ASCII letters and digits. Nothing else ever matches, so a cleanup never
 /// touches a file that is not ours.
@@ -100,6 +111,23 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_file_holds_content_only_as_a_regular_file_with_that_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p");
+        assert!(!holds(&p, b"x", 0o644), "missing");
+        write(dir.path(), "p", b"x", 0o644).unwrap();
+        assert!(holds(&p, b"x", 0o644));
+        assert!(!holds(&p, b"y", 0o644), "other content");
+        assert!(!holds(&p, b"x", 0o600), "other mode");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(
+            !holds(&link, b"x", 0o644),
+            "a link, even to the same content"
+        );
+    }
 
     #[test]
     fn replaces_content_with_mode_and_leaves_no_temp_file() {

@@ -1,13 +1,20 @@
 //! Profiles as this tool handles them: ConfigMap keys (`keys`), the profile volume (`source`),
-//! profile names (`names`), checking a set of profile files with the parser (`check`), the ownership
-//! records on the host (`records`) and the rules both steps follow with them (`ownership`), and the node labels `load` reports to `untaint`
+//! profile names (`names`), checking a set of profile files with the parser (`check`), the
+//! ownership records on the host (`records`) and the rules both steps follow with them
+//! (`ownership`), `copy`'s record of the files it owns (`copied`) and `load`'s of what it loaded
+//! (`loaded`), what `load` does with profiles that left the ConfigMap (`prune`, and
+//! `neutralise` for the children left behind), and the node labels `load` reports to `untaint`
 //! (`node_labels`).
 
 pub(crate) mod check;
+pub(crate) mod copied;
 pub(crate) mod keys;
+pub(crate) mod loaded;
 pub(crate) mod names;
+pub(crate) mod neutralise;
 pub mod node_labels;
 pub(crate) mod ownership;
+pub(crate) mod prune;
 pub(crate) mod records;
 pub(crate) mod source;
 

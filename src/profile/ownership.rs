@@ -13,8 +13,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::apparmor::kernel::Kernel;
 use crate::apparmor::mode::Mode;
 use crate::profile::check::CompiledProfile;
+use crate::profile::keys::Key;
 use crate::profile::names::ProfileName;
 use crate::profile::records::{Entry, Inventory, KernelNow, StateError};
 use crate::profile::source::ProfileInput;
@@ -57,7 +59,7 @@ fn why(claimant: Claimant) -> &'static str {
 /// kernel's list (`owned`), and every name `load` loaded or neutralised, or retired while the
 /// kernel still holds exactly what it retired, in the same boot (`loaded`, checked against
 /// `now`).
-pub fn our_names(
+fn our_names(
     owned: &Inventory,
     loaded: Option<&Inventory>,
     now: KernelNow<'_>,
@@ -71,7 +73,7 @@ pub fn our_names(
 
 /// Refuses to replace a profile the kernel has loaded that `ours` does not list: the names
 /// our files define that are someone else's, one line per name, naming the file.
-pub fn refuse_someone_elses(
+fn refuse_someone_elses(
     compiled: &[CompiledProfile],
     loaded: &BTreeMap<String, Mode>,
     ours: &BTreeSet<ProfileName>,
@@ -88,6 +90,41 @@ pub fn refuse_someone_elses(
     } else {
         Err(SomeoneElses { names, claimant })
     }
+}
+
+/// Refuses to replace a profile the kernel lists (`listed`) that our records (`copy`'s `owned`,
+/// `load`'s `loaded`) do not prove ours as the kernel holds it now, its policy hashes read now
+/// and in this boot (`boot_id`): [`our_names`], then [`refuse_someone_elses`].
+pub fn refuse_someone_elses_now(
+    kernel: &Kernel,
+    listed: &BTreeMap<String, Mode>,
+    boot_id: &str,
+    owned: &Inventory,
+    loaded: Option<&Inventory>,
+    compiled: &[CompiledProfile],
+    claimant: Claimant,
+) -> Result<(), SomeoneElses> {
+    let hashes = kernel.policy_hashes();
+    let now = KernelNow {
+        listed,
+        hashes: &hashes,
+        boot_id,
+    };
+    let ours = our_names(owned, loaded, now);
+    refuse_someone_elses(compiled, listed, &ours, claimant)
+}
+
+/// The keys whose file already exists in the destination but is not ours (`owned` does not list
+/// it), each with its path: writing them would replace someone else's file.
+pub fn foreign_files<'a>(
+    dest: &Path,
+    owned: &Inventory,
+    keys: impl Iterator<Item = &'a Key>,
+) -> Vec<String> {
+    keys.filter(|k| !owned.files.contains_key(*k))
+        .filter(|k| std::fs::symlink_metadata(dest.join(k)).is_ok())
+        .map(|k| format!("{k:?} ({})", dest.join(k).display()))
+        .collect()
 }
 
 /// The inputs `known` does not vouch for (not these bytes, or not with this toolchain): the
@@ -124,4 +161,35 @@ pub fn record_before_acting(
     intent.files.extend(wanted.files.clone());
     intent.toolchain = toolchain.to_string();
     intent.save(dir, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_in_the_destination_that_we_do_not_own_is_foreign_even_as_a_dangling_link() {
+        let dest = tempfile::tempdir().unwrap();
+        let key = |k: &str| Key::try_from(k).unwrap();
+        std::fs::write(dest.path().join("ours"), "").unwrap();
+        std::fs::write(dest.path().join("theirs"), "").unwrap();
+        std::os::unix::fs::symlink("/nowhere", dest.path().join("link")).unwrap();
+        let mut owned = Inventory::default();
+        owned.files.insert(
+            key("ours"),
+            Entry {
+                sha256: String::new(),
+                profiles: vec![],
+                modes: BTreeMap::new(),
+                policy_sha1: BTreeMap::new(),
+                unverified: false,
+            },
+        );
+        let keys = ["ours", "theirs", "link", "new"].map(key);
+        let shown = |k: &str| format!("{k:?} ({})", dest.path().join(k).display());
+        assert_eq!(
+            foreign_files(dest.path(), &owned, keys.iter()),
+            [shown("theirs"), shown("link")]
+        );
+    }
 }

@@ -16,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::apparmor::compile_cache::CompileCache;
+use crate::apparmor::compile_cache::{CompileCache, Staging};
 use crate::apparmor::kernel::{Kernel, KernelError};
 use crate::apparmor::node_parser::NodeParser;
 use crate::apparmor::parser::{Cache, Parser, ParserError};
@@ -26,10 +26,11 @@ use crate::host::atomic_file;
 use crate::host::lock::{self, LockError, LockOptions};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
+use crate::profile::copied;
 use crate::profile::keys::Key;
 use crate::profile::ownership::{self, Claimant, SomeoneElses};
-use crate::profile::records::{Inventory, KernelNow, LOADED_PROFILES, OWNED_FILES, StateError};
-use crate::profile::source::{ProfileFile, ProfileInput};
+use crate::profile::records::{Inventory, LOADED_PROFILES, OWNED_FILES, StateError};
+use crate::profile::source::{ProfileFile, ProfileInput, Source};
 
 /// Profile files are world-readable, like the distribution's own.
 const PROFILE_MODE: u32 = 0o644;
@@ -135,7 +136,6 @@ impl ExitStatus for CopyError {
 /// Nothing is written unless every key is valid and compiles. Ownership is recorded before a
 /// file is created, so a crash mid-run never leaves a file we wrote but do not own.
 pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError> {
-    // === Prepare: the lock, the source, our records, the cache ===
     let lock = lock::acquire(&opts.dest, "copy", &opts.lock)?;
     lock.remove_stale_temps(&opts.dest)?;
     tracing::info!("compiling for {}", parser.features.explain());
@@ -145,13 +145,38 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
             opts.v3_parser.binary.display()
         );
     }
+    let ready = prepare(opts, parser)?;
+    let mtime = SystemTime::now();
+    let compiled = compile(opts, parser, &ready, mtime)?;
+    check_reboot_parity(opts, &ready.known, &compiled.inputs)?;
+    let kernel_seen = refuse_foreign(opts, &ready.owned, &compiled.profiles)?;
+    let report = write_destination(opts, &ready, &compiled.profiles, mtime, kernel_seen)?;
+    promote(&ready, compiled.staging)?;
+    Ok(report)
+}
+
+// === Prepare: the source, our records, the cache ===
+
+/// What every later phase reads: the source, our record of the files we own, the compile cache
+/// and the toolchain the record must name to vouch for a file.
+struct Ready {
+    source: Source,
+    owned: Inventory,
+    cache: Option<CompileCache>,
+    toolchain: String,
+    /// What the record says a file defines holds only for the toolchain that said it.
+    known: Inventory,
+}
+
+/// Reads the whole source (refusing an empty one and any key that is not accepted) and our
+/// records, and opens the compile cache.
+fn prepare(opts: &CopyOptions, parser: &Parser) -> Result<Ready, CopyError> {
     let source = profile::source::read_source_dir(&opts.source, opts.max_size)?;
     if source.profiles.is_empty() && source.rejected.is_empty() {
         return Err(CopyError::Empty(opts.source.clone()));
     }
     profile::check::accept_keys(&source)?;
     let owned = Inventory::load(&opts.dest, OWNED_FILES)?;
-
     let cache = match &opts.cache_dir {
         Some(dir) => Some(
             CompileCache::open(dir, parser)
@@ -164,44 +189,65 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
         None => toolchain::fingerprint(parser)
             .map_err(|source| io("fingerprint the parser", &parser.binary, source))?,
     };
-    // What the record says a file defines holds only for the toolchain that said it.
     let known = owned.if_compiled_by(&toolchain);
+    Ok(Ready {
+        source,
+        owned,
+        cache,
+        toolchain,
+        known,
+    })
+}
 
-    // === Compile: a private snapshot, never the volume (the kubelet may swap it meanwhile) ===
-    let mtime = SystemTime::now();
+// === Compile: a private snapshot, never the volume (the kubelet may swap it meanwhile) ===
+
+/// What was compiled, from the snapshot (kept until the run ends: the AppArmor 3 check reads
+/// it too), into the staging area of the cache (dropped, so discarded, on every early return).
+struct Compiled<'a> {
+    _snapshot: tempfile::TempDir,
+    inputs: Vec<ProfileInput>,
+    profiles: Vec<CompiledProfile>,
+    staging: Option<Staging<'a>>,
+}
+
+/// Compiles every file the record does not vouch for, from a private snapshot written with one
+/// modification time (`mtime`, which the files written to the destination keep too).
+fn compile<'a>(
+    opts: &CopyOptions,
+    parser: &Parser,
+    ready: &'a Ready,
+    mtime: SystemTime,
+) -> Result<Compiled<'a>, CopyError> {
     let snapshot = tempfile::Builder::new()
         .prefix("apparmor-profile-loader-")
         .tempdir_in(&opts.scratch_dir)
         .map_err(|source| io("create a snapshot directory in", &opts.scratch_dir, source))?;
     // Files the record vouches for are not compiled again, so not written, unless the AppArmor 3
-    // check below must see every file.
-    let every_file = needs_every_file_checked(opts, &known);
-    let inputs = write_snapshot(snapshot.path(), &source.profiles, &known, every_file, mtime)?;
-    // Every early return from here on drops the staging, which discards what was compiled.
-    let staging = match &cache {
+    // check must see every file.
+    let every_file = copied::needs_every_file_checked(&opts.node_parser, &ready.known);
+    let files = &ready.source.profiles;
+    let inputs = write_snapshot(snapshot.path(), files, &ready.known, every_file, mtime)?;
+    let staging = match &ready.cache {
         Some(c) => Some(c.staging().map_err(|source| io("create", &c.dir, source))?),
         None => None,
     };
     let cache_mode = staging
         .as_ref()
         .map_or(Cache::Skip, |s| Cache::Refresh(s.path()));
-    let compiled = profile::check::check(&inputs, parser, &known, cache_mode)?;
+    let profiles = profile::check::check(&inputs, parser, &ready.known, cache_mode)?;
+    Ok(Compiled {
+        _snapshot: snapshot,
+        inputs,
+        profiles,
+        staging,
+    })
+}
 
-    // === Guard: the node's own parser, and names someone else loaded ===
-    check_reboot_parity(opts, &known, &inputs)?;
-    let kernel_seen = refuse_foreign(opts, &owned, &compiled)?;
+// === Apply: the destination, then the compiled policy into the cache ===
 
-    // === Apply: the destination, then the compiled policy into the cache ===
-    let report = write_destination(
-        opts,
-        &owned,
-        &source.profiles,
-        &compiled,
-        mtime,
-        toolchain,
-        kernel_seen,
-    )?;
-    if let (Some(c), Some(staging)) = (&cache, staging) {
+/// Moves what was compiled into the cache `load` reads, once the destination is written.
+fn promote(ready: &Ready, staging: Option<Staging<'_>>) -> Result<(), CopyError> {
+    if let (Some(c), Some(staging)) = (&ready.cache, staging) {
         let promoted = staging
             .promote()
             .map_err(|source| io("promote compiled policy into", &c.dir, source))?;
@@ -211,66 +257,46 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
             c.dir.display()
         );
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Writes the destination: ownership first, then the files, then the stale files removed.
 fn write_destination(
     opts: &CopyOptions,
-    owned: &Inventory,
-    files: &[ProfileFile],
+    ready: &Ready,
     compiled: &[CompiledProfile],
     mtime: SystemTime,
-    toolchain: String,
     kernel_seen: bool,
 ) -> Result<CopyReport, CopyError> {
-    let clashes = foreign_files(&opts.dest, owned, files.iter().map(|p| &p.key));
+    let (owned, files) = (&ready.owned, &ready.source.profiles);
+    let clashes = ownership::foreign_files(&opts.dest, owned, files.iter().map(|p| &p.key));
     if !clashes.is_empty() {
         return Err(CopyError::Clash {
             dest: opts.dest.clone(),
             clashes,
         });
     }
-    let mut wanted = Inventory {
-        toolchain,
-        checked_with_apparmor3: matches!(opts.node_parser, NodeParser::V3 { .. }),
-        node_os: opts.node_parser.os().to_string(),
-        ..Inventory::default()
-    };
-    for compiled in compiled {
-        // A claim checked against the kernel once stays checked while the names are the same.
-        let checked_before = owned
-            .files
-            .get(&compiled.key)
-            .is_some_and(|e| !e.unverified && e.profiles == compiled.names);
-        wanted.files.insert(
-            compiled.key.clone(),
-            ownership::entry(compiled, !(kernel_seen || checked_before)),
-        );
-    }
+    let wanted = copied::wanted(
+        owned,
+        compiled,
+        &ready.toolchain,
+        &opts.node_parser,
+        kernel_seen,
+    );
 
     let mut report = CopyReport::default();
     let mut to_write = Vec::new();
     for file in files {
-        if is_current(&opts.dest.join(&file.key), file.content.as_bytes()) {
+        // An unchanged profile keeps its mtime (and the parser's cache stays valid).
+        let path = opts.dest.join(&file.key);
+        if atomic_file::holds(&path, file.content.as_bytes(), PROFILE_MODE) {
             report.unchanged.push(file.key.clone());
         } else {
             to_write.push(file);
         }
     }
-    report.removed = owned
-        .files
-        .keys()
-        .filter(|k| !wanted.files.contains_key(*k))
-        .cloned()
-        .collect();
-    if to_write.is_empty()
-        && report.removed.is_empty()
-        && owned.files == wanted.files
-        && owned.toolchain == wanted.toolchain
-        && owned.checked_with_apparmor3 == wanted.checked_with_apparmor3
-        && owned.node_os == wanted.node_os
-    {
+    report.removed = copied::removed(owned, &wanted);
+    if to_write.is_empty() && report.removed.is_empty() && copied::same_record(owned, &wanted) {
         return Ok(report);
     }
 
@@ -349,22 +375,12 @@ fn check_reboot_parity(
             path: v3.binary.clone(),
         });
     }
-    let to_check = if needs_every_file_checked(opts, owned) {
-        inputs.iter().collect()
-    } else {
-        ownership::unproven(owned, inputs)
-    };
+    let to_check = copied::to_check_with_apparmor3(&opts.node_parser, owned, inputs);
     v3.compile(&to_check, Cache::Skip)
         .map_err(|source| CopyError::NodeParser {
             os: os.clone(),
             source,
         })
-}
-
-/// Whether the AppArmor 3 check must compile every file, not only new or changed ones: the node
-/// boots with AppArmor 3 and the record does not say its files were checked so.
-fn needs_every_file_checked(opts: &CopyOptions, owned: &Inventory) -> bool {
-    matches!(opts.node_parser, NodeParser::V3 { .. }) && !owned.checked_with_apparmor3
 }
 
 /// Refuses to claim a profile name the kernel already has from someone else.
@@ -384,17 +400,9 @@ fn refuse_foreign(
     owned: &Inventory,
     compiled: &[CompiledProfile],
 ) -> Result<bool, CopyError> {
-    let loaded = match opts.kernel.loaded_profiles() {
-        Ok(loaded) => loaded,
-        Err(e) => match opts.kernel.ensure_enabled() {
-            // No AppArmor (and load refuses the node); nothing is loaded to be harmed.
-            Err(KernelError::NoModule { .. } | KernelError::Disabled { .. })
-                if !opts.kernel.has_profile_list() =>
-            {
-                return Ok(false);
-            }
-            _ => return Err(e.into()),
-        },
+    let Some(loaded) = opts.kernel.loaded_profiles_if_running()? else {
+        // No AppArmor (and load refuses the node); nothing is loaded to be harmed.
+        return Ok(false);
     };
     if opts.adopt_loaded {
         return Ok(true);
@@ -403,15 +411,16 @@ fn refuse_foreign(
         Some(dir) => Some(Inventory::load(dir, LOADED_PROFILES)?),
         None => None,
     };
-    let hashes = opts.kernel.policy_hashes();
     let boot_id = opts.kernel.boot_id().unwrap_or_default();
-    let now = KernelNow {
-        listed: &loaded,
-        hashes: &hashes,
-        boot_id: &boot_id,
-    };
-    let ours = ownership::our_names(owned, loaded_record.as_ref(), now);
-    ownership::refuse_someone_elses(compiled, &loaded, &ours, Claimant::Copy)?;
+    ownership::refuse_someone_elses_now(
+        &opts.kernel,
+        &loaded,
+        &boot_id,
+        owned,
+        loaded_record.as_ref(),
+        compiled,
+        Claimant::Copy,
+    )?;
     Ok(true)
 }
 
@@ -420,29 +429,5 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> CopyError {
         action,
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// Keys whose file already exists in the destination but is not ours.
-fn foreign_files<'a>(
-    dest: &Path,
-    owned: &Inventory,
-    keys: impl Iterator<Item = &'a Key>,
-) -> Vec<String> {
-    keys.filter(|k| !owned.files.contains_key(*k))
-        .filter(|k| fs::symlink_metadata(dest.join(k)).is_ok())
-        .map(|k| format!("{k:?} ({})", dest.join(k).display()))
-        .collect()
-}
-
-/// Whether the destination already holds exactly this content as a regular file with our mode,
-/// so an unchanged profile keeps its mtime (and the parser's cache stays valid).
-fn is_current(path: &Path, content: &[u8]) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o777 == PROFILE_MODE => {
-            fs::read(path).is_ok_and(|existing| existing == content)
-        }
-        _ => false,
     }
 }
