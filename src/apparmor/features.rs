@@ -162,6 +162,12 @@ impl Features {
         }
     }
 
+    /// Whether this is a node's feature set (its kernel's or its pin), not the parser's default:
+    /// only then does "this kernel does not enforce that rule" mean something.
+    pub fn is_node_specific(&self) -> bool {
+        !matches!(self, Features::ParserDefault)
+    }
+
     /// Adds the parser options that select this feature set.
     pub fn add_args(&self, cmd: &mut Command) {
         match self {

@@ -217,10 +217,17 @@ impl Parser {
         cmd.arg("--skip-kernel-load")
             .arg("--jobs")
             .arg(self.jobs.to_string());
+        let for_a_node = self.features.is_node_specific();
+        if for_a_node {
+            cmd.args(UNENFORCED_WARNINGS);
+        }
         Self::cache_args(&mut cmd, cache);
         cmd.args(files.iter().map(|f| f.path()));
         let out = self.execute(cmd, "compiling the profiles", &keys(files), false)?;
         if out.status.success() {
+            if for_a_node {
+                self.log_unenforced(&out.stderr);
+            }
             return Ok(());
         }
         let failures: Vec<ParseFailure> = pool::map(self.jobs, files, |f| self.compile_alone(f))
@@ -238,6 +245,23 @@ impl Parser {
             files.len(),
             lines.join("\n  "),
         ))
+    }
+
+    /// Logs each rule the parser says the node's kernel does not enforce, or enforces only in
+    /// a coarser form (`--warn=rule-not-enforced`, `--warn=rule-downgraded`): the profile
+    /// loads, but not all of it is enforced there, which the profile's author should know. A
+    /// compile the parser's cache answers prints nothing, so only a fresh compile logs them.
+    fn log_unenforced(&self, stderr: &str) {
+        let mut seen = std::collections::BTreeSet::new();
+        for line in stderr.lines().map(str::trim) {
+            if line.starts_with("Warning from profile ") && seen.insert(line) {
+                tracing::warn!(
+                    parser = %self.binary.display(),
+                    "the node's kernel does not enforce this rule as written (the profile loads \
+                     without it): {line}"
+                );
+            }
+        }
     }
 
     /// Compiles one file alone; `Some` with the parser's reason when it fails.
@@ -386,6 +410,10 @@ impl Parser {
 }
 
 // === Utility functions ===
+
+/// The parser's warnings for rules the kernel's feature set does not enforce as written (off
+/// by default in the parser); both the 3.0 and the 4.1 parser know them.
+const UNENFORCED_WARNINGS: [&str; 2] = ["--warn=rule-not-enforced", "--warn=rule-downgraded"];
 
 /// The keys of a batch, for progress and timeout messages.
 fn keys<F: ParserInput>(files: &[F]) -> String {

@@ -9,6 +9,7 @@ mod support;
 
 mod copy;
 mod fail_closed;
+mod kernel_features;
 mod load;
 mod lock;
 mod parser_cache;

@@ -7,13 +7,12 @@
 //! (which does not exist here) and stops naming it. Our reading must predict exactly that.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use apparmor_profile_loader::parser_conf::{self, PIECE_LEN};
 
-use crate::support::real_parser;
-use aapl_test_support::prereq;
+use crate::support::{self, real_parser};
 
 /// What a parser run shows of its reading of a `parser.conf`, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,59 +29,13 @@ struct Parser {
     _tree: Option<tempfile::TempDir>,
 }
 
-/// Trixie's 4.1 parser, unpacked from the cached `.deb`s with its own glibc and loader.
+/// Trixie's 4.1 parser (`support::parser_41`) as a command line.
 fn parser_41() -> Option<Parser> {
-    let cache = std::env::var_os("AAPL_CI_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/aapl-ci"));
-    let debs = cache.join("trixie/debs");
-    let find = |prefix: &str| -> Result<PathBuf, String> {
-        std::fs::read_dir(&debs)
-            .map_err(|e| format!("{}: {e}", debs.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with("_amd64.deb"))
-            })
-            .ok_or_else(|| format!("no {prefix}*_amd64.deb in {}", debs.display()))
-    };
-    let found = find("apparmor_4.").and_then(|a| Ok((a, find("libc6_")?)));
-    let (apparmor, libc) = prereq::require(
-        "parser.conf read as the 4.1 parser reads it (run tests/vm/prepare.sh, which caches \
-         trixie's .debs)",
-        found,
-    )?;
-    let tree = tempfile::tempdir().unwrap();
-    for deb in [&apparmor, &libc] {
-        let ok = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(deb)
-            .arg(tree.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "dpkg-deb -x {}", deb.display());
-    }
-    let root = tree.path();
-    let loader = [
-        "usr/lib64/ld-linux-x86-64.so.2",
-        "lib64/ld-linux-x86-64.so.2",
-    ]
-    .iter()
-    .map(|l| root.join(l))
-    .find(|l| l.exists())
-    .expect("trixie's libc6 has the loader");
+    let p = support::parser_41()?;
     Some(Parser {
         name: "apparmor_parser 4.1",
-        argv: vec![
-            loader.into(),
-            "--library-path".into(),
-            root.join("usr/lib/x86_64-linux-gnu").into(),
-            root.join("usr/sbin/apparmor_parser").into(),
-        ],
-        _tree: Some(tree),
+        argv: p.argv,
+        _tree: Some(p.tree),
     })
 }
 

@@ -39,6 +39,88 @@ pub fn real_parser() -> Option<PathBuf> {
     prereq::require("CLI tests with the real apparmor_parser", found)
 }
 
+/// Trixie's AppArmor 4.1 parser (the image's), unpacked from the `.deb`s `tests/vm/prepare.sh`
+/// caches, with trixie's glibc and its own include tree; a skip, or a failure under CI
+/// (`prereq`), when they are not cached.
+pub struct Parser41 {
+    /// The unpacked packages (removed when this is dropped).
+    pub tree: tempfile::TempDir,
+    /// The command line that runs it: trixie's loader, its library path, the parser.
+    pub argv: Vec<std::ffi::OsString>,
+}
+
+impl Parser41 {
+    /// Its include tree (`abi/`, `abstractions/`, `tunables/`), as the image has it.
+    pub fn base(&self) -> PathBuf {
+        self.tree.path().join("etc/apparmor.d")
+    }
+
+    /// An executable at `path` that runs it with the arguments it is given (for `--parser`).
+    pub fn script(&self, path: &Path) -> PathBuf {
+        let quoted: Vec<String> = self
+            .argv
+            .iter()
+            .map(|a| format!("'{}'", a.to_str().expect("a UTF-8 temporary path")))
+            .collect();
+        write_executable(
+            path,
+            &format!("#!/bin/sh\nexec {} \"$@\"\n", quoted.join(" ")),
+        );
+        path.to_path_buf()
+    }
+}
+
+pub fn parser_41() -> Option<Parser41> {
+    let cache = std::env::var_os("AAPL_CI_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/aapl-ci"));
+    let debs = cache.join("trixie/debs");
+    let find = |prefix: &str| -> Result<PathBuf, String> {
+        std::fs::read_dir(&debs)
+            .map_err(|e| format!("{}: {e}", debs.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with("_amd64.deb"))
+            })
+            .ok_or_else(|| format!("no {prefix}*_amd64.deb in {}", debs.display()))
+    };
+    let found = find("apparmor_4.").and_then(|a| Ok((a, find("libc6_")?)));
+    let (apparmor, libc) = prereq::require(
+        "the 4.1 parser (run tests/vm/prepare.sh, which caches trixie's .debs)",
+        found,
+    )?;
+    let tree = tempfile::tempdir().unwrap();
+    for deb in [&apparmor, &libc] {
+        let ok = std::process::Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb)
+            .arg(tree.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "dpkg-deb -x {}", deb.display());
+    }
+    let root = tree.path();
+    let loader = [
+        "usr/lib64/ld-linux-x86-64.so.2",
+        "lib64/ld-linux-x86-64.so.2",
+    ]
+    .iter()
+    .map(|l| root.join(l))
+    .find(|l| l.exists())
+    .expect("trixie's libc6 has the loader");
+    let argv = vec![
+        loader.into(),
+        "--library-path".into(),
+        root.join("usr/lib/x86_64-linux-gnu").into(),
+        root.join("usr/sbin/apparmor_parser").into(),
+    ];
+    Some(Parser41 { tree, argv })
+}
+
 /// The release build of the executable (what the image ships), for measurements that only
 /// mean something there; a skip, or a failure under CI (`prereq`), when it is missing or older
 /// than the sources (`release_build`). `tests/run-all` builds it before the tests.
