@@ -128,6 +128,19 @@ def test_the_node_condition_value_renders_what_the_node_condition_component_rend
         assert ours[key] == doc, f"{key}: the chart and the overlay disagree"
 
 
+def test_the_chart_policy_is_generated_from_the_kustomize_base(tmp_path, monkeypatch):
+    """One source for the admission policy: the chart's template is build/gen_chart_policy.py's
+    output from manifests/admission-policy/, and a change there makes it stale."""
+    import gen_chart_policy  # build/, on the path above
+    assert CHART.joinpath("templates/admission-policy.yaml").read_text() == gen_chart_policy.generate()
+    edited = tmp_path / "policy.yaml"
+    edited.write_text(gen_chart_policy.SOURCE.read_text().replace(
+        "may only update nodes", "may only ever update nodes"))
+    monkeypatch.setattr(gen_chart_policy, "SOURCE", edited)
+    assert "may only ever update nodes" in gen_chart_policy.generate()
+    assert CHART.joinpath("templates/admission-policy.yaml").read_text() != gen_chart_policy.generate()
+
+
 def test_helm_lint_strict():
     done = helm("lint", "--strict", str(CHART), *profile_args(), check=False)
     assert done.returncode == 0, done.stdout + done.stderr
