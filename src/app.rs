@@ -350,7 +350,7 @@ mod tests {
             (
                 load::LoadError::NotNeutralised(
                     vec![],
-                    load::NeutraliseFailure::NotProven(vec![], false),
+                    crate::profile::neutralise::NeutraliseFailure::NotProven(vec![], false),
                 )
                 .into(),
                 5,
@@ -358,7 +358,7 @@ mod tests {
             (
                 load::LoadError::NotNeutralised(
                     vec![],
-                    load::NeutraliseFailure::Unexpressible(vec![]),
+                    crate::profile::neutralise::NeutraliseFailure::Unexpressible(vec![]),
                 )
                 .into(),
                 5,
