@@ -105,6 +105,114 @@ pub(crate) fn scenario_3(c: &Cluster, f: &mut Findings, b: &str) -> Result<(), S
     Ok(())
 }
 
+/// The guest's release as one of AKS's node images, or back to its own (Debian 13, AppArmor 4.1):
+/// what the DaemonSet's `/etc/os-release` mount shows `copy` (Ubuntu's link to
+/// `../usr/lib/os-release`, single-quoted values as os-release(5) allows).
+pub(crate) const UBUNTU_2204: &str =
+    "printf \"NAME='Ubuntu'\\nID='ubuntu'\\nVERSION_ID='22.04'\\n\" >/usr/lib/os-release";
+pub(crate) const DEBIAN_13: &str = "printf 'ID=debian\\nVERSION_ID=\"13\"\\n' >/usr/lib/os-release";
+pub(crate) const AZURE_LINUX_3: &str = "printf 'NAME=\"Microsoft Azure Linux\"\\nID=azurelinux\\nVERSION_ID=\"3.0\"\\n' >/usr/lib/os-release";
+pub(crate) const UBUNTU_2404: &str = "printf 'NAME=\"Ubuntu\"\\nID=ubuntu\\nVERSION_ID=\"24.04\"\\nUBUNTU_CODENAME=noble\\n' >/usr/lib/os-release";
+
+/// Scenario 3, second half: on an AppArmor 3 node, a profile only AppArmor 4 can read keeps the
+/// gate shut, with the reason in `kubectl describe pod`. Returns the pod that refused it.
+pub(crate) fn scenario_3_reboot_parity(
+    c: &Cluster,
+    f: &mut Findings,
+    node: &str,
+    good: &Value,
+    failed_pod: &Value,
+) -> Result<Value, String> {
+    let mut v4_only = good.clone();
+    v4_only["data"]["aapl-userns"] = Value::String(
+        "abi <abi/4.0>,\ninclude <tunables/global>\nprofile aapl-userns {\n  userns,\n  /tmp/** rw,\n}\n"
+            .into(),
+    );
+    strip_meta(&mut v4_only);
+    c.cp.kubectl(&["replace", "-f", "-"], Some(&v4_only.to_string()))?;
+    let pods_before = c.pods.len();
+    c.cp.kubectl(
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "kube-system",
+            name(failed_pod),
+            "--wait=false",
+        ],
+        None,
+    )?;
+    let refused = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p)
+            && on_node(p, node)
+            && copy_failures(p) >= 1
+            && copy_message(p).contains("aapl-userns")
+    });
+    let Some((_, _, lp)) = refused else {
+        return Err(format!(
+            "copy on the AppArmor 3 node {node} never refused the 4.0-only profile; {}",
+            loader_pod_summary(c, node)
+        ));
+    };
+    let n = c.cp.get_json(&["node", node])?;
+    f.check(
+        "3",
+        taint_keys(&n).iter().any(|k| k == GATE),
+        format!(
+            "{node} (Ubuntu 22.04) keeps the gate taint while a profile needs AppArmor 4 (taints {:?})",
+            taint_keys(&n)
+        ),
+    );
+    let describe =
+        c.cp.kubectl(&["describe", "pod", "-n", "kube-system", name(&lp)], None)
+            .unwrap_or_default();
+    f.check(
+        "3",
+        describe.contains("ubuntu 22.04") && describe.contains("AppArmor 3"),
+        format!(
+            "`kubectl describe pod` says the node's own AppArmor 3 boot cannot load it: {:?}",
+            copy_message(&lp)
+        ),
+    );
+    // The same node as Azure Linux 3 (AppArmor 3.1): refused just the same, and said so.
+    c.guest.out(AZURE_LINUX_3);
+    let pods_before = c.pods.len();
+    c.cp.kubectl(
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "kube-system",
+            name(&lp),
+            "--wait=false",
+        ],
+        None,
+    )?;
+    let refused = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p)
+            && on_node(p, node)
+            && copy_failures(p) >= 1
+            && copy_message(p).contains("aapl-userns")
+            && copy_message(p).contains("azurelinux 3.0 (AppArmor 3.1)")
+    });
+    let Some((_, _, lp)) = refused else {
+        return Err(format!(
+            "copy on the Azure Linux 3 node {node} never refused the 4.0-only profile; {}",
+            loader_pod_summary(c, node)
+        ));
+    };
+    let n = c.cp.get_json(&["node", node])?;
+    f.check(
+        "3",
+        taint_keys(&n).iter().any(|k| k == GATE),
+        format!(
+            "as Azure Linux 3 (AppArmor 3.1), {node} keeps the gate too, and the pod says why: {:?}",
+            copy_message(&lp)
+        ),
+    );
+    Ok(lp)
+}
+
 // === node C: the autoscaler-prefixed gate taint ==================================================
 
 /// Scenario 6: the autoscaler-prefixed gate taint on node `cn` is released the same way.
@@ -125,6 +233,22 @@ pub(crate) fn scenario_6(c: &Cluster, f: &mut Findings, cn: &str) -> Result<(), 
                 .map(|(_, at, _)| format!(" after {:.1}s", (*at - reg).as_secs_f64()))
                 .unwrap_or_default()
         ),
+    );
+    // Node C runs as Ubuntu 24.04 (AppArmor 4.0): copy checks with 4.1 only, and the node's
+    // annotation says what copy found.
+    let annotation = c.cp.get_json(&["node", cn]).ok().and_then(|n| {
+        n["metadata"]["annotations"]["apparmor-profile-loader/profiles"]
+            .as_str()
+            .and_then(|a| serde_json::from_str::<Value>(a).ok())
+    });
+    let node_os = annotation
+        .as_ref()
+        .map(|a| a["nodeOS"].clone())
+        .unwrap_or_default();
+    f.check(
+        "6",
+        node_os == "ubuntu 24.04 (AppArmor 4.0)",
+        format!("{cn}'s annotation names the release copy found through the DaemonSet's os-release mount: {node_os}"),
     );
     let wl = workload_runs_on(c, f, "6", pods_before, cn);
     if let (Some((_, rel_at, _)), Some((_, _, _))) = (&released, &wl) {

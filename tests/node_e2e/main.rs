@@ -585,11 +585,12 @@ fn scenarios(c: &Cluster, f: &mut Findings) -> Result<(), String> {
     scenario_3(c, f, b)?;
     // --- node C: the autoscaler-prefixed gate taint (scenario 6) -------------------------------------
     unregister(c, b)?;
-    c.guest.out(DEBIAN_13);
+    c.guest.out(UBUNTU_2404);
     let cn = "aapl-node-c";
     scenario_6(c, f, cn)?;
     // --- node D: no gate: the price of the gate, and the label as the gate (scenario 8) --------------
     unregister(c, cn)?;
+    c.guest.out(DEBIAN_13);
     let d = "aapl-node-d";
     let (ni, pods_before) = ungated_node_runs_the_workload(c, f, d)?;
     scenario_8(c, f, d, ni, pods_before);
