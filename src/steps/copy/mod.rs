@@ -75,7 +75,7 @@ pub fn run(opts: &CopyOptions, parser: &Parser) -> Result<CopyReport, CopyError>
     tracing::info!("compiling for {}", parser.features.explain());
     if let NodeParser::V3 { os } = &opts.node_parser {
         tracing::info!(
-            "the node runs {os} (AppArmor 3): new files must also compile with {}",
+            "the node runs {os}: new files must also compile with the AppArmor 3 parser {}",
             opts.v3_parser.binary.display()
         );
     }
