@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -128,17 +129,23 @@ def test_the_node_condition_value_renders_what_the_node_condition_component_rend
         assert ours[key] == doc, f"{key}: the chart and the overlay disagree"
 
 
-def test_the_chart_policy_is_generated_from_the_kustomize_base(tmp_path, monkeypatch):
-    """One source for the admission policy: the chart's template is build/gen_chart_policy.py's
-    output from manifests/admission-policy/, and a change there makes it stale."""
-    import gen_chart_policy  # build/, on the path above
-    assert CHART.joinpath("templates/admission-policy.yaml").read_text() == gen_chart_policy.generate()
-    edited = tmp_path / "policy.yaml"
-    edited.write_text(gen_chart_policy.SOURCE.read_text().replace(
-        "may only update nodes", "may only ever update nodes"))
-    monkeypatch.setattr(gen_chart_policy, "SOURCE", edited)
-    assert "may only ever update nodes" in gen_chart_policy.generate()
-    assert CHART.joinpath("templates/admission-policy.yaml").read_text() != gen_chart_policy.generate()
+def test_the_chart_templates_of_plain_objects_are_generated_from_manifests(tmp_path):
+    """One source: the chart's ServiceAccount, config, RBAC and admission policy templates are
+    build/gen_chart.py's output from manifests/, and a change there makes them stale."""
+    import gen_chart  # build/, on the path above
+    assert {t.target for t in gen_chart.GENERATED} == {
+        "serviceaccount.yaml", "config.yaml", "rbac.yaml", "admission-policy.yaml"}
+    for template in gen_chart.GENERATED:
+        assert CHART.joinpath("templates", template.target).read_text() == gen_chart.generate(template), \
+            f"{template.target} is stale: run build/gen_chart.py"
+    edited = tmp_path / "manifests"
+    shutil.copytree(REPO / "manifests", edited)
+    policy = edited / "admission-policy" / "validating-admission-policy.yaml"
+    policy.write_text(policy.read_text().replace("may only update nodes", "may only ever update nodes"))
+    (policy_template,) = [t for t in gen_chart.GENERATED if t.target == "admission-policy.yaml"]
+    regenerated = gen_chart.generate(policy_template, edited)
+    assert "may only ever update nodes" in regenerated
+    assert CHART.joinpath("templates", "admission-policy.yaml").read_text() != regenerated
 
 
 def test_helm_lint_strict():
