@@ -688,14 +688,7 @@ fn the_pod_bound_token_can_do_nothing_but_remove_its_own_gate_taint() {
             ),
         ];
         for (what, node, patch, want) in &policy_denials {
-            let (code, message) = api_error(what, nodes.patch(node, &pp, patch).await);
-            eprintln!("{what}: {code} {message}");
-            assert_eq!(code, 403, "{what}: {message}");
-            assert!(
-                message.contains(&format!("ValidatingAdmissionPolicy '{POLICY}'"))
-                    && message.contains(want),
-                "{what}: denied by the policy with {want:?}; got: {message}"
-            );
+            assert_denied_by_policy(what, nodes.patch(node, &pp, patch).await, want);
         }
 
         // Outside get/patch nodes: RBAC says no (403 Forbidden, before admission).
@@ -997,6 +990,23 @@ fn bad_tokens_and_missing_nodes_fail_at_once_with_a_clear_message() {
 /// Where the operator's overlay puts the installation.
 const ELSEWHERE: &str = "aapl-elsewhere";
 
+/// Asserts that the admission policy refused `result` (403, the policy named) with a message
+/// holding `want`.
+fn assert_denied_by_policy<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, kube::Error>,
+    want: &str,
+) {
+    let (code, message) = api_error(what, result);
+    eprintln!("{what}: {code} {message}");
+    assert!(
+        code == 403
+            && message.contains(&format!("ValidatingAdmissionPolicy '{POLICY}'"))
+            && message.contains(want),
+        "{what}: denied by the policy with {want:?}; got {code}: {message}"
+    );
+}
+
 /// The JSON Patch `untaint` sends to remove the gate taint (`test` + `remove`) from `node`.
 fn remove_gate(node: &Node) -> Patch<Value> {
     let at = taints_of(node)
@@ -1100,14 +1110,7 @@ fn rendered_into_another_namespace_the_policy_still_confines_the_loader() {
             ),
         ];
         for (what, patch, want) in &denials {
-            let (code, message) = api_error(what, nodes.patch(a, &DRY_RUN, patch).await);
-            eprintln!("{what}: {code} {message}");
-            assert!(
-                code == 403
-                    && message.contains(&format!("ValidatingAdmissionPolicy '{POLICY}'"))
-                    && message.contains(want),
-                "{what}: denied by the policy with {want:?}; got {code}: {message}"
-            );
+            assert_denied_by_policy(what, nodes.patch(a, &DRY_RUN, patch).await, want);
         }
 
         // The earlier installation's loader, same name in kube-system, granted by RBAC: refused
@@ -1485,14 +1488,7 @@ fn with_the_node_condition_component_untaint_sets_only_its_condition_on_its_own_
             ),
         ];
         for (what, node, patch, want) in &denials {
-            let (code, message) = api_error(what, nodes.patch_status(node, &DRY_RUN, patch).await);
-            eprintln!("{what}: {code} {message}");
-            assert!(
-                code == 403
-                    && message.contains(&format!("ValidatingAdmissionPolicy '{POLICY}'"))
-                    && message.contains(want),
-                "{what}: denied by the policy with {want:?}; got {code}: {message}"
-            );
+            assert_denied_by_policy(what, nodes.patch_status(node, &DRY_RUN, patch).await, want);
         }
         // The control: the same write the loader makes is allowed (dry run).
         nodes

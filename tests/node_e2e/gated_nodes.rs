@@ -130,30 +130,8 @@ pub(crate) fn scenario_3_reboot_parity(
     );
     strip_meta(&mut v4_only);
     c.cp.kubectl(&["replace", "-f", "-"], Some(&v4_only.to_string()))?;
-    let pods_before = c.pods.len();
-    c.cp.kubectl(
-        &[
-            "delete",
-            "pod",
-            "-n",
-            "kube-system",
-            name(failed_pod),
-            "--wait=false",
-        ],
-        None,
-    )?;
-    let refused = c.pods.wait(pods_before, *WAIT, |p| {
-        is_loader(p)
-            && on_node(p, node)
-            && copy_failures(p) >= 1
-            && copy_message(p).contains("aapl-userns")
-    });
-    let Some((_, _, lp)) = refused else {
-        return Err(format!(
-            "copy on the AppArmor 3 node {node} never refused the 4.0-only profile; {}",
-            loader_pod_summary(c, node)
-        ));
-    };
+    let lp =
+        restart_until_copy_refuses(c, node, failed_pod, &["aapl-userns"], "the AppArmor 3 node")?;
     let n = c.cp.get_json(&["node", node])?;
     f.check(
         "3",
@@ -176,31 +154,13 @@ pub(crate) fn scenario_3_reboot_parity(
     );
     // The same node as Azure Linux 3 (AppArmor 3.1): refused just the same, and said so.
     c.guest.out(AZURE_LINUX_3);
-    let pods_before = c.pods.len();
-    c.cp.kubectl(
-        &[
-            "delete",
-            "pod",
-            "-n",
-            "kube-system",
-            name(&lp),
-            "--wait=false",
-        ],
-        None,
+    let lp = restart_until_copy_refuses(
+        c,
+        node,
+        &lp,
+        &["aapl-userns", "azurelinux 3.0 (AppArmor 3.1)"],
+        "the Azure Linux 3 node",
     )?;
-    let refused = c.pods.wait(pods_before, *WAIT, |p| {
-        is_loader(p)
-            && on_node(p, node)
-            && copy_failures(p) >= 1
-            && copy_message(p).contains("aapl-userns")
-            && copy_message(p).contains("azurelinux 3.0 (AppArmor 3.1)")
-    });
-    let Some((_, _, lp)) = refused else {
-        return Err(format!(
-            "copy on the Azure Linux 3 node {node} never refused the 4.0-only profile; {}",
-            loader_pod_summary(c, node)
-        ));
-    };
     let n = c.cp.get_json(&["node", node])?;
     f.check(
         "3",
@@ -211,6 +171,43 @@ pub(crate) fn scenario_3_reboot_parity(
         ),
     );
     Ok(lp)
+}
+
+/// Deletes the loader pod `pod` on `node`, as an operator restarting it would, and waits for the
+/// DaemonSet's new pod to fail in `copy` with a message holding each of `says` (`what` names the
+/// node in the error when it never does). Returns that pod.
+fn restart_until_copy_refuses(
+    c: &Cluster,
+    node: &str,
+    pod: &Value,
+    says: &[&str],
+    what: &str,
+) -> Result<Value, String> {
+    let pods_before = c.pods.len();
+    c.cp.kubectl(
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "kube-system",
+            name(pod),
+            "--wait=false",
+        ],
+        None,
+    )?;
+    let refused = c.pods.wait(pods_before, *WAIT, |p| {
+        is_loader(p)
+            && on_node(p, node)
+            && copy_failures(p) >= 1
+            && says.iter().all(|s| copy_message(p).contains(s))
+    });
+    match refused {
+        Some((_, _, lp)) => Ok(lp),
+        None => Err(format!(
+            "copy on {what} {node} never refused the 4.0-only profile; {}",
+            loader_pod_summary(c, node)
+        )),
+    }
 }
 
 // === node C: the autoscaler-prefixed gate taint ==================================================
