@@ -22,12 +22,12 @@ use aapl_test_support::apiserver::cluster::{
     Identity, api_error, create_loader_pod, create_node, get_node, pod_token, rv,
 };
 use aapl_test_support::apiserver::loader::{proxied_client, run_untaint, run_untaint_with};
-use aapl_test_support::apiserver::objects::{json_patch, render};
+use aapl_test_support::apiserver::objects::{Overlay, json_patch, render};
 use aapl_test_support::apiserver::shared::{
     apply_all, block_on, env, install_in_namespace, install_overlay, run_local, server_of_its_own,
     wait_until_confined,
 };
-use aapl_test_support::apiserver::{NS, POLICY, SETTLE, client, poll, repo_root};
+use aapl_test_support::apiserver::{NS, POLICY, SA, SETTLE, client, poll, repo_root};
 use aapl_test_support::fixtures::{
     NodeFixture, autoscaler_gate, gate, gate_taints, is_gate, taint, taints_of,
 };
@@ -981,7 +981,8 @@ fn bad_tokens_and_missing_nodes_fail_at_once_with_a_clear_message() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 8. the manifests in another namespace (an operator's overlay with `namespace:`)
+// 8. the manifests in another namespace, or renamed (an operator's overlay with `namespace:`,
+//    `namePrefix:`, `nameSuffix:`)
 //
 // Each test here has a server of its own: the installation's cluster-scoped objects (the
 // ClusterRoleBinding, the policy and its binding) have the names of the shared server's and
@@ -1269,6 +1270,131 @@ fn without_its_param_the_policy_denies_the_loader_and_every_node_write() {
     });
 }
 
+/// An overlay that renames the installation (`namePrefix`, `nameSuffix`) as well as moving it:
+/// the binding still finds its param, so everyone else still writes nodes, and the policy knows
+/// the renamed loader by the name its param gives, so it is confined just the same. Before,
+/// the binding named a ConfigMap the rename had left behind and the API server refused every
+/// node write in the cluster; with that mended alone, the renamed account would not have
+/// matched the policy at all.
+#[test]
+fn renamed_by_an_overlay_the_policy_finds_its_param_and_confines_the_renamed_loader() {
+    let test = "renamed_by_an_overlay_the_policy_finds_its_param_and_confines_the_renamed_loader";
+    let Some(h) = server_of_its_own(test) else {
+        return;
+    };
+    let overlay = Overlay {
+        name_prefix: "prod-",
+        name_suffix: "-blue",
+        ..Overlay::in_namespace(ELSEWHERE)
+    };
+    block_on(async {
+        let admin = client(&h.kubeconfig).await;
+        install_overlay(&h, &admin, &overlay).await;
+        let (a, b) = ("t8-renamed-a", "t8-renamed-b");
+        create_node(
+            &admin,
+            Node::test(a).with_taints([gate(), taint("example.com/keep=1:NoSchedule")]),
+        )
+        .await;
+        create_node(&admin, Node::test(b).with_taints([gate()])).await;
+        let a_before = get_node(&admin, a).await;
+        let sa = overlay.service_account();
+        let id = Identity::of_account(&h, &admin, ELSEWHERE, &sa, a).await;
+        wait_until_confined(&id, a, b).await;
+
+        // Everyone else writes nodes as before: the binding has its param.
+        let admin_nodes: Api<Node> = Api::all(admin.clone());
+        let change = Patch::Merge(json!({"metadata": {"labels": {"example.com/tier": "gold"}}}));
+        admin_nodes
+            .patch(b, &DRY_RUN, &change)
+            .await
+            .expect("an administrator labels a node: the renamed binding finds its param");
+
+        // The renamed loader: another node, or anything but its gate taint, refused by the
+        // renamed policy; denials name the loader as its param names it.
+        let run = run_untaint(&id.kubeconfig, b);
+        assert_eq!(run.code, Some(KUBERNETES_API), "exit 6:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(&overlay.policy())
+                && run
+                    .stderr
+                    .contains(&format!("running on node {a} may not modify node {b}")),
+            "the message names the renamed policy and both nodes:\n{}",
+            run.stderr
+        );
+        let nodes: Api<Node> = Api::all(id.client.clone());
+        let cordon = Patch::Merge(json!({"spec": {"unschedulable": true}}));
+        let (code, message) = api_error("cordon its node", nodes.patch(a, &DRY_RUN, &cordon).await);
+        assert!(
+            code == 403
+                && message.contains(&format!("ValidatingAdmissionPolicy '{}'", overlay.policy()))
+                && message.contains("may not change a node's spec"),
+            "cordon its node: denied by the renamed policy; got {code}: {message}"
+        );
+
+        // A look-alike beside it, with the installation's default name and the same RBAC: not
+        // the loader the param names, refused.
+        look_alike_account(
+            &admin,
+            ELSEWHERE,
+            SA,
+            &overlay.name("apparmor-profile-loader"),
+        )
+        .await;
+        let other = Identity::of_account(&h, &admin, ELSEWHERE, SA, b).await;
+        let (code, message) = api_error(
+            "the look-alike removes its node's gate taint",
+            Api::<Node>::all(other.client.clone())
+                .patch(b, &DRY_RUN, &remove_gate(&get_node(&admin, b).await))
+                .await,
+        );
+        let want = format!(
+            "system:serviceaccount:{ELSEWHERE}:{SA} is not the apparmor-profile-loader of this \
+             policy (system:serviceaccount:{ELSEWHERE}:{sa}, named by its param ConfigMap \
+             {ELSEWHERE}/{})",
+            overlay.name("apparmor-profile-loader-config")
+        );
+        assert!(
+            code == 403 && message.contains(&want),
+            "the look-alike: denied with {want:?}; got {code}: {message}"
+        );
+
+        // Its own gate taint: removed, nothing else touched.
+        let run = run_untaint(&id.kubeconfig, a);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "untaint on its own node:\n{}",
+            run.stderr
+        );
+        let others: Vec<ApiTaint> = taints_of(&a_before)
+            .into_iter()
+            .filter(|t| !is_gate(t))
+            .collect();
+        assert_eq!(taints_of(&get_node(&admin, a).await), others);
+    });
+}
+
+/// A ServiceAccount `name` in `ns` bound to the loader's ClusterRole `role` (so that RBAC lets
+/// it get and patch nodes and only the admission policy can refuse it).
+async fn look_alike_account(admin: &kube::Client, ns: &str, name: &str, role: &str) {
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": name, "namespace": ns}}),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": format!("look-alike-{ns}-{name}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+        }),
+    ];
+    for (what, r) in apply_all(admin, &objects).await {
+        r.unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9. the node condition (manifests/node-condition, untaint --node-condition)
 
@@ -1311,7 +1437,15 @@ fn with_the_node_condition_component_untaint_sets_only_its_condition_on_its_own_
     };
     block_on(async {
         let admin = client(&h.kubeconfig).await;
-        install_overlay(&h, &admin, NRC_NS, &["node-condition"]).await;
+        install_overlay(
+            &h,
+            &admin,
+            &Overlay {
+                components: &["node-condition"],
+                ..Overlay::in_namespace(NRC_NS)
+            },
+        )
+        .await;
         let (a, b) = ("t9-a", "t9-b");
         for name in [a, b] {
             create_node(&admin, Node::test(name).with_taints([gate()])).await;

@@ -207,7 +207,8 @@ def test_taints_prefix_and_rollout_are_values_and_agree_everywhere():
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
     assert variables["gateKeys"] == "['example.com/apparmor-gate']"
     config = keyed(docs)[("ConfigMap", "apparmor-profile-loader-config")]
-    assert config["data"] == {"labelPrefix": "profiles.example.com"}
+    assert config["data"] == {"labelPrefix": "profiles.example.com",
+                              "serviceAccountName": "apparmor-profile-loader"}
     images = {c["image"] for c in containers(pod).values()}
     assert images == {"ghcr.io/example/apparmor-profile-loader@sha256:" + "a" * 64}
 

@@ -293,15 +293,18 @@ def test_admission_policy(rendered):
     assert [r["resources"] for r in rules] == [["nodes", "nodes/status"]], \
         "nodes and nodes/status (the condition), nothing else"
     assert "UPDATE" in rules[0]["operations"]
-    # Any namespace's account of the loader's name; no namespace written in the policy.
+    # Any namespace's account whose name holds the loader's (as an overlay's namePrefix and
+    # nameSuffix leave it); no namespace written in the policy.
     assert [m["expression"].split() for m in spec["matchConditions"]] == [
         ["request.userInfo.username.startsWith('system:serviceaccount:')", "&&",
-         "request.userInfo.username.endsWith(':apparmor-profile-loader')"]
+         "request.userInfo.username.split(':').size()", "==", "4", "&&",
+         "request.userInfo.username.split(':')[3].contains('apparmor-profile-loader')"]
     ]
     variables = {v["name"]: v["expression"] for v in spec["variables"]}
-    # The first validation refuses every such account but the one beside the param.
-    assert variables["loaderUser"] == (
-        "'system:serviceaccount:' + params.metadata.namespace + ':apparmor-profile-loader'")
+    # The first validation refuses every such account but the one the param names.
+    assert variables["loaderUser"].split() == [
+        "'system:serviceaccount:'", "+", "params.metadata.namespace", "+", "':'", "+",
+        "params.data.?serviceAccountName.orValue('apparmor-profile-loader')"]
     assert spec["validations"][0]["expression"] == "request.userInfo.username == variables.loaderUser"
     assert "kube-system" not in yaml.safe_dump(policy)
     assert "authentication.kubernetes.io/node-name" in variables["tokenNodeName"]
@@ -318,13 +321,15 @@ def test_admission_policy(rendered):
     }
 
 
-def kustomize_overlay(tmp_path: Path, namespace: str, components: tuple[str, ...] = ()) -> list[dict]:
+def kustomize_overlay(tmp_path: Path, namespace: str, components: tuple[str, ...] = (),
+                      extra: str = "") -> list[dict]:
     """What an operator's overlay renders that moves the installation: `namespace:` and the
-    repository's manifests/ as its only resource, and the given components of manifests/."""
+    repository's manifests/ as its only resource, the given components of manifests/ and
+    `extra` lines (e.g. `namePrefix: prod-`)."""
     overlay = tmp_path / "overlay"
     overlay.mkdir(parents=True)
     base = os.path.relpath(REPO / "manifests", overlay)
-    text = f"namespace: {namespace}\nresources:\n  - {base}\n"
+    text = f"namespace: {namespace}\nresources:\n  - {base}\n{extra}"
     if components:
         text += "components:\n" + "".join(f"  - {base}/{c}\n" for c in components)
     (overlay / "kustomization.yaml").write_text(text)
@@ -353,6 +358,52 @@ def test_an_overlay_namespace_reaches_the_policy_binding_and_rbac(tmp_path):
                      "parameterNotFoundAction": "Deny"}
     config = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == param["name"]]
     assert len(config) == 1 and config[0]["metadata"]["namespace"] == "aapl-elsewhere"
+
+
+@pytest.mark.parametrize("components", [(), ("node-condition",)])
+def test_an_overlay_that_renames_the_installation_keeps_every_reference(tmp_path, components):
+    """With `namePrefix:`/`nameSuffix:` in an overlay, every name the installation refers to
+    follows the rename: the binding's paramRef (else the API server refuses every node write in
+    the cluster: no params found), the ServiceAccount's name in that param (by which the policy
+    knows the loader), the policy's name in the binding, the RBAC subjects and roles, and the
+    DaemonSet's account and ConfigMaps. The renamed account still holds the name the policy's
+    matchConditions look for. `tests/apiserver_e2e.rs` applies such an overlay to the real API
+    server."""
+    docs = kustomize_overlay(tmp_path, "aapl-elsewhere", components,
+                             "namePrefix: prod-\nnameSuffix: -blue\n")
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    sa = one(docs, "ServiceAccount")["metadata"]["name"]
+    assert sa == "prod-apparmor-profile-loader-blue"
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")["spec"]
+    assert ("ValidatingAdmissionPolicy", binding["policyName"]) in names
+    param = binding["paramRef"]
+    assert param["name"] == "prod-apparmor-profile-loader-config-blue"
+    assert param["namespace"] == "aapl-elsewhere"
+    config = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == param["name"]]
+    assert len(config) == 1, "the binding's param is the installation's ConfigMap"
+    assert config[0]["data"]["serviceAccountName"] == sa
+    assert "apparmor-profile-loader" in sa, "what the policy's matchConditions look for"
+    for b in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": "aapl-elsewhere"}]
+        assert (b["roleRef"]["kind"], b["roleRef"]["name"]) in names
+    ds = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert ds["serviceAccountName"] == sa
+    refs = [e["valueFrom"]["configMapKeyRef"]["name"]
+            for c in ds["initContainers"] for e in c.get("env", [])
+            if "configMapKeyRef" in e.get("valueFrom", {})]
+    assert refs and all(("ConfigMap", r) in names for r in refs)
+    volumes = [v["configMap"]["name"] for v in ds["volumes"] if "configMap" in v]
+    assert volumes and all(("ConfigMap", v) in names for v in volumes)
+
+
+def test_the_param_names_the_installations_service_account(rendered):
+    """The policy knows the loader by the param's `serviceAccountName`: it must be the
+    ServiceAccount the DaemonSet runs as."""
+    sa = one(rendered, "ServiceAccount")["metadata"]["name"]
+    config = [d for d in rendered if d["kind"] == "ConfigMap"
+              and d["metadata"]["name"] == "apparmor-profile-loader-config"]
+    assert config[0]["data"]["serviceAccountName"] == sa
+    assert one(rendered, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == sa
 
 
 def test_component_can_be_left_out(tmp_path):

@@ -53,8 +53,19 @@ impl Identity {
     /// The loader of an installation in namespace `ns` (its ServiceAccount [`SA`] there) on
     /// `node`.
     pub async fn in_namespace(h: &Harness, admin: &kube::Client, ns: &str, node: &str) -> Identity {
+        Identity::of_account(h, admin, ns, SA, node).await
+    }
+
+    /// The loader whose ServiceAccount is `ns`/`sa` (e.g. as an overlay renamed it) on `node`.
+    pub async fn of_account(
+        h: &Harness,
+        admin: &kube::Client,
+        ns: &str,
+        sa: &str,
+        node: &str,
+    ) -> Identity {
         let name = format!("apparmor-loader-{node}");
-        let pod = create_loader_pod_in(admin, ns, node, &name).await;
+        let pod = create_loader_pod_in(admin, ns, sa, node, &name).await;
         let token = pod_token(admin, &pod).await;
         Identity::with_token(h, pod, token).await
     }
@@ -76,11 +87,17 @@ impl Identity {
 
 /// A Pod object like the DaemonSet's, bound to `node` (no kubelet runs it).
 pub async fn create_loader_pod(admin: &kube::Client, node: &str, name: &str) -> Pod {
-    create_loader_pod_in(admin, NS, node, name).await
+    create_loader_pod_in(admin, NS, SA, node, name).await
 }
 
-/// [`create_loader_pod`] in namespace `ns`, with the ServiceAccount [`SA`] of that namespace.
-pub async fn create_loader_pod_in(admin: &kube::Client, ns: &str, node: &str, name: &str) -> Pod {
+/// [`create_loader_pod`] in namespace `ns`, with the ServiceAccount `sa` of that namespace.
+pub async fn create_loader_pod_in(
+    admin: &kube::Client,
+    ns: &str,
+    sa: &str,
+    node: &str,
+    name: &str,
+) -> Pod {
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -88,7 +105,7 @@ pub async fn create_loader_pod_in(admin: &kube::Client, ns: &str, node: &str, na
                      "labels": {"app.kubernetes.io/name": "apparmor-profile-loader"}},
         "spec": {
             "nodeName": node,
-            "serviceAccountName": SA,
+            "serviceAccountName": sa,
             "automountServiceAccountToken": false,
             "containers": [{"name": "pause", "image": "example.invalid/apparmor-loader:test"}],
         },
@@ -100,10 +117,15 @@ pub async fn create_loader_pod_in(admin: &kube::Client, ns: &str, node: &str, na
         .unwrap_or_else(|e| panic!("create pod {ns}/{name}: {e}"))
 }
 
-/// TokenRequest for the loader's service account in `pod`'s namespace, bound to `pod` (as the
-/// kubelet requests it for a projected token volume).
+/// TokenRequest for `pod`'s service account in its namespace, bound to `pod` (as the kubelet
+/// requests it for a projected token volume).
 pub async fn pod_token(admin: &kube::Client, pod: &Pod) -> String {
     let ns = pod.metadata.namespace.as_deref().unwrap_or(NS);
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .unwrap_or(SA);
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![],
@@ -118,7 +140,7 @@ pub async fn pod_token(admin: &kube::Client, pod: &Pod) -> String {
         ..Default::default()
     };
     let resp: TokenRequest = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
-        .create_subresource("token", SA, &PostParams::default(), &request)
+        .create_subresource("token", sa, &PostParams::default(), &request)
         .await
         .expect("TokenRequest");
     resp.status.expect("token status").token

@@ -8,7 +8,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use serde_json::Value;
 
-use super::{FIELD_MANAGER, Harness};
+use super::{FIELD_MANAGER, Harness, POLICY, SA};
 
 /// A JSON Patch from its JSON form, e.g. `json_patch(json!([{"op": "remove", "path": …}]))`.
 pub fn json_patch<P: serde::Serialize>(ops: Value) -> Patch<P> {
@@ -55,28 +55,79 @@ pub fn render(h: &Harness, path: &Path) -> Vec<Value> {
     }
 }
 
-/// The objects of manifests/ as an operator's overlay renders them that moves the installation
-/// to `namespace` (`namespace: <namespace>`, `resources: [<repo>/manifests]`) with `components`
-/// of manifests/ (e.g. `node-condition`), nothing else.
-pub fn render_overlay(h: &Harness, namespace: &str, components: &[&str]) -> Vec<Value> {
-    let overlay = tempfile::tempdir().expect("temp dir");
-    let manifests = super::repo_root().join("manifests");
-    // kustomize takes a base by relative path only.
-    let up = overlay.path().components().count() - 1;
-    let base = Path::new(&"../".repeat(up)).join(manifests.strip_prefix("/").expect("absolute"));
-    let mut kustomization = format!(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-         namespace: {namespace}\nresources:\n  - {}\n",
-        base.display()
-    );
-    if !components.is_empty() {
-        kustomization.push_str("components:\n");
-        for c in components {
-            kustomization.push_str(&format!("  - {}\n", base.join(c).display()));
+/// An operator's overlay of manifests/: `namespace: <namespace>`, `resources: [<repo>/manifests]`,
+/// `components` of manifests/ (e.g. `node-condition`) and, when not empty, `namePrefix` and
+/// `nameSuffix`; nothing else.
+#[derive(Clone, Copy, Debug)]
+pub struct Overlay<'a> {
+    pub namespace: &'a str,
+    pub components: &'a [&'a str],
+    pub name_prefix: &'a str,
+    pub name_suffix: &'a str,
+}
+
+impl<'a> Overlay<'a> {
+    /// The overlay that only moves the installation to `namespace`.
+    pub fn in_namespace(namespace: &'a str) -> Overlay<'a> {
+        Overlay {
+            namespace,
+            components: &[],
+            name_prefix: "",
+            name_suffix: "",
         }
     }
-    std::fs::write(overlay.path().join("kustomization.yaml"), kustomization).expect("overlay");
-    render(h, overlay.path())
+
+    /// An object of manifests/ named `name` there, as this overlay names it.
+    pub fn name(&self, name: &str) -> String {
+        format!("{}{name}{}", self.name_prefix, self.name_suffix)
+    }
+
+    /// The loader's ServiceAccount as this overlay names it.
+    pub fn service_account(&self) -> String {
+        self.name(SA)
+    }
+
+    /// The admission policy as this overlay names it.
+    pub fn policy(&self) -> String {
+        self.name(POLICY)
+    }
+
+    fn kustomization(&self, base: &Path) -> String {
+        let mut k = format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             namespace: {}\nresources:\n  - {}\n",
+            self.namespace,
+            base.display()
+        );
+        if !self.name_prefix.is_empty() {
+            k.push_str(&format!("namePrefix: {}\n", self.name_prefix));
+        }
+        if !self.name_suffix.is_empty() {
+            k.push_str(&format!("nameSuffix: {}\n", self.name_suffix));
+        }
+        if !self.components.is_empty() {
+            k.push_str("components:\n");
+            for c in self.components {
+                k.push_str(&format!("  - {}\n", base.join(c).display()));
+            }
+        }
+        k
+    }
+}
+
+/// The objects of manifests/ as `overlay` renders them.
+pub fn render_overlay(h: &Harness, overlay: &Overlay) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifests = super::repo_root().join("manifests");
+    // kustomize takes a base by relative path only.
+    let up = dir.path().components().count() - 1;
+    let base = Path::new(&"../".repeat(up)).join(manifests.strip_prefix("/").expect("absolute"));
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        overlay.kustomization(&base),
+    )
+    .expect("overlay");
+    render(h, dir.path())
 }
 
 /// `Kind/namespace/name` (or `Kind/name`) of an object, for messages.

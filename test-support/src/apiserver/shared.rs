@@ -15,7 +15,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use super::cluster::{Identity, create_node};
-use super::objects::{apply, is_namespaced, manifest_files, object_ref, render, render_overlay};
+use super::objects::{
+    Overlay, apply, is_namespaced, manifest_files, object_ref, render, render_overlay,
+};
 use super::{Harness, POLICY, SETTLE, poll};
 use crate::fixtures::{NodeFixture, gate};
 
@@ -154,25 +156,26 @@ pub async fn apply_all(admin: &kube::Client, objects: &[Value]) -> Results {
 /// `h` as `kubectl apply -k <overlay>` would, the namespace created first; panics naming what
 /// the server refused.
 pub async fn install_in_namespace(h: &Harness, admin: &kube::Client, ns: &str) {
-    install_overlay(h, admin, ns, &[]).await
+    install_overlay(h, admin, &Overlay::in_namespace(ns)).await
 }
 
-/// [`install_in_namespace`] with `components` of manifests/ in the overlay.
-pub async fn install_overlay(h: &Harness, admin: &kube::Client, ns: &str, components: &[&str]) {
+/// [`install_in_namespace`] for any [`Overlay`] (components, a name prefix and suffix).
+pub async fn install_overlay(h: &Harness, admin: &kube::Client, overlay: &Overlay<'_>) {
+    let ns = overlay.namespace;
     let namespace: Namespace =
         serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
     Api::<Namespace>::all(admin.clone())
         .create(&PostParams::default(), &namespace)
         .await
         .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
-    let failed: Vec<String> = apply_all(admin, &render_overlay(h, ns, components))
+    let failed: Vec<String> = apply_all(admin, &render_overlay(h, overlay))
         .await
         .into_iter()
         .filter_map(|(what, r)| r.err().map(|e| format!("{what}: {e}")))
         .collect();
     assert!(
         failed.is_empty(),
-        "the manifests rendered into {ns}: server-side apply (fieldValidation=Strict) rejected:\n{}",
+        "the manifests rendered by {overlay:?}: server-side apply (fieldValidation=Strict) rejected:\n{}",
         failed.join("\n")
     );
 }
