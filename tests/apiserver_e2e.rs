@@ -1372,6 +1372,39 @@ fn renamed_by_an_overlay_the_policy_finds_its_param_and_confines_the_renamed_loa
             .filter(|t| !is_gate(t))
             .collect();
         assert_eq!(taints_of(&get_node(&admin, a).await), others);
+
+        // A second installation beside it, the default one in kube-system: its policy refuses the
+        // renamed loader (one installation per cluster; the README says so).
+        install_overlay(&h, &admin, &Overlay::in_namespace(NS)).await;
+        let gated = "t8-renamed-c";
+        create_node(&admin, Node::test(gated).with_taints([gate()])).await;
+        let c = Identity::of_account(&h, &admin, ELSEWHERE, &sa, gated).await;
+        let nodes: Api<Node> = Api::all(c.client.clone());
+        let want = format!(
+            "system:serviceaccount:{ELSEWHERE}:{sa} is not the apparmor-profile-loader of this \
+             policy (system:serviceaccount:{NS}:{SA}"
+        );
+        poll(
+            "the second installation's policy refuses the renamed loader",
+            SETTLE,
+            || async {
+                match nodes
+                    .patch(
+                        gated,
+                        &DRY_RUN,
+                        &remove_gate(&get_node(&admin, gated).await),
+                    )
+                    .await
+                {
+                    Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(&want) => {
+                        Ok(())
+                    }
+                    Ok(_) => Err("allowed".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
     });
 }
 

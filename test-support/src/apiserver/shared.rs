@@ -164,10 +164,14 @@ pub async fn install_overlay(h: &Harness, admin: &kube::Client, overlay: &Overla
     let ns = overlay.namespace;
     let namespace: Namespace =
         serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
-    Api::<Namespace>::all(admin.clone())
+    match Api::<Namespace>::all(admin.clone())
         .create(&PostParams::default(), &namespace)
         .await
-        .unwrap_or_else(|e| panic!("create namespace {ns}: {e}"));
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {} // kube-system, e.g.
+        Err(e) => panic!("create namespace {ns}: {e}"),
+    }
     let failed: Vec<String> = apply_all(admin, &render_overlay(h, overlay))
         .await
         .into_iter()
