@@ -90,11 +90,30 @@ pub fn stub_text(names: &[&str]) -> String {
         .collect()
 }
 
+/// Prefix of every stub file and compiled stub: a dot-file (the host's parser skips those), and
+/// distinct from the prefix of `host::atomic_file`'s temporary files.
+const STUB_PREFIX: &str = ".apparmor-profile-loader.stub-";
+
+/// Random letters and digits after [`STUB_PREFIX`] (what every release has written, so a
+/// cleanup finds the files an older one left too).
+const STUB_RANDOM_LEN: usize = 6;
+
+/// Whether `name` is a stub file or compiled stub of ours: [`STUB_PREFIX`] then exactly
+/// [`STUB_RANDOM_LEN`] ASCII letters and digits. Nothing else matches, so a cleanup of the ones
+/// a killed run left behind never touches a file that is not ours.
+pub fn is_stub_temp_name(name: &str) -> bool {
+    name.strip_prefix(STUB_PREFIX).is_some_and(|rest| {
+        rest.len() == STUB_RANDOM_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 /// An empty temporary file for a stub or its compiled policy, created exclusively under an
-/// unpredictable name in `dir`.
+/// unpredictable name in `dir` (one [`is_stub_temp_name`] claims). Removed when dropped, unless
+/// the process is killed first.
 fn stub_temp(dir: &Path) -> Result<tempfile::NamedTempFile, StubError> {
     tempfile::Builder::new()
-        .prefix(".apparmor-profile-loader.stub-")
+        .prefix(STUB_PREFIX)
+        .rand_bytes(STUB_RANDOM_LEN)
         .tempfile_in(dir)
         .map_err(|source| StubError::CreateStub {
             dir: dir.to_path_buf(),
@@ -169,6 +188,38 @@ mod tests {
         );
         let name = file.path().file_name().unwrap().to_str().unwrap();
         assert!(name.starts_with(".apparmor-profile-loader.stub-"), "{name}");
+        assert!(is_stub_temp_name(name), "{name}");
         assert_eq!(file.path().parent(), Some(dir.path()));
+    }
+
+    #[test]
+    fn stub_temp_name_pattern_matches_only_our_stub_files() {
+        let ours = [
+            ".apparmor-profile-loader.stub-a1B2c3",
+            ".apparmor-profile-loader.stub-ZZZZZZ",
+            ".apparmor-profile-loader.stub-000000",
+        ];
+        for name in ours {
+            assert!(is_stub_temp_name(name), "{name}");
+        }
+        let theirs = [
+            "alpha",
+            "loaded.json",
+            ".apparmor-profile-loader.stub-",
+            ".apparmor-profile-loader.stub-a1B2c",
+            ".apparmor-profile-loader.stub-a1B2c3d",
+            ".apparmor-profile-loader.stub-a1B2c-",
+            ".apparmor-profile-loader.stub-a1B2c3.bak",
+            ".apparmor-profile-loader.stubx-a1B2c3",
+            ".apparmor-profile-loader.stuba1B2c3",
+            "apparmor-profile-loader.stub-a1B2c3",
+            "x.apparmor-profile-loader.stub-a1B2c3",
+            // `host::atomic_file`'s temporary files are its own to clean.
+            ".apparmor-profile-loader.tmp-0123456789abcdef",
+            ".apparmor-profile-loader.tmp-a1B2c3",
+        ];
+        for name in theirs {
+            assert!(!is_stub_temp_name(name), "{name}");
+        }
     }
 }

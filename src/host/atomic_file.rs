@@ -4,7 +4,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Prefix of every temporary file this tool creates. A dot-file (`apparmor_parser` skips those,
 /// so a half-written file is never loaded), and of a fixed length whatever the target's name,
@@ -64,42 +64,12 @@ pub fn holds(path: &Path, content: &[u8], mode: u32) -> bool {
 }
 
 /// Whether `name` is one of our temporary files: [`TEMP_PREFIX`] then exactly
-/// [`TEMP_RANDOM_LEN`] ASCII letters and digits. Nothing else ever matches, so a cleanup never
-/// touches a file that is not ours.
+/// [`TEMP_RANDOM_LEN`] ASCII letters and digits. Nothing else ever matches, so a cleanup
+/// ([`crate::host::leftovers`]) never touches a file that is not ours.
 pub fn is_temp_name(name: &str) -> bool {
     name.strip_prefix(TEMP_PREFIX).is_some_and(|rest| {
         rest.len() == TEMP_RANDOM_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
     })
-}
-
-/// Removes the temporary files a crashed run (`kill -9`, OOM, node power loss) left in `dir`,
-/// and only those ([`is_temp_name`]). Call it only while holding the run lock, so no run of
-/// ours is writing one at the same moment. A missing directory has nothing to clean. Returns
-/// the files removed.
-pub fn remove_stale_temps(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut removed = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let is_ours =
-            entry.file_name().to_str().is_some_and(is_temp_name) && entry.file_type()?.is_file();
-        if is_ours {
-            match fs::remove_file(entry.path()) {
-                Ok(()) => removed.push(entry.path()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    if !removed.is_empty() {
-        sync_dir(dir)?;
-    }
-    removed.sort();
-    Ok(removed)
 }
 
 /// Makes renames and removals in `dir` durable.
@@ -224,53 +194,5 @@ mod tests {
             assert!(fs::symlink_metadata(&target).unwrap().is_file());
             assert_eq!(fs::read_to_string(target).unwrap(), "new");
         }
-    }
-
-    #[test]
-    fn stale_temps_are_removed_and_nothing_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let keep = [
-            "alpha",
-            ".apparmor-profile-loader.json",
-            ".hidden",
-            "x.tmp-1",
-            ".usr.bin.man.tmp-1",
-            ".usr.sbin.cupsd.tmp-20240101",
-        ];
-        for name in keep {
-            fs::write(dir.path().join(name), "keep").unwrap();
-        }
-        let ours = ".apparmor-profile-loader.tmp-0123456789abcdef";
-        fs::write(dir.path().join(ours), "half").unwrap();
-        // A directory or a symlink that happens to match is not a file we wrote: left alone.
-        fs::create_dir(
-            dir.path()
-                .join(".apparmor-profile-loader.tmp-dirdirdirdirdird"),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink(
-            "alpha",
-            dir.path()
-                .join(".apparmor-profile-loader.tmp-linklinklinklink"),
-        )
-        .unwrap();
-        let removed = remove_stale_temps(dir.path()).unwrap();
-        let removed: Vec<_> = removed.iter().map(|p| p.file_name().unwrap()).collect();
-        assert_eq!(removed, [ours]);
-        let mut left: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
-        want.push(".apparmor-profile-loader.tmp-dirdirdirdirdird".into());
-        want.push(".apparmor-profile-loader.tmp-linklinklinklink".into());
-        want.sort();
-        assert_eq!(left, want);
-        assert!(
-            remove_stale_temps(&dir.path().join("missing"))
-                .unwrap()
-                .is_empty()
-        );
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::atomic_file;
 use crate::host::host_file;
+use crate::host::leftovers;
 
 /// Holder record, beside the locked directory's profiles.
 pub const LOCK_FILE: &str = ".apparmor-profile-loader.lock";
@@ -163,19 +164,29 @@ pub fn acquire(dir: &Path, step: &str, opts: &LockOptions) -> Result<RunLock, Lo
 
 impl RunLock {
     /// Removes the temporary files a crashed run of ours (`kill -9`, OOM, power loss) left in
-    /// `dir`, and only those (see [`atomic_file::is_temp_name`]). Safe only under the lock,
-    /// which is why it is a method of it: no run of ours is writing one meanwhile.
+    /// `dir` through [`atomic_file::write`], and only those (see [`atomic_file::is_temp_name`]),
+    /// logging each.
     pub fn remove_stale_temps(&self, dir: &Path) -> Result<(), LockError> {
-        let removed =
-            atomic_file::remove_stale_temps(dir).map_err(|source| LockError::Cleanup {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
-        for path in removed {
+        for path in self.remove_leftovers(dir, atomic_file::is_temp_name)? {
             tracing::warn!(file = %path.display(),
                 "removed {}, a temporary file an interrupted run left behind", path.display());
         }
         Ok(())
+    }
+
+    /// Removes the regular files in `dir` whose names `is_ours` claims: temporary files of ours
+    /// that a crashed run left behind (see [`leftovers::remove`]). Safe only under the lock,
+    /// which is why it is a method of it: no run of ours is writing one meanwhile. Returns the
+    /// files removed.
+    pub fn remove_leftovers(
+        &self,
+        dir: &Path,
+        is_ours: impl Fn(&str) -> bool,
+    ) -> Result<Vec<PathBuf>, LockError> {
+        leftovers::remove(dir, is_ours).map_err(|source| LockError::Cleanup {
+            dir: dir.to_path_buf(),
+            source,
+        })
     }
 }
 

@@ -15,6 +15,7 @@ use crate::apparmor::kernel::{Kernel, KernelError};
 use crate::apparmor::mode::Mode;
 use crate::apparmor::parser::Parser;
 use crate::apparmor::stub::{self, StubError, StubHash};
+use crate::host::lock::{LockError, RunLock};
 use crate::profile::names::{BadProfileName, ProfileName};
 
 /// Neutralised children, each with the kernel's hash of its stub.
@@ -50,6 +51,8 @@ pub enum NeutraliseFailure {
 /// Why [`neutralise`] did not finish; `load` reports each as its own error.
 #[derive(Debug)]
 pub enum NeutraliseError {
+    /// The stub files a killed run left behind could not be removed.
+    Cleanup(LockError),
     /// The kernel's list could not be read to prove the stubs.
     Kernel(KernelError),
     /// These children are not neutralised, and why.
@@ -68,15 +71,19 @@ pub enum NeutraliseError {
 ///
 /// Returns the neutralised names with the kernel's hash of their stub; on failure, also what is
 /// known to be done. `hashes` are the kernel's policy hashes as the load left them; the stubs
-/// are temporary files in `dir`.
+/// are temporary files in `dir`, written under `lock`, which first removes the ones a killed run
+/// left there ([`remove_leftover_stubs`]).
 pub fn neutralise(
     kernel: &Kernel,
     parser: &Parser,
+    lock: &RunLock,
     dir: &Path,
     stale: &[ProfileName],
     unnameable: Vec<BadProfileName>,
     hashes: &BTreeMap<String, String>,
 ) -> Result<Neutralised, (Neutralised, NeutraliseError)> {
+    remove_leftover_stubs(lock, dir)
+        .map_err(|e| (Neutralised::new(), NeutraliseError::Cleanup(e)))?;
     let done = replace_by_stubs(kernel, parser, dir, stale, hashes)?;
     if !unnameable.is_empty() {
         let names = unnameable.iter().map(|bad| bad.name.clone()).collect();
@@ -84,6 +91,25 @@ pub fn neutralise(
         return Err((done, NeutraliseError::NotNeutralised(names, failure)));
     }
     Ok(done)
+}
+
+/// Removes the stub files and compiled stubs a killed run (OOM, a node rebooted mid-load) left
+/// in `dir`: they are removed when a run ends, but not when it is killed, and would stay
+/// forever. Only regular files with a stub's name ([`stub::is_stub_temp_name`]), never a link
+/// or a directory; under the run lock, so no run of ours is writing one meanwhile. Logs how
+/// many; returns that number.
+pub fn remove_leftover_stubs(lock: &RunLock, dir: &Path) -> Result<usize, LockError> {
+    let removed = lock.remove_leftovers(dir, stub::is_stub_temp_name)?.len();
+    if removed > 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            removed,
+            "removed {removed} stub file(s) an interrupted load left in {} (deny-everything stubs \
+             and their compiled policy, written while neutralising)",
+            dir.display()
+        );
+    }
+    Ok(removed)
 }
 
 /// Says which children were neutralised, and what that means for the processes inside.
@@ -266,6 +292,76 @@ mod tests {
                 ),
             ]
             .map(|(n, why)| (n.to_string(), why.to_string()))
+        );
+    }
+
+    /// Neutralising starts by removing the stubs a killed run left in its directory: regular
+    /// files with a stub's name, and nothing else (not a link, not what it points to, not a
+    /// directory, not `atomic_file`'s temporary files, not a near miss).
+    #[test]
+    fn neutralising_first_removes_the_stub_files_a_killed_run_left_and_nothing_else() {
+        use std::fs;
+        let dest = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let left = [
+            ".apparmor-profile-loader.stub-a1B2c3",
+            ".apparmor-profile-loader.stub-Zz9Yy8",
+        ];
+        for name in left {
+            fs::write(dir.path().join(name), "profile \"p//kid\" {\n}\n").unwrap();
+        }
+        let keep = [
+            "loaded.json",
+            ".apparmor-profile-loader.stub-a1B2c3.bak",
+            ".apparmor-profile-loader.stub-toolong1",
+            ".apparmor-profile-loader.stubxa1B2c3",
+            ".apparmor-profile-loader.tmp-0123456789abcdef",
+        ];
+        for name in keep {
+            fs::write(dir.path().join(name), "keep").unwrap();
+        }
+        let link = ".apparmor-profile-loader.stub-link00";
+        std::os::unix::fs::symlink(&victim, dir.path().join(link)).unwrap();
+        let subdir = ".apparmor-profile-loader.stub-dir000";
+        fs::create_dir(dir.path().join(subdir)).unwrap();
+
+        let lock = crate::host::lock::acquire(dest.path(), "load", &Default::default()).unwrap();
+        let tools = tempfile::tempdir().unwrap();
+        let parser = crate::apparmor::toolchain::tests::parser(tools.path());
+        let kernel = Kernel::new(&tools.path().join("none"), &tools.path().join("none"));
+        // No stale child: the parser and the kernel are not asked anything.
+        let done = neutralise(
+            &kernel,
+            &parser,
+            &lock,
+            dir.path(),
+            &[],
+            vec![],
+            &BTreeMap::new(),
+        );
+        assert!(done.unwrap().is_empty());
+
+        let mut now: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        now.sort();
+        let mut want: Vec<String> = keep
+            .iter()
+            .chain(&[link, subdir])
+            .map(|s| s.to_string())
+            .collect();
+        want.sort();
+        assert_eq!(now, want);
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        // Nothing left to remove: a second run removes nothing; a missing directory is no error.
+        assert_eq!(remove_leftover_stubs(&lock, dir.path()).unwrap(), 0);
+        assert_eq!(
+            remove_leftover_stubs(&lock, &dir.path().join("gone")).unwrap(),
+            0
         );
     }
 

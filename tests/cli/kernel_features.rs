@@ -16,14 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{self, FakeKernel, Volume, real_parser};
-
-/// The committed feature dumps.
-fn dump(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/kernel-features")
-        .join(name)
-}
+use crate::support::{self, FakeKernel, Volume, kernel_features_dump as dump, real_parser};
 
 /// A profile in AppArmor 4.0 syntax, as Ubuntu 24.04 writes them: the 4.0 abi and the rules 4.0
 /// added (user namespaces, POSIX message queues, io_uring).

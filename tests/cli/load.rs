@@ -89,6 +89,61 @@ fn changed_file_is_compiled_and_described_again() {
     );
 }
 
+/// A file `load` compiles itself (not from `copy`'s compile: here edited on the host behind
+/// `copy`'s back) is compiled for the node's own feature set with the parser's warnings for rules
+/// that kernel does not enforce as written, and `load` logs each, naming the profile and its
+/// file, as `copy` does. The node's kernel is the 5.10 dump (AKS Ubuntu 22.04's stand-in), which
+/// has neither `unix` nor `dbus` mediation.
+#[test]
+fn a_file_load_compiles_itself_logs_each_rule_the_nodes_kernel_does_not_enforce() {
+    let Some(node) = Node::with(&[("chatty", &profile("chatty"))]) else {
+        return;
+    };
+    fs::copy(
+        kernel_features_dump("debian-5.10"),
+        node.kernel.securityfs().join("apparmor/features"),
+    )
+    .unwrap();
+    node.copy().success();
+    let edited = "abi <abi/3.0>,\nprofile chatty {\n  unix (send, receive) type=stream,\n  \
+                  dbus send bus=session,\n  /tmp/** rw,\n}\n";
+    fs::write(node.dest.path().join("chatty"), edited).unwrap();
+    node.kernel.clear_parser_calls();
+    let out = node.load_cmd().output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("chatty was not compiled by copy with this parser; compiling it now"),
+        "{log}"
+    );
+    // The compile was load's own, fresh, with the warnings asked for.
+    let calls = node.kernel.parser_calls();
+    assert!(
+        calls.lines().any(|l| l.contains("--skip-read-cache")
+            && l.contains("--warn=rule-not-enforced --warn=rule-downgraded")
+            && l.ends_with("/chatty")),
+        "{calls}"
+    );
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("does not enforce this rule as written"))
+        .collect();
+    let file = node.dest.path().join("chatty");
+    let named = format!("Warning from profile chatty ({}): ", file.display());
+    for rule in [
+        "downgrading extended network unix socket rule to generic network rule",
+        "dbus rules not enforced",
+    ] {
+        let logged: Vec<&&str> = warnings
+            .iter()
+            .filter(|l| l.contains(&format!("{named}{rule}")))
+            .collect();
+        assert_eq!(logged.len(), 1, "load logs {rule:?} once: {log}");
+    }
+    assert_eq!(warnings.len(), 2, "{log}");
+    assert!(node.kernel.profiles().contains("chatty (enforce)"));
+}
+
 /// The kernel unconfines every task of an unloaded profile, so a profile that left the
 /// ConfigMap is retired, never unloaded: it stays in the kernel until the node reboots, its file
 /// goes at once (the next boot does not load it), and the record keeps it until the kernel no

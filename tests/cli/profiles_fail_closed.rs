@@ -201,6 +201,63 @@ fn hats_and_children_that_leave_the_configmap_are_neutralised_never_unloaded() {
     }
 }
 
+/// The stubs are temporary files in the cache directory, removed when a run ends but not when
+/// it is killed (OOM, a node rebooted mid-load). The next load's neutralising starts by
+/// removing them, and only them: a link with a stub's name stays, and so does what it points to.
+#[test]
+fn stub_files_a_killed_load_left_are_removed_by_the_next_load() {
+    let Some(mut node) = Node::with(&[("p", PARENT_WITH_CHILDREN)]) else {
+        return;
+    };
+    node.kernel.keep_hashes();
+    node.copy().success();
+    node.load().success();
+    node.volume.update(&[("p", PARENT_ALONE)]);
+    node.copy().success();
+    // The load is killed while the parser loads the stubs: the stub file stays behind.
+    let kill = node.cache.path().join("kill-the-loader");
+    fs::write(&kill, "").unwrap();
+    node.kernel.run_first(&format!(
+        "if [ -f {} ] && [ \"$mode\" = replace ]; then case \"$*\" in \
+         *.apparmor-profile-loader.stub-*) kill -9 $PPID; exit 0 ;; esac; fi",
+        kill.display()
+    ));
+    node.load().failure();
+    let stubs = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".apparmor-profile-loader.stub-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let left = stubs(node.cache.path());
+    assert_eq!(
+        left.len(),
+        1,
+        "the killed load left its stub file: {left:?}"
+    );
+    // Not ours to remove: a link with a stub's name, and the file it points to.
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    fs::write(&victim, "precious").unwrap();
+    let link = ".apparmor-profile-loader.stub-link00";
+    std::os::unix::fs::symlink(&victim, node.cache.path().join(link)).unwrap();
+
+    fs::remove_file(&kill).unwrap();
+    node.load_cmd()
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "removed 1 stub file(s) an interrupted load left in {} (deny-everything stubs",
+            node.cache.path().display()
+        )))
+        .stderr(predicate::str::contains("retired 0, neutralised 2"));
+    assert_eq!(stubs(node.cache.path()), [link]);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+}
+
 /// A child the stub cannot name (the parser reads `"p//x\t"` as a tab, not a backslash and a
 /// `t`) is never stubbed under another name: exit 5 naming it, nothing loaded, and a re-run
 /// adds nothing either.

@@ -29,6 +29,15 @@ pub use aapl_test_support::executable_script::write as write_executable;
 /// no AppArmor: the one Debian's `apparmor` package ships.
 pub const DEBIAN_FEATURES: &str = "/usr/share/apparmor-features/features";
 
+/// One of the committed kernel feature dumps (`tests/fixtures/kernel-features/`, whose README
+/// says which AKS kernel each stands for): a securityfs `apparmor/features` as those kernels
+/// show it.
+pub fn kernel_features_dump(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/kernel-features")
+        .join(name)
+}
+
 /// The real parser; when it is missing, a skip, or a test failure under CI (`prereq`).
 pub fn real_parser() -> Option<PathBuf> {
     let found = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]

@@ -67,6 +67,7 @@ pub enum LoadError {
 impl From<NeutraliseError> for LoadError {
     fn from(e: NeutraliseError) -> Self {
         match e {
+            NeutraliseError::Cleanup(e) => LoadError::Lock(e),
             NeutraliseError::Kernel(e) => LoadError::Kernel(e),
             NeutraliseError::NotNeutralised(names, why) => LoadError::NotNeutralised(names, why),
         }

@@ -19,7 +19,7 @@ use crate::apparmor::kernel::Kernel;
 use crate::apparmor::mode::Mode;
 use crate::apparmor::parser::{Cache, Parser, ParserError};
 use crate::host::host_file;
-use crate::host::lock::{self, LockOptions};
+use crate::host::lock::{self, LockOptions, RunLock};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
 use crate::profile::loaded::{self, Changes};
@@ -79,7 +79,8 @@ pub fn run(opts: &LoadOptions, parser: &Parser) -> Result<LoadReport, LoadError>
     let hashes = opts.kernel.policy_hashes();
     loaded::take_policy_hashes(&mut current, &hashes);
     let changes = Changes::since(&ready.previous, &current);
-    let (retired, neutralised) = prune(opts, parser, &ready, &listed, &hashes, &mut current)?;
+    let (retired, neutralised) =
+        prune(opts, parser, &lock, &ready, &listed, &hashes, &mut current)?;
     report_to_untaint(opts, &current, &ready.owned)?;
     Ok(LoadReport {
         loaded: changes.loaded,
@@ -287,10 +288,12 @@ fn verify(
 
 /// Retires our top-level profiles that left the ConfigMap and neutralises the children our
 /// files no longer define, then saves the record (with what is known to be neutralised even
-/// when that failed half-way). Returns the retired and the neutralised names.
+/// when that failed half-way). Returns the retired and the neutralised names. The stubs are
+/// written in the cache directory, under the run lock.
 fn prune(
     opts: &LoadOptions,
     parser: &Parser,
+    lock: &RunLock,
     ready: &Ready,
     listed: &BTreeMap<String, Mode>,
     hashes: &BTreeMap<String, String>,
@@ -306,7 +309,8 @@ fn prune(
     retired.keep_in(current, &ready.boot_id);
     let (stale, unnameable) = prune::stale_children(listed, current);
     let dir = &opts.cache_dir;
-    let neutralised = neutralise::neutralise(&opts.kernel, parser, dir, &stale, unnameable, hashes);
+    let neutralised =
+        neutralise::neutralise(&opts.kernel, parser, lock, dir, &stale, unnameable, hashes);
     current.neutralised = match &neutralised {
         Ok(done) => done.clone(),
         Err((done, _)) => done.clone(),
