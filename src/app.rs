@@ -118,6 +118,7 @@ fn run_untaint(args: UntaintArgs, node: Option<String>) -> Result<(), CliError> 
         node_report: args.node_report,
         label_prefix: args.label_prefix,
         node_condition: args.node_condition,
+        require_admission_policy: args.require_admission_policy,
     })?;
     let (node, outcome) = (&r.node, &r.outcome);
     for near in &outcome.near_misses {
@@ -137,6 +138,10 @@ fn run_untaint(args: UntaintArgs, node: Option<String>) -> Result<(), CliError> 
     } else {
         String::new()
     };
+    let confined = match &outcome.confined_by {
+        Some(_) => "; confined by the admission policy (its refusal of a dry-run probe)",
+        None => "",
+    };
     let nothing = if outcome.label_ops == 0 && !outcome.condition_written {
         ", nothing to do"
     } else {
@@ -145,11 +150,11 @@ fn run_untaint(args: UntaintArgs, node: Option<String>) -> Result<(), CliError> 
     if outcome.removed.is_empty() {
         info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
               label_ops = outcome.label_ops,
-              "untaint complete: no gate taint on node {node}{labels}{condition}{nothing}");
+              "untaint complete: no gate taint on node {node}{labels}{condition}{confined}{nothing}");
     } else {
         info!(api_requests = outcome.api_requests, removed = ?outcome.removed,
               label_ops = outcome.label_ops,
-              "untaint complete: removed {} from node {node}{labels}{condition}",
+              "untaint complete: removed {} from node {node}{labels}{condition}{confined}",
               outcome.removed.join(", "));
     }
     Ok(())

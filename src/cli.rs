@@ -315,6 +315,23 @@ pub struct UntaintArgs {
         default_missing_value = "true",
     )]
     pub node_condition: bool,
+
+    /// Before the first write to the node, prove that the admission policy confines this
+    /// loader: send a dry-run patch that adds a label outside any prefix it may use, which the
+    /// policy must refuse. If the API server would accept it (no policy, no binding, a binding
+    /// without its param's ConfigMap in this namespace, or a ServiceAccount the param does not
+    /// name), nothing is written, the taint stays and untaint exits 6 saying so. Set by the
+    /// component manifests/admission-policy (and the chart's admissionPolicy.enabled); one
+    /// extra request, none when there is nothing to write.
+    #[arg(
+        long,
+        env = "APPARMOR_LOADER_REQUIRE_ADMISSION_POLICY",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+    )]
+    pub require_admission_policy: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -35,7 +35,9 @@ use apparmor_profile_loader::condition::{CONDITION_TYPE, LoadedCondition};
 use apparmor_profile_loader::exit_code;
 use apparmor_profile_loader::node_update::{self, UntaintError};
 use apparmor_profile_loader::taint::GATE_TAINT;
-use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Taint as ApiTaint};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -1405,6 +1407,95 @@ fn renamed_by_an_overlay_the_policy_finds_its_param_and_confines_the_renamed_loa
             },
         )
         .await;
+    });
+}
+
+/// `untaint --require-admission-policy` (set by manifests/daemonset.yaml) writes nothing until
+/// the API server has refused it a dry-run label outside its prefix: with the policy's binding
+/// gone, RBAC alone would let it change any node, so it stops, exit 6, the node unchanged and
+/// still gated, the message saying what to check. With the binding back, the probe is refused
+/// and the taint goes: one GET, the probe, one PATCH. A re-run with nothing to write sends no
+/// probe.
+#[test]
+fn without_its_binding_the_policy_is_proven_absent_and_the_taint_stays() {
+    let test = "without_its_binding_the_policy_is_proven_absent_and_the_taint_stays";
+    let Some(h) = server_of_its_own(test) else {
+        return;
+    };
+    block_on(async {
+        let admin = client(&h.kubeconfig).await;
+        install_in_namespace(&h, &admin, ELSEWHERE).await;
+        let (a, b) = ("t8-probe-a", "t8-probe-b");
+        create_node(&admin, Node::test(a).with_taints([gate()])).await;
+        create_node(&admin, Node::test(b).with_taints([gate()])).await;
+        let id = Identity::in_namespace(&h, &admin, ELSEWHERE, a).await;
+        wait_until_confined(&id, a, b).await;
+        let require = ["--require-admission-policy"];
+
+        let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(admin.clone());
+        let binding = bindings.get(POLICY).await.expect("the binding");
+        bindings
+            .delete(POLICY, &DeleteParams::default())
+            .await
+            .expect("delete the binding");
+        let nodes: Api<Node> = Api::all(id.client.clone());
+        let change = Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}}));
+        poll(
+            "without its binding the policy lets the loader change node B",
+            SETTLE,
+            || async {
+                nodes
+                    .patch(b, &DRY_RUN, &change)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+        let a_before = get_node(&admin, a).await;
+        let run = run_untaint_with(&id.kubeconfig, a, &require);
+        assert_eq!(run.code, Some(KUBERNETES_API), "exit 6:\n{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("the admission policy does not confine this loader")
+                && run.stderr.contains("the taint stays")
+                && run.stderr.contains("its binding exist"),
+            "the message says the policy is not in force and what to check:\n{}",
+            run.stderr
+        );
+        assert_eq!(
+            rv(&get_node(&admin, a).await),
+            rv(&a_before),
+            "node A unchanged, still gated"
+        );
+
+        // The binding back: the probe is refused, the taint goes.
+        let mut restored = binding;
+        restored.metadata.resource_version = None;
+        restored.metadata.uid = None;
+        restored.metadata.creation_timestamp = None;
+        restored.metadata.managed_fields = None;
+        bindings
+            .create(&PostParams::default(), &restored)
+            .await
+            .expect("restore the binding");
+        wait_until_confined(&id, a, b).await;
+        let run = run_untaint_with(&id.kubeconfig, a, &require);
+        assert_eq!(run.code, Some(0), "untaint, confined:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains("confined by the admission policy"),
+            "the summary says the policy was proven in force:\n{}",
+            run.stderr
+        );
+        assert_eq!(run.field("api_requests"), json!(3), "GET, probe, PATCH");
+        assert!(!taints_of(&get_node(&admin, a).await).iter().any(is_gate));
+        let again = run_untaint_with(&id.kubeconfig, a, &require);
+        assert_eq!(again.code, Some(0), "{}", again.stderr);
+        assert_eq!(
+            again.field("api_requests"),
+            json!(1),
+            "nothing to write: no probe"
+        );
     });
 }
 

@@ -20,6 +20,7 @@ use kube::api::{Api, Patch, PatchParams};
 use tokio::time::Instant;
 
 use crate::exit_code::{self, ExitStatus};
+use crate::kube::admission_probe::{self, Verdict};
 use crate::kube::condition::LoadedCondition;
 use crate::kube::taint::Taint;
 use crate::profile::node_labels::Desired;
@@ -84,6 +85,18 @@ pub enum UntaintError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the admission policy does not confine this loader: the API server would have let it \
+         label node {node:?} outside its prefix (a dry-run patch adding {label}), so its token \
+         could change any node; nothing was written and the taint stays. Check that the \
+         ValidatingAdmissionPolicy apparmor-profile-loader-untaint and its binding exist, that \
+         the binding's paramRef names this installation's ConfigMap apparmor-profile-loader-config \
+         in this namespace, and that this pod's ServiceAccount is the one that ConfigMap's \
+         serviceAccountName names (its name must hold apparmor-profile-loader). On a cluster \
+         without the policy (Kubernetes < 1.30) leave out the component \
+         manifests/admission-policy, which sets --require-admission-policy"
+    )]
+    NotConfined { node: String, label: &'static str },
     #[error("stopped by {0} before the taint was removed")]
     Stopped(&'static str),
     #[error(transparent)]
@@ -103,6 +116,7 @@ impl ExitStatus for UntaintError {
             | UntaintError::Forbidden { .. }
             | UntaintError::Rejected { .. }
             | UntaintError::TimedOut { .. }
+            | UntaintError::NotConfined { .. }
             | UntaintError::Stopped(_) => exit_code::KUBERNETES_API,
         }
     }
@@ -124,6 +138,9 @@ pub struct UntaintOutcome {
     /// Whether the node's status got the condition `AppArmorProfilesLoaded` (false when it
     /// already showed it, or `--node-condition` was not given).
     pub condition_written: bool,
+    /// The admission policy's refusal of the probe (`--require-admission-policy`, before the
+    /// first write); `None` when nothing was probed.
+    pub confined_by: Option<String>,
 }
 
 /// What a run brings the node to: gate taints gone, and the labels and condition it is given.
@@ -135,6 +152,9 @@ pub struct Wanted<'a> {
     pub labels: Option<&'a Desired>,
     /// The node condition, written through `nodes/status`.
     pub condition: Option<&'a LoadedCondition>,
+    /// Before the first write, prove that the admission policy confines the loader
+    /// (`kube::admission_probe`); stop with [`UntaintError::NotConfined`] if it does not.
+    pub require_admission_policy: bool,
 }
 
 /// How one failed request is handled.
@@ -172,13 +192,15 @@ pub async fn run_labelled(
         taints,
         labels,
         condition: None,
+        require_admission_policy: false,
     };
     run_with(client, node, &wanted, timeout).await
 }
 
-/// Brings `node` to `wanted`: the condition first (through `nodes/status`, when asked for and
-/// not there yet), then the taints and labels in one JSON Patch. Nothing is sent for what the
-/// node already shows; conflicts and transient errors are retried until `timeout` has passed.
+/// Brings `node` to `wanted`: the admission probe first (when required, and only when there is
+/// something to write), then the condition (through `nodes/status`, when asked for and not
+/// there yet), then the taints and labels in one JSON Patch. Nothing is sent for what the node
+/// already shows; conflicts and transient errors are retried until `timeout` has passed.
 pub async fn run_with(
     client: Client,
     node: &str,
@@ -189,6 +211,7 @@ pub async fn run_with(
         taints,
         labels,
         condition,
+        require_admission_policy,
     } = *wanted;
     let nodes: Api<Node> = Api::all(client);
     let deadline = Instant::now() + timeout;
@@ -233,7 +256,51 @@ pub async fn run_with(
                         ),
                     });
                 }
-                if let Some(c) = condition.filter(|c| !c.is_on(&current)) {
+                let new_condition = condition.filter(|c| !c.is_on(&current));
+                let present = matching(&current, taints);
+                let label_ops = labels.map(|d| d.patch_ops(&current)).unwrap_or_default();
+                if new_condition.is_none() && present.is_empty() && label_ops.is_empty() {
+                    return Ok(outcome);
+                }
+                if require_admission_policy && outcome.confined_by.is_none() {
+                    outcome.api_requests += 1;
+                    let (params, probe) = (
+                        admission_probe::probe_params(),
+                        admission_probe::probe_patch(),
+                    );
+                    let sent = nodes.patch(node, &params, &probe);
+                    match tokio::time::timeout_at(deadline, sent).await {
+                        Err(_) => {
+                            break 'attempt Next::Retry(
+                                "the dry-run PATCH (admission probe) timed out".into(),
+                                Duration::ZERO,
+                            );
+                        }
+                        Ok(answer) => match admission_probe::verdict(answer) {
+                            Verdict::Confined(message) => {
+                                tracing::info!(
+                                    "the admission policy confines this loader: it refused a \
+                                     dry-run label outside its prefix ({message})"
+                                );
+                                outcome.confined_by = Some(message);
+                            }
+                            Verdict::NotConfined => {
+                                break 'attempt Next::Fail(UntaintError::NotConfined {
+                                    node: node.into(),
+                                    label: admission_probe::PROBE_LABEL,
+                                });
+                            }
+                            Verdict::Unanswered(e) => {
+                                break 'attempt classify(
+                                    e,
+                                    "dry-run patch (admission probe)",
+                                    node,
+                                );
+                            }
+                        },
+                    }
+                }
+                if let Some(c) = new_condition {
                     outcome.api_requests += 1;
                     let body = c.status_patch(&current, &now_rfc3339());
                     let params = PatchParams::default();
@@ -250,8 +317,6 @@ pub async fn run_with(
                         Ok(Ok(_)) => outcome.condition_written = true,
                     }
                 }
-                let present = matching(&current, taints);
-                let label_ops = labels.map(|d| d.patch_ops(&current)).unwrap_or_default();
                 if present.is_empty() && label_ops.is_empty() {
                     return Ok(outcome);
                 }

@@ -2,7 +2,9 @@
 //! `--node-report` it labels the node with what `load` proved loaded, and with `--node-condition`
 //! it also sets the node condition `AppArmorProfilesLoaded` (`kube::condition`), through
 //! `nodes/status`, before the taint goes: a gate that waits for the condition (the
-//! node-readiness-controller) and the taint lift on the same proof.
+//! node-readiness-controller) and the taint lift on the same proof. With
+//! `--require-admission-policy` it first proves that the admission policy confines it
+//! (`kube::admission_probe`).
 //!
 //! This module reads the options and the report and runs `kube::node_update` under a deadline
 //! and the signals; the requests, retries and patches are in `kube/`, the summary line in `app`.
@@ -34,6 +36,8 @@ pub struct UntaintOptions {
     pub label_prefix: LabelPrefix,
     /// Also set the node condition `AppArmorProfilesLoaded` (needs `node_report`).
     pub node_condition: bool,
+    /// Before writing, prove by a dry run that the admission policy confines the loader.
+    pub require_admission_policy: bool,
 }
 
 /// What a run did, for the summary line `app` logs.
@@ -78,6 +82,7 @@ pub fn run(args: &UntaintOptions) -> Result<UntaintReport, UntaintError> {
         taints: &args.taints,
         labels: desired.as_ref(),
         condition: condition.as_ref(),
+        require_admission_policy: args.require_admission_policy,
     };
     let outcome = runtime.block_on(async {
         let client = client(args.kubeconfig.as_deref()).await?;

@@ -224,9 +224,15 @@ def test_the_namespace_follows_the_release_into_the_policy_and_rbac():
 
 
 def test_the_admission_policy_can_be_left_out():
-    kinds = {d["kind"] for d in template(*profile_args(), "--set", "admissionPolicy.enabled=false")}
+    """Without the policy, untaint must not require it (it would keep every node gated)."""
+    docs = template(*profile_args(), "--set", "admissionPolicy.enabled=false")
+    kinds = {d["kind"] for d in docs}
     assert "ValidatingAdmissionPolicy" not in kinds and "ValidatingAdmissionPolicyBinding" not in kinds
-    assert "DaemonSet" in kinds
+    env = {e["name"]: e.get("value") for e in containers(one(docs, "DaemonSet")["spec"]["template"]["spec"])["untaint"]["env"]}
+    assert env["APPARMOR_LOADER_REQUIRE_ADMISSION_POLICY"] == "false"
+    docs = template(*profile_args())
+    env = {e["name"]: e.get("value") for e in containers(one(docs, "DaemonSet")["spec"]["template"]["spec"])["untaint"]["env"]}
+    assert env["APPARMOR_LOADER_REQUIRE_ADMISSION_POLICY"] == "true"
 
 
 @pytest.mark.parametrize("value, complaint", [

@@ -406,6 +406,17 @@ def test_the_param_names_the_installations_service_account(rendered):
     assert one(rendered, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == sa
 
 
+def test_untaint_proves_the_policy_it_is_deployed_with(rendered, pod):
+    """The default build has the policy, so untaint requires it (`--require-admission-policy`:
+    a dry run the policy must refuse before any write); `apiserver_e2e` proves what it does."""
+    assert any(d["kind"] == "ValidatingAdmissionPolicy" for d in rendered)
+    env = {e["name"]: e.get("value") for e in containers(pod)["untaint"].get("env", [])}
+    assert env["APPARMOR_LOADER_REQUIRE_ADMISSION_POLICY"] == "true"
+    for name in ("copy", "load", "pause"):
+        names = {e["name"] for e in containers(pod)[name].get("env", [])}
+        assert "APPARMOR_LOADER_REQUIRE_ADMISSION_POLICY" not in names
+
+
 def test_component_can_be_left_out(tmp_path):
     """An older cluster drops the `components:` entry: the base must still build."""
     shutil.copytree(REPO / "manifests", tmp_path / "manifests")
