@@ -31,6 +31,6 @@ mod profile;
 mod steps;
 
 pub use apparmor::{parser_cache, parser_conf};
-pub use kube::{condition, node_update, taint};
+pub use kube::{admission_probe, condition, node_update, taint};
 pub use profile::node_labels;
 pub use steps::untaint;

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use aapl_test_support::fixtures::gate_taints;
+use apparmor_profile_loader::admission_probe;
 use apparmor_profile_loader::node_labels::Desired;
 use apparmor_profile_loader::node_update::{self, UntaintError};
 use http::{Method, Request, Response, StatusCode};
@@ -173,6 +174,31 @@ impl ApiServerVerifier {
         gets
     }
 
+    /// Expects the admission probe (`kube::admission_probe`): a dry-run merge patch of our node
+    /// adding the probe label, and answers with `response` (what the admission chain decided).
+    pub async fn handle_probe(&mut self, response: Response<Body>) {
+        let (request, send) = self.expect(Method::PATCH).await;
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/merge-patch+json"
+        );
+        assert!(
+            request
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "dryRun=All")),
+            "the probe is a dry run: {}",
+            request.uri()
+        );
+        let body = request.into_body().collect_bytes().await.unwrap();
+        let sent: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            sent,
+            json!({"metadata": {"labels": {admission_probe::PROBE_LABEL: "must-be-refused"}}})
+        );
+        send.send_response(response);
+    }
+
     /// Expects `method` on our node's URL (the first request, or the one being retried) and
     /// answers with a fault.
     pub async fn handle_fault(&mut self, method: Method, response: Response<Body>) {
@@ -231,6 +257,32 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     against_mock_with(node, timeout, None, scenario).await
+}
+
+/// Runs `node_update::run_with` requiring the admission policy (`--require-admission-policy`)
+/// against the mock while `scenario` plays the server.
+pub async fn against_mock_requiring_the_policy<F, Fut>(
+    node: &str,
+    timeout: Duration,
+    scenario: F,
+) -> Result<node_update::UntaintOutcome, UntaintError>
+where
+    F: FnOnce(ApiServerVerifier) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "kube-system");
+    let server = tokio::spawn(scenario(ApiServerVerifier::new(handle, node, None)));
+    let taints = gate_taints();
+    let wanted = node_update::Wanted {
+        taints: &taints,
+        labels: None,
+        condition: None,
+        require_admission_policy: true,
+    };
+    let result = node_update::run_with(client, node, &wanted, timeout).await;
+    server.await.expect("scenario assertions");
+    result
 }
 
 /// Runs `node_update::run_labelled` (labels in line with `desired`, if given) against the mock

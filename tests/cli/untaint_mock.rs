@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use tower_test::mock;
 
 use crate::api_mock::{
-    ApiServerVerifier, PATCH_TEST_FAILED, against_mock, against_mock_with, status_response,
-    status_response_with,
+    ApiServerVerifier, PATCH_TEST_FAILED, against_mock, against_mock_requiring_the_policy,
+    against_mock_with, json_response, status_response, status_response_with,
 };
 
 const NODE: &str = "aks-user-0";
@@ -484,4 +484,104 @@ async fn the_fake_server_applies_a_patch_or_fails_its_test_like_kube_apiserver()
         let stored = api.stored.unwrap();
         assert_eq!(aapl_test_support::fixtures::taints_of(&stored), want_taints);
     }
+}
+
+// --- --require-admission-policy: the probe's answers a real server gives only in states a test
+// cannot set up on demand (apiserver_e2e proves the policy's refusal and its absence).
+
+/// The API server's denial of the probe by this installation's policy.
+const REFUSED_BY_OUR_POLICY: &str = "nodes \"aks-user-0\" is forbidden: ValidatingAdmissionPolicy \
+    'apparmor-profile-loader-untaint' with binding 'apparmor-profile-loader-untaint' denied \
+    request: apparmor-profile-loader may not change labels or annotations of a node outside \
+    apparmor-profile-loader/ (labels) and apparmor-profile-loader/profiles (annotation)";
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_the_server_would_accept_stops_untaint_before_any_write() {
+    let node = Node::test(NODE).with_taints([gate()]);
+    let err = against_mock_requiring_the_policy(NODE, TIMEOUT, |mut api| async move {
+        api.handle_get(&node).await;
+        // Accepted (a dry run: nothing stored). The taint's PATCH must not follow: the mock
+        // ends here, and a further request would fail the run with another error.
+        api.handle_probe(json_response(
+            StatusCode::OK,
+            &serde_json::to_value(&node).unwrap(),
+        ))
+        .await;
+    })
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, UntaintError::NotConfined { .. }), "{msg}");
+    assert!(
+        msg.contains("the admission policy does not confine this loader")
+            && msg.contains("the taint stays"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_the_server_could_not_answer_is_retried_then_refused_and_the_taint_goes() {
+    let node = Node::test(NODE).with_taints([gate()]);
+    let outcome = against_mock_requiring_the_policy(NODE, TIMEOUT, |mut api| async move {
+        api.handle_get(&node).await;
+        api.handle_probe(status_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "apiserver is shutting down",
+        ))
+        .await;
+        api.handle_get(&node).await;
+        api.handle_probe(status_response(
+            StatusCode::FORBIDDEN,
+            REFUSED_BY_OUR_POLICY,
+        ))
+        .await;
+        api.handle_patch(remove_at(0, GATE)).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        outcome.api_requests, 5,
+        "GET, probe (503), GET, probe, PATCH"
+    );
+    assert_eq!(outcome.confined_by.as_deref(), Some(REFUSED_BY_OUR_POLICY));
+    assert_eq!(
+        outcome.removed,
+        ["WaitingForAppArmorProfiles=true:NoSchedule"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_refused_by_rbac_or_another_policy_proves_nothing() {
+    for message in [
+        "nodes \"aks-user-0\" is forbidden: User \"system:serviceaccount:kube-system:\
+         apparmor-profile-loader\" cannot patch resource \"nodes\"",
+        "nodes \"aks-user-0\" is forbidden: ValidatingAdmissionPolicy 'no-new-labels' with \
+         binding 'no-new-labels' denied request: labels are managed by the platform team",
+    ] {
+        let node = Node::test(NODE).with_taints([gate()]);
+        let err = against_mock_requiring_the_policy(NODE, TIMEOUT, |mut api| async move {
+            api.handle_get(&node).await;
+            api.handle_probe(status_response(StatusCode::FORBIDDEN, message))
+                .await;
+        })
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, UntaintError::Forbidden { .. }) && msg.contains(message),
+            "{msg}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_nothing_to_write_no_probe_is_sent() {
+    let node = Node::test(NODE).with_taints([taint("example.com/keep=1:NoSchedule")]);
+    let outcome = against_mock_requiring_the_policy(NODE, TIMEOUT, |mut api| async move {
+        api.handle_get(&node).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.api_requests, 1);
+    assert_eq!(outcome.confined_by, None);
 }

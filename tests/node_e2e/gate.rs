@@ -435,4 +435,24 @@ pub(crate) fn scenario_5(c: &Cluster, f: &mut Findings, pod: &Value) {
             c.cp.port
         ),
     );
+    // As deployed, untaint proved the admission policy in force before it wrote: the API
+    // server refused its dry-run probe (the kubelet's log of the container, on the node).
+    let log = c.guest.out(&format!(
+        "cat /var/log/pods/{}_{}_{}/untaint/*.log",
+        pod["metadata"]["namespace"].as_str().unwrap_or(""),
+        pod["metadata"]["name"].as_str().unwrap_or(""),
+        pod["metadata"]["uid"].as_str().unwrap_or("")
+    ));
+    f.check(
+        "5",
+        has("APPARMOR_LOADER_REQUIRE_ADMISSION_POLICY=true")
+            && log.contains("the admission policy confines this loader")
+            && log.contains("confined by the admission policy"),
+        format!(
+            "untaint required the admission policy and the API server's refusal of its probe proved it in force: {:?}",
+            log.lines()
+                .filter(|l| l.contains("admission") || l.contains("untaint complete"))
+                .collect::<Vec<_>>()
+        ),
+    );
 }
