@@ -1244,15 +1244,7 @@ fn without_its_param_the_policy_denies_the_loader_and_every_node_write() {
         }
 
         // The ConfigMap back: the loader's gate lifts.
-        let mut restored = config;
-        restored.metadata.resource_version = None;
-        restored.metadata.uid = None;
-        restored.metadata.creation_timestamp = None;
-        restored.metadata.managed_fields = None;
-        configs
-            .create(&PostParams::default(), &restored)
-            .await
-            .expect("restore the param");
+        recreate(&configs, config).await;
         poll("the policy has its param again", SETTLE, || async {
             nodes
                 .patch(a, &DRY_RUN, &remove_gate(&a_before))
@@ -1470,15 +1462,7 @@ fn without_its_binding_the_policy_is_proven_absent_and_the_taint_stays() {
         );
 
         // The binding back: the probe is refused, the taint goes.
-        let mut restored = binding;
-        restored.metadata.resource_version = None;
-        restored.metadata.uid = None;
-        restored.metadata.creation_timestamp = None;
-        restored.metadata.managed_fields = None;
-        bindings
-            .create(&PostParams::default(), &restored)
-            .await
-            .expect("restore the binding");
+        recreate(&bindings, binding).await;
         wait_until_confined(&id, a, b).await;
         let run = run_untaint_with(&id.kubeconfig, a, &require);
         assert_eq!(run.code, Some(0), "untaint, confined:\n{}", run.stderr);
@@ -1497,6 +1481,23 @@ fn without_its_binding_the_policy_is_proven_absent_and_the_taint_stays() {
             "nothing to write: no probe"
         );
     });
+}
+
+/// Creates `object` again as it was read before its deletion, without the fields the server
+/// sets.
+async fn recreate<K>(api: &Api<K>, mut object: K)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let meta = object.meta_mut();
+    meta.resource_version = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    meta.managed_fields = None;
+    let name = meta.name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("recreate {name}: {e}"));
 }
 
 /// A ServiceAccount `name` in `ns` bound to the loader's ClusterRole `role` (so that RBAC lets

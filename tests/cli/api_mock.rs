@@ -270,19 +270,7 @@ where
     F: FnOnce(ApiServerVerifier) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "kube-system");
-    let server = tokio::spawn(scenario(ApiServerVerifier::new(handle, node, None)));
-    let taints = gate_taints();
-    let wanted = node_update::Wanted {
-        taints: &taints,
-        labels: None,
-        condition: None,
-        require_admission_policy: true,
-    };
-    let result = node_update::run_with(client, node, &wanted, timeout).await;
-    server.await.expect("scenario assertions");
-    result
+    against_mock_wanting(node, timeout, None, true, scenario).await
 }
 
 /// Runs `node_update::run_labelled` (labels in line with `desired`, if given) against the mock
@@ -297,11 +285,33 @@ where
     F: FnOnce(ApiServerVerifier) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    against_mock_wanting(node, timeout, desired, false, scenario).await
+}
+
+/// `node_update::run_with` for the default gate taints, `desired` labels and the admission
+/// probe when `require_admission_policy`, against the mock while `scenario` plays the server.
+async fn against_mock_wanting<F, Fut>(
+    node: &str,
+    timeout: Duration,
+    desired: Option<Desired>,
+    require_admission_policy: bool,
+    scenario: F,
+) -> Result<node_update::UntaintOutcome, UntaintError>
+where
+    F: FnOnce(ApiServerVerifier) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "kube-system");
     let server = tokio::spawn(scenario(ApiServerVerifier::new(handle, node, None)));
-    let result =
-        node_update::run_labelled(client, node, &gate_taints(), desired.as_ref(), timeout).await;
+    let taints = gate_taints();
+    let wanted = node_update::Wanted {
+        taints: &taints,
+        labels: desired.as_ref(),
+        condition: None,
+        require_admission_policy,
+    };
+    let result = node_update::run_with(client, node, &wanted, timeout).await;
     server.await.expect("scenario assertions");
     result
 }
