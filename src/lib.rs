@@ -33,4 +33,5 @@ mod steps;
 pub use apparmor::{parser_cache, parser_conf};
 pub use kube::{admission_probe, condition, node_update, taint};
 pub use profile::node_labels;
+pub use profile::source::CONFIGMAP_DATA_LIMIT;
 pub use steps::untaint;

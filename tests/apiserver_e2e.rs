@@ -1800,3 +1800,125 @@ fn without_the_component_node_condition_is_forbidden_and_the_taint_stays() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. a profile set at the API's size limit, deployed the README's way
+
+/// A profile set whose ConfigMap holds exactly what the API server allows (1 MiB of data: the
+/// values' bytes, keys not counted), deployed as the README says: `kubectl apply --server-side
+/// -k manifests/` with the operator's profiles in `profiles/`. Client-side `kubectl apply` fails
+/// at that size (it copies the whole object into the annotation
+/// `kubectl.kubernetes.io/last-applied-configuration`, and annotations hold 256 KiB), which is
+/// why the README says `--server-side`. One byte more is refused by the server, with the limit
+/// `validate` checks (`CONFIGMAP_DATA_LIMIT`).
+#[test]
+fn a_profile_set_at_the_configmap_limit_is_deployed_the_readmes_way() {
+    use apparmor_profile_loader::CONFIGMAP_DATA_LIMIT;
+    let test = "a_profile_set_at_the_configmap_limit_is_deployed_the_readmes_way";
+    let Some(h) = server_of_its_own(test) else {
+        return;
+    };
+    let tree = tempfile::tempdir().expect("temp dir");
+    let manifests = tree.path().join("manifests");
+    copy_dir(&repo_root().join("manifests"), &manifests);
+    let profiles = tree.path().join("profiles");
+    std::fs::create_dir(&profiles).expect("profiles/");
+    let keys = ["p0", "p1", "p2", "p3"];
+    std::fs::write(
+        profiles.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             namespace: kube-system\nconfigMapGenerator:\n  - name: apparmor-profiles\n    \
+             files: [{}]\n",
+            keys.join(", ")
+        ),
+    )
+    .expect("profiles/kustomization.yaml");
+    // Each a profile padded with comment lines; together exactly the limit, plus `extra`.
+    let write_set = |extra: usize| {
+        let quarter = CONFIGMAP_DATA_LIMIT as usize / keys.len();
+        for (i, key) in keys.iter().enumerate() {
+            let mut text = format!("profile {key} {{\n}}\n");
+            let size = quarter + if i == 0 { extra } else { 0 };
+            while text.len() < size {
+                let line = (size - text.len()).min(4096);
+                text.push_str(&"#".repeat(line - 1));
+                text.push('\n');
+            }
+            std::fs::write(profiles.join(key), text).expect("a profile");
+        }
+    };
+    let kubectl = |args: &[&str]| -> std::process::Output {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&h.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl (CI installs it)")
+    };
+    let dir = manifests.to_string_lossy().to_string();
+
+    write_set(0);
+    let client_side = kubectl(&["apply", "-k", &dir]);
+    let stderr = String::from_utf8_lossy(&client_side.stderr);
+    assert!(
+        !client_side.status.success()
+            && stderr.contains("metadata.annotations: Too long")
+            && stderr.contains("262144"),
+        "client-side apply of a 1 MiB ConfigMap is refused for its last-applied annotation:\n{stderr}"
+    );
+    let server_side = kubectl(&["apply", "--server-side", "-k", &dir]);
+    assert!(
+        server_side.status.success(),
+        "the README's `kubectl apply --server-side -k manifests/`:\n{}",
+        String::from_utf8_lossy(&server_side.stderr)
+    );
+    block_on(async {
+        let admin = client(&h.kubeconfig).await;
+        let configs: Api<ConfigMap> = Api::namespaced(admin, NS);
+        let set = configs
+            .list(&ListParams::default())
+            .await
+            .expect("list ConfigMaps")
+            .items
+            .into_iter()
+            .find(|c| {
+                c.metadata
+                    .name
+                    .as_deref()
+                    .unwrap_or("")
+                    .starts_with("apparmor-profiles-")
+            })
+            .expect("the profiles ConfigMap");
+        let data = set.data.unwrap_or_default();
+        let bytes: usize = data.values().map(String::len).sum();
+        assert_eq!(
+            (data.len(), bytes as u64),
+            (keys.len(), CONFIGMAP_DATA_LIMIT),
+            "the server holds the whole set"
+        );
+    });
+
+    write_set(1);
+    let over = kubectl(&["apply", "--server-side", "-k", &dir]);
+    let stderr = String::from_utf8_lossy(&over.stderr);
+    assert!(
+        !over.status.success()
+            && stderr.contains(&format!("must have at most {CONFIGMAP_DATA_LIMIT} bytes")),
+        "one byte over the limit is refused by the server:\n{stderr}"
+    );
+}
+
+/// Copies the directory `from` to `to`, recursively.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}

@@ -14,9 +14,13 @@ use sha2::{Digest, Sha256};
 use crate::apparmor::parser::ParserInput;
 use crate::profile::keys::{Key, is_manifest_key};
 
+/// The most a ConfigMap's data may hold, in bytes: the API server adds up its values (not its
+/// keys) and refuses more (`tests/apiserver_e2e.rs` finds the limit on the real server).
+pub const CONFIGMAP_DATA_LIMIT: u64 = 1024 * 1024;
+
 /// Largest profile file accepted, in bytes. Real profiles are a few KiB; a ConfigMap holds at
-/// most 1 MiB in total, so a bigger key is a mistake, not a profile.
-pub const DEFAULT_MAX_SIZE: u64 = 1024 * 1024;
+/// most [`CONFIGMAP_DATA_LIMIT`] in total, so a bigger key is a mistake, not a profile.
+pub const DEFAULT_MAX_SIZE: u64 = CONFIGMAP_DATA_LIMIT;
 
 /// The name of the atomic link Kubernetes maintains inside every ConfigMap volume.
 const CONFIGMAP_DATA_LINK: &str = "..data";
@@ -225,6 +229,11 @@ pub fn read_sources(paths: &[PathBuf], max_size: u64) -> Result<Source, SourceEr
 }
 
 impl Source {
+    /// The profiles' bytes together: what their ConfigMap's data holds.
+    pub fn total_bytes(&self) -> u64 {
+        self.profiles.iter().map(|p| p.content.len() as u64).sum()
+    }
+
     /// Checks one key and its file, recording it as a profile, a skip or a rejection.
     fn add(&mut self, key: &str, path: &Path, root: &Path, max_size: u64) {
         if is_manifest_key(key) {

@@ -1,5 +1,6 @@
 //! `validate`: every check `copy` and `load` make, without a kernel or a cluster, so an
-//! operator's CI can refuse a profile before it reaches a ConfigMap.
+//! operator's CI can refuse a profile before it reaches a ConfigMap; and that the set fits in
+//! one ConfigMap at all.
 
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use crate::apparmor::parser::{Cache, Parser};
 use crate::exit_code::{self, ExitStatus};
 use crate::profile;
 use crate::profile::check::{CheckError, CompiledProfile};
-use crate::profile::source::SourceError;
+use crate::profile::source::{CONFIGMAP_DATA_LIMIT, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -17,6 +18,12 @@ pub enum ValidateError {
     Empty(String),
     #[error(transparent)]
     Check(#[from] CheckError),
+    #[error(
+        "the profiles hold {bytes} bytes together, over the {limit} bytes a ConfigMap can hold \
+         (the API server refuses more, whichever way the ConfigMap is made); the DaemonSet mounts \
+         one ConfigMap, so drop profiles or comments until the set fits"
+    )]
+    TooLargeForConfigMap { bytes: u64, limit: u64 },
 }
 
 impl ExitStatus for ValidateError {
@@ -25,7 +32,9 @@ impl ExitStatus for ValidateError {
             // A path that does not exist is a mistyped argument.
             ValidateError::Source(SourceError::NotFound(_)) => exit_code::USAGE,
             ValidateError::Source(SourceError::Io { .. }) => exit_code::INTERNAL,
-            ValidateError::Empty(_) => exit_code::INVALID_PROFILES,
+            ValidateError::Empty(_) | ValidateError::TooLargeForConfigMap { .. } => {
+                exit_code::INVALID_PROFILES
+            }
             ValidateError::Check(e) => e.exit_code(),
         }
     }
@@ -43,6 +52,13 @@ pub fn run(
         return Err(ValidateError::Empty(shown.join(", ")));
     }
     profile::check::accept_keys(&source)?;
+    let bytes = source.total_bytes();
+    if bytes > CONFIGMAP_DATA_LIMIT {
+        return Err(ValidateError::TooLargeForConfigMap {
+            bytes,
+            limit: CONFIGMAP_DATA_LIMIT,
+        });
+    }
     let inputs: Vec<_> = source
         .profiles
         .iter()

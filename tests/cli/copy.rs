@@ -247,6 +247,51 @@ fn traversal_names_given_as_files_are_refused() {
         ));
 }
 
+/// A ConfigMap holds at most 1 MiB of data (the API server adds up the values): `validate`
+/// accepts a set of exactly that many bytes and refuses one byte more, saying why, so an
+/// operator's CI learns it before `kubectl` does. apiserver_e2e finds the limit on the server.
+#[test]
+fn a_set_over_what_a_configmap_can_hold_is_refused_by_validate() {
+    use apparmor_profile_loader::CONFIGMAP_DATA_LIMIT;
+    let Some(parser) = real_parser() else { return };
+    // Four profiles padded with comment lines to `size` bytes each.
+    let padded = |name: &str, size: usize| -> String {
+        let mut text = profile(name);
+        while text.len() < size {
+            let line = (size - text.len()).min(4096);
+            text.push_str(&format!("#{}\n", "x".repeat(line.saturating_sub(2))));
+            if line < 2 {
+                text.truncate(size);
+            }
+        }
+        assert_eq!(text.len(), size);
+        text
+    };
+    let quarter = CONFIGMAP_DATA_LIMIT as usize / 4;
+    for (extra, ok) in [(0, true), (1, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, name) in ["p0", "p1", "p2", "p3"].into_iter().enumerate() {
+            let size = quarter + if i == 3 { extra } else { 0 };
+            fs::write(dir.path().join(name), padded(name, size)).unwrap();
+        }
+        let run = loader()
+            .arg("validate")
+            .arg(format!("{}/", dir.path().display()))
+            .arg("--parser")
+            .arg(&parser)
+            .assert();
+        if ok {
+            run.success();
+        } else {
+            run.code(INVALID).stderr(predicate::str::contains(format!(
+                "the profiles hold {} bytes together, over the {CONFIGMAP_DATA_LIMIT} bytes a \
+                 ConfigMap can hold",
+                CONFIGMAP_DATA_LIMIT + 1
+            )));
+        }
+    }
+}
+
 #[test]
 fn empty_configmap_is_refused_rather_than_deleting_everything() {
     let Some(parser) = real_parser() else { return };
