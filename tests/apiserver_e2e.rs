@@ -1859,14 +1859,6 @@ fn a_profile_set_at_the_configmap_limit_is_deployed_the_readmes_way() {
     let dir = manifests.to_string_lossy().to_string();
 
     write_set(0);
-    let client_side = kubectl(&["apply", "-k", &dir]);
-    let stderr = String::from_utf8_lossy(&client_side.stderr);
-    assert!(
-        !client_side.status.success()
-            && stderr.contains("metadata.annotations: Too long")
-            && stderr.contains("262144"),
-        "client-side apply of a 1 MiB ConfigMap is refused for its last-applied annotation:\n{stderr}"
-    );
     let server_side = kubectl(&["apply", "--server-side", "-k", &dir]);
     assert!(
         server_side.status.success(),
@@ -1904,8 +1896,58 @@ fn a_profile_set_at_the_configmap_limit_is_deployed_the_readmes_way() {
     let stderr = String::from_utf8_lossy(&over.stderr);
     assert!(
         !over.status.success()
-            && stderr.contains(&format!("must have at most {CONFIGMAP_DATA_LIMIT} bytes")),
+            && stderr.contains(&format!(
+                "Too long: may not be more than {CONFIGMAP_DATA_LIMIT} bytes"
+            )),
         "one byte over the limit is refused by the server:\n{stderr}"
+    );
+
+    // Client-side apply of the same set: refused for its last-applied annotation.
+    write_set(0);
+    let client_side = kubectl(&["apply", "-k", &dir]);
+    let stderr = String::from_utf8_lossy(&client_side.stderr);
+    assert!(
+        !client_side.status.success()
+            && stderr.contains("metadata.annotations: Too long")
+            && stderr.contains("262144"),
+        "client-side apply of a 1 MiB ConfigMap is refused for its last-applied annotation:\n{stderr}"
+    );
+
+    // An installation first applied client-side (with a small set, which fits the annotation):
+    // server-side apply meets the fields client-side apply owns, and `--force-conflicts` once
+    // takes them over, as the README says.
+    let deleted = kubectl(&["delete", "-k", &dir, "--wait"]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    for key in keys {
+        std::fs::write(profiles.join(key), format!("profile {key} {{\n}}\n")).expect("a profile");
+    }
+    let client_side = kubectl(&["apply", "-k", &dir]);
+    assert!(
+        client_side.status.success(),
+        "client-side apply of a small set:\n{}",
+        String::from_utf8_lossy(&client_side.stderr)
+    );
+    let server_side = kubectl(&["apply", "--server-side", "-k", &dir]);
+    let stderr = String::from_utf8_lossy(&server_side.stderr);
+    assert!(
+        !server_side.status.success() && stderr.contains("conflict"),
+        "server-side apply over a client-side installation meets its fields:\n{stderr}"
+    );
+    let forced = kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &dir]);
+    assert!(
+        forced.status.success(),
+        "`--force-conflicts` once takes them over:\n{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    let after = kubectl(&["apply", "--server-side", "-k", &dir]);
+    assert!(
+        after.status.success(),
+        "then plain `--server-side` again:\n{}",
+        String::from_utf8_lossy(&after.stderr)
     );
 }
 
