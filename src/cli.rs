@@ -320,9 +320,9 @@ pub struct UntaintArgs {
     /// loader: send a dry-run patch that adds a label outside any prefix it may use, which the
     /// policy must refuse. If the API server would accept it (no policy, no binding, a binding
     /// without its param's ConfigMap in this namespace, or a ServiceAccount the param does not
-    /// name), nothing is written, the taint stays and untaint exits 6 saying so. Set by the
-    /// component manifests/admission-policy (and the chart's admissionPolicy.enabled); one
-    /// extra request, none when there is nothing to write.
+    /// name), nothing is written, the taint stays and untaint exits 6 saying so. Set by
+    /// manifests/daemonset.yaml (and by the chart while admissionPolicy.enabled); one extra
+    /// request, none when there is nothing to write.
     #[arg(
         long,
         env = "APPARMOR_LOADER_REQUIRE_ADMISSION_POLICY",

@@ -1,6 +1,6 @@
 //! Proving, by the API server's own answer, that the admission policy confines the loader before
-//! `untaint` writes to its node (`--require-admission-policy`, set by the component
-//! `manifests/admission-policy`).
+//! `untaint` writes to its node (`--require-admission-policy`, set by
+//! `manifests/daemonset.yaml`).
 //!
 //! RBAC lets the loader patch every node; only the ValidatingAdmissionPolicy narrows that to its
 //! own node's gate taint, labels and annotation. Whether the policy is in force for this account

@@ -93,8 +93,8 @@ pub enum UntaintError {
          the binding's paramRef names this installation's ConfigMap apparmor-profile-loader-config \
          in this namespace, and that this pod's ServiceAccount is the one that ConfigMap's \
          serviceAccountName names (its name must hold apparmor-profile-loader). On a cluster \
-         without the policy (Kubernetes < 1.30) leave out the component \
-         manifests/admission-policy, which sets --require-admission-policy"
+         without the policy (Kubernetes < 1.30) set APPARMOR_LOADER_REQUIRE_ADMISSION_POLICY=false \
+         (manifests/daemonset.yaml; the chart's admissionPolicy.enabled=false does it)"
     )]
     NotConfined { node: String, label: &'static str },
     #[error("stopped by {0} before the taint was removed")]
