@@ -318,9 +318,9 @@ pub struct UntaintArgs {
 
     /// Before the first write to the node, prove that the admission policy confines this
     /// loader: send a dry-run patch that adds a label outside any prefix it may use, which the
-    /// policy must refuse. If the API server would accept it (no policy, no binding, a binding
-    /// without its param's ConfigMap in this namespace, or a ServiceAccount the param does not
-    /// name), nothing is written, the taint stays and untaint exits 6 saying so. Set by
+    /// policy must refuse. If the API server would accept it (no policy, no binding, or a
+    /// ServiceAccount renamed so that the policy does not judge it), nothing is written, the
+    /// taint stays and untaint exits 6 saying so. Set by
     /// manifests/daemonset.yaml (and by the chart while admissionPolicy.enabled); one extra
     /// request, none when there is nothing to write.
     #[arg(

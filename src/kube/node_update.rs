@@ -89,10 +89,10 @@ pub enum UntaintError {
         "the admission policy does not confine this loader: the API server would have let it \
          label node {node:?} outside its prefix (a dry-run patch adding {label}), so its token \
          could change any node; nothing was written and the taint stays. Check that the \
-         ValidatingAdmissionPolicy apparmor-profile-loader-untaint and its binding exist, that \
-         the binding's paramRef names this installation's ConfigMap apparmor-profile-loader-config \
-         in this namespace, and that this pod's ServiceAccount is the one that ConfigMap's \
-         serviceAccountName names (its name must hold apparmor-profile-loader). On a cluster \
+         ValidatingAdmissionPolicy apparmor-profile-loader-untaint and its binding exist, and \
+         that this pod's ServiceAccount has a name holding apparmor-profile-loader (the policy \
+         judges no other account) and is the one the param ConfigMap \
+         apparmor-profile-loader-config names in serviceAccountName. On a cluster \
          without the policy (Kubernetes < 1.30) set APPARMOR_LOADER_REQUIRE_ADMISSION_POLICY=false \
          (manifests/daemonset.yaml; the chart's admissionPolicy.enabled=false does it)"
     )]
