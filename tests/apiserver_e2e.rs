@@ -27,7 +27,7 @@ use aapl_test_support::apiserver::shared::{
     apply_all, block_on, env, install_in_namespace, install_overlay, run_local, server_of_its_own,
     wait_until_confined,
 };
-use aapl_test_support::apiserver::{NS, POLICY, SA, SETTLE, client, poll, repo_root};
+use aapl_test_support::apiserver::{Harness, NS, POLICY, SA, SETTLE, client, poll, repo_root};
 use aapl_test_support::fixtures::{
     NodeFixture, autoscaler_gate, gate, gate_taints, is_gate, taint, taints_of,
 };
@@ -1168,13 +1168,9 @@ fn without_its_param_the_policy_denies_the_loader_and_every_node_write() {
     };
     block_on(async {
         let admin = client(&h.kubeconfig).await;
-        install_in_namespace(&h, &admin, ELSEWHERE).await;
         let (a, b) = ("t8-param-a", "t8-param-b");
-        create_node(&admin, Node::test(a).with_taints([gate()])).await;
-        create_node(&admin, Node::test(b).with_taints([gate()])).await;
+        let id = installed_elsewhere_with_two_gated_nodes(&h, &admin, a, b).await;
         let a_before = get_node(&admin, a).await;
-        let id = Identity::in_namespace(&h, &admin, ELSEWHERE, a).await;
-        wait_until_confined(&id, a, b).await;
         let nodes: Api<Node> = Api::all(id.client.clone());
         nodes
             .patch(a, &DRY_RUN, &remove_gate(&a_before))
@@ -1416,12 +1412,8 @@ fn without_its_binding_the_policy_is_proven_absent_and_the_taint_stays() {
     };
     block_on(async {
         let admin = client(&h.kubeconfig).await;
-        install_in_namespace(&h, &admin, ELSEWHERE).await;
         let (a, b) = ("t8-probe-a", "t8-probe-b");
-        create_node(&admin, Node::test(a).with_taints([gate()])).await;
-        create_node(&admin, Node::test(b).with_taints([gate()])).await;
-        let id = Identity::in_namespace(&h, &admin, ELSEWHERE, a).await;
-        wait_until_confined(&id, a, b).await;
+        let id = installed_elsewhere_with_two_gated_nodes(&h, &admin, a, b).await;
         let require = ["--require-admission-policy"];
 
         let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(admin.clone());
@@ -1481,6 +1473,22 @@ fn without_its_binding_the_policy_is_proven_absent_and_the_taint_stays() {
             "nothing to write: no probe"
         );
     });
+}
+
+/// The manifests installed in [`ELSEWHERE`], gated nodes `a` and `b`, and the loader of node
+/// `a`, once the policy confines it.
+async fn installed_elsewhere_with_two_gated_nodes(
+    h: &Harness,
+    admin: &kube::Client,
+    a: &str,
+    b: &str,
+) -> Identity {
+    install_in_namespace(h, admin, ELSEWHERE).await;
+    create_node(admin, Node::test(a).with_taints([gate()])).await;
+    create_node(admin, Node::test(b).with_taints([gate()])).await;
+    let id = Identity::in_namespace(h, admin, ELSEWHERE, a).await;
+    wait_until_confined(&id, a, b).await;
+    id
 }
 
 /// Creates `object` again as it was read before its deletion, without the fields the server
