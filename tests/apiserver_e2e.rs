@@ -25,7 +25,7 @@ use aapl_test_support::apiserver::loader::{proxied_client, run_untaint, run_unta
 use aapl_test_support::apiserver::objects::{Overlay, json_patch, render};
 use aapl_test_support::apiserver::shared::{
     apply_all, block_on, env, install_in_namespace, install_overlay, run_local, server_of_its_own,
-    wait_until_confined,
+    until_allowed, until_refused, wait_until_confined,
 };
 use aapl_test_support::apiserver::{Harness, NS, POLICY, SA, SETTLE, client, poll, repo_root};
 use aapl_test_support::fixtures::{
@@ -1190,13 +1190,15 @@ fn without_its_param_the_policy_denies_the_loader_and_every_node_write() {
         // this message.
         const NO_PARAM: &str =
             "no params found for policy binding with `Deny` parameterNotFoundAction";
-        poll("the policy misses its param", SETTLE, || async {
-            match nodes.patch(a, &DRY_RUN, &remove_gate(&a_before)).await {
-                Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(NO_PARAM) => Ok(()),
-                Ok(_) => Err("allowed".to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        })
+        let remove = remove_gate(&a_before);
+        until_refused(
+            "the policy misses its param",
+            &nodes,
+            a,
+            &remove,
+            422,
+            NO_PARAM,
+        )
         .await;
 
         let run = run_untaint(&id.kubeconfig, a);
@@ -1241,14 +1243,7 @@ fn without_its_param_the_policy_denies_the_loader_and_every_node_write() {
 
         // The ConfigMap back: the loader's gate lifts.
         recreate(&configs, config).await;
-        poll("the policy has its param again", SETTLE, || async {
-            nodes
-                .patch(a, &DRY_RUN, &remove_gate(&a_before))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await;
+        until_allowed("the policy has its param again", &nodes, a, &remove).await;
         let run = run_untaint(&id.kubeconfig, a);
         assert_eq!(
             run.code,
@@ -1374,25 +1369,14 @@ fn renamed_by_an_overlay_the_policy_finds_its_param_and_confines_the_renamed_loa
             "system:serviceaccount:{ELSEWHERE}:{sa} is not the apparmor-profile-loader of this \
              policy (system:serviceaccount:{NS}:{SA}"
         );
-        poll(
+        let remove = remove_gate(&get_node(&admin, gated).await);
+        until_refused(
             "the second installation's policy refuses the renamed loader",
-            SETTLE,
-            || async {
-                match nodes
-                    .patch(
-                        gated,
-                        &DRY_RUN,
-                        &remove_gate(&get_node(&admin, gated).await),
-                    )
-                    .await
-                {
-                    Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(&want) => {
-                        Ok(())
-                    }
-                    Ok(_) => Err("allowed".to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            },
+            &nodes,
+            gated,
+            &remove,
+            403,
+            &want,
         )
         .await;
     });
@@ -1424,16 +1408,11 @@ fn without_its_binding_the_policy_is_proven_absent_and_the_taint_stays() {
             .expect("delete the binding");
         let nodes: Api<Node> = Api::all(id.client.clone());
         let change = Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}}));
-        poll(
+        until_allowed(
             "without its binding the policy lets the loader change node B",
-            SETTLE,
-            || async {
-                nodes
-                    .patch(b, &DRY_RUN, &change)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
+            &nodes,
+            b,
+            &change,
         )
         .await;
         let a_before = get_node(&admin, a).await;

@@ -213,19 +213,50 @@ pub async fn wait_until_confined(id: &Identity, own: &str, other: &str) {
         "the admission policy denies {} a change on node {other}",
         user.username.unwrap_or_default()
     );
-    poll(&what, SETTLE, || async {
-        let pp = PatchParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let change = Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}}));
-        match nodes.patch(other, &pp, &change).await {
-            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(POLICY) => Ok(()),
+    let change = Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}}));
+    until_refused(&what, &nodes, other, &change, 403, POLICY).await;
+}
+
+/// Polls (bounded by [`SETTLE`]) until the API server refuses the dry-run `patch` of `node`
+/// through `nodes` with status `code` and a message holding `want`: policies, bindings and
+/// their params take effect through informers, a moment after their write. Fails naming what
+/// the server answered last.
+pub async fn until_refused(
+    what: &str,
+    nodes: &Api<Node>,
+    node: &str,
+    patch: &Patch<Value>,
+    code: u16,
+    want: &str,
+) {
+    poll(what, SETTLE, || async {
+        match nodes.patch(node, &dry_run(), patch).await {
+            Err(kube::Error::Api(s)) if s.code == code && s.message.contains(want) => Ok(()),
             Ok(_) => Err("the change was allowed".to_string()),
             Err(e) => Err(e.to_string()),
         }
     })
     .await;
+}
+
+/// Polls (bounded by [`SETTLE`]) until the API server would accept the dry-run `patch` of
+/// `node` through `nodes`; fails naming its last refusal.
+pub async fn until_allowed(what: &str, nodes: &Api<Node>, node: &str, patch: &Patch<Value>) {
+    poll(what, SETTLE, || async {
+        nodes
+            .patch(node, &dry_run(), patch)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+fn dry_run() -> PatchParams {
+    PatchParams {
+        dry_run: true,
+        ..Default::default()
+    }
 }
 
 /// Like [`block_on`], on a `LocalSet`: for futures that are not `Send` (`proxied_client`'s hook).
